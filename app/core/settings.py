@@ -1,0 +1,105 @@
+"""All configuration in one place, read from ``ERRORBOOK_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ERRORBOOK_", extra="ignore")
+
+    data_dir: Path = Path("errorbook-data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str | None = None
+
+    # Jobs: lease length, heartbeat and reaper cadence, retry budget.
+    job_lease_seconds: float = 30.0
+    job_heartbeat_seconds: float = 5.0
+    job_poll_seconds: float = 0.5
+    job_reaper_seconds: float = 5.0
+    job_max_attempts: int = 3
+    job_cancel_grace_seconds: float = 10.0
+    job_shutdown_grace_seconds: float = 60.0
+    job_memory_limit_mb: int = 12_000
+    training_queue: str = "gpu"
+
+    # Auth.
+    session_days: int = 14
+    secure_cookies: bool = False
+    login_attempts_per_minute: int = 10
+
+    # Request limits (bytes / counts), refused early.
+    max_request_bytes: int = 4 * 1024**3
+    max_upload_files: int = 2_000
+    max_form_fields: int = 100
+    max_part_bytes: int = 1024 * 1024
+
+    # Image validation.
+    max_image_pixels: int = 64_000_000
+    min_image_side: int = 16
+    thumbnail_side: int = 256
+
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{self.resolved_data_dir / 'errorbook.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.resolved_data_dir / "blobs"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.resolved_data_dir / "staging"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.resolved_data_dir / "cache"
+
+    def secret_key(self) -> str:
+        """The signing key, generated on first use and kept (0600) in the data dir, never logged."""
+        path = self.resolved_data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        try:
+            os.link(tmp, path)  # fails if another process won the race; then use theirs
+        except FileExistsError:
+            pass
+        tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and route them to psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,96 @@
+"""The runner process: imports every task once, then executes the jobs its worker hands it, one at a time.
+
+Keeping tasks out of the worker process means a hard cancel, a crash or a memory blow-up kills the runner,
+never the worker, which restarts it; keeping the runner alive between jobs means torch is imported once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from multiprocessing.connection import Connection
+
+from app.core.db import get_engine, session_factory
+from app.core.settings import get_settings
+from app.jobs import repository
+from app.jobs.context import JobCancelled, JobContext, TaskError
+from app.jobs.registry import handler_for, load_all
+from app.models import utcnow
+
+log = logging.getLogger("errorbook.runner")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """If the worker is SIGKILLed, take the runner down too, so no orphan keeps writing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        log.warning("cannot ask the kernel to end the runner with its worker (not Linux?)")
+
+
+def runner_main(conn: Connection, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    get_settings.cache_clear()
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the runner stops
+    load_all()
+    engine = get_engine()
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "stop":
+            return
+        _, job_id, kind, payload, attempt, token = message
+        run_job(job_id=job_id, kind=kind, payload=payload, attempt=attempt, token=token, engine=engine)
+        conn.send(("done", job_id))
+
+
+def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, engine: object) -> None:
+    settings = get_settings()
+    ctx = JobContext(
+        engine=engine,  # type: ignore[arg-type]
+        settings=settings,
+        job_id=job_id,
+        kind=kind,
+        payload=payload,
+        attempt=attempt,
+        lease_token=token,
+    )
+    status, error, result, message = "succeeded", None, None, "done"
+    try:
+        result = handler_for(kind)(ctx)
+    except repository.LeaseLost:
+        log.warning("job %s: lease lost while running; leaving it to its new holder", job_id)
+        return
+    except JobCancelled:
+        status, message = "cancelled", "cancelled by request"
+    except TaskError as exc:
+        status, error, message = "failed", str(exc), "failed"
+    except Exception as exc:  # a task bug must fail its job, not the runner
+        log.exception("job %s (%s) failed", job_id, kind)
+        status, error, message = "failed", f"{type(exc).__name__}: {exc}", "failed"
+    session = session_factory(engine)()  # type: ignore[arg-type]
+    try:
+        repository.finish(
+            session,
+            job_id=job_id,
+            token=token,
+            status=status,
+            now=utcnow(),
+            message=message,
+            error=error,
+            result=result,
+        )
+        session.commit()
+    except repository.LeaseLost:
+        session.rollback()
+        log.warning("job %s: completion refused, the lease had moved on", job_id)
+    finally:
+        session.close()

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import NotFound
+from app.core.settings import get_settings
+from app.jobs import repository
+from app.models import Job, utcnow
+
+
+def enqueue(
+    session: Session,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    queue: str = "default",
+    created_by_id: int | None = None,
+    max_attempts: int | None = None,
+) -> Job:
+    """Add a job in the caller's transaction, so it exists exactly when the row that needs it does."""
+    return repository.add_job(
+        session,
+        kind=kind,
+        payload=payload,
+        queue=queue,
+        max_attempts=max_attempts or get_settings().job_max_attempts,
+        created_by_id=created_by_id,
+        now=utcnow(),
+    )
+
+
+def get_job(session: Session, *, job_id: int) -> Job:
+    job = repository.get_job(session, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def cancel_job(session: Session, *, job_id: int) -> Job:
+    get_job(session, job_id=job_id)
+    repository.request_cancel(session, job_id=job_id, now=utcnow())
+    session.flush()
+    return get_job(session, job_id=job_id)
+
+
+def recent_jobs(session: Session, *, limit: int = 50) -> list[Job]:
+    return repository.list_jobs(session, limit=limit)

@@ -1,0 +1,45 @@
+"""ORM models; importing this package registers every table on ``Base.metadata``."""
+
+from app.models.analysis import (
+    ErrorAnnotation,
+    ErrorAnnotationTag,
+    ErrorSample,
+    ErrorSampleItem,
+    Review,
+    ReviewItem,
+    Tag,
+)
+from app.models.base import Base, utcnow
+from app.models.dataset import Dataset, Image, Label, LabelChange, LabelEvent, Upload, UploadEntry
+from app.models.job import Job, JobExecution
+from app.models.run import Prediction, Run
+from app.models.split import Split, SplitAssignment
+from app.models.user import ApiToken, User, UserSession
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Dataset",
+    "ErrorAnnotation",
+    "ErrorAnnotationTag",
+    "ErrorSample",
+    "ErrorSampleItem",
+    "Image",
+    "Job",
+    "JobExecution",
+    "Label",
+    "LabelChange",
+    "LabelEvent",
+    "Prediction",
+    "Review",
+    "ReviewItem",
+    "Run",
+    "Split",
+    "SplitAssignment",
+    "Tag",
+    "Upload",
+    "UploadEntry",
+    "User",
+    "UserSession",
+    "utcnow",
+]

@@ -1,0 +1,59 @@
+"""The application factory: settings, database, routers, static files, error handling, security."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.router import router as auth_router
+from app.auth.service import LoginThrottle
+from app.core.db import get_engine, session_factory
+from app.core.settings import PROJECT_ROOT, Settings, get_settings
+from app.core.storage import LocalBlobStore
+from app.jobs.router import router as jobs_router
+from app.web import errors
+from app.web.deps import DB, Viewer
+from app.web.middleware import BodySizeLimit, SecurityHeaders
+from app.web.templating import render
+
+
+class CachedStatic(StaticFiles):
+    """Vendored assets change only with a release: let browsers keep them for a day."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.setdefault("cache-control", "public, max-age=86400")
+        return response
+
+
+def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="Errorbook", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.settings = settings
+    app.state.session_maker = session_maker or session_factory(get_engine(settings))
+    app.state.secret_key = settings.secret_key()
+    app.state.blobs = LocalBlobStore(settings.blob_dir)
+    app.state.login_throttle = LoginThrottle(settings.login_attempts_per_minute)
+
+    errors.install(app)
+    app.include_router(auth_router)
+    app.include_router(jobs_router)
+    app.mount("/static", CachedStatic(directory=PROJECT_ROOT / "static"), name="static")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(db: DB) -> Response:
+        db.execute(text("SELECT 1"))
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request, db: DB, user: Viewer) -> Response:
+        return render(request, "home.html", {})
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app

@@ -1,0 +1,140 @@
+"""Small server-side SVG charts: no JavaScript, no inline styles (the CSP allows neither), labels escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from markupsafe import Markup, escape
+
+PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6", "#ec4899", "#84cc16")
+
+
+def _svg(width: int, height: int, body: str, title: str) -> Markup:
+    return Markup(
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
+        f"{body}</svg>"
+    )
+
+
+def bar_chart(items: Sequence[tuple[str, float]], *, title: str, value_format: str = "{:g}") -> Markup:
+    """Horizontal bars, one row per item (class balance, error categories)."""
+    row, label_w, bar_w = 22, 160, 360
+    top = max((v for _, v in items), default=0) or 1
+    parts = []
+    for i, (label, value) in enumerate(items):
+        y = i * row
+        width = bar_w * value / top
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" class="chart-label">{escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{PALETTE[0]}"/>'
+            f'<text x="{label_w + width + 4:.1f}" y="{y + 15}" class="chart-value">'
+            f"{escape(value_format.format(value))}</text>"
+        )
+    return _svg(label_w + bar_w + 80, max(row * len(items), row), "".join(parts), title)
+
+
+def stacked_bar_chart(
+    rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, title: str
+) -> Markup:
+    """One bar per row, split into coloured segments (split composition: subset x source)."""
+    row_h, label_w, bar_w = 28, 90, 420
+    keys: list[str] = []
+    for _, segments in rows:
+        for key, _value in segments:
+            if key not in keys:
+                keys.append(key)
+    top = max((sum(v for _, v in segs) for _, segs in rows), default=0) or 1
+    parts = []
+    for i, (label, segments) in enumerate(rows):
+        y, x = i * row_h, float(label_w)
+        parts.append(f'<text x="{label_w - 6}" y="{y + 18}" text-anchor="end" class="chart-label">{escape(label)}</text>')
+        for key, value in segments:
+            width = bar_w * value / top
+            colour = PALETTE[keys.index(key) % len(PALETTE)]
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y + 4}" width="{width:.1f}" height="{row_h - 8}" fill="{colour}">'
+                f"<title>{escape(label)} · {escape(key)}: {value:g}</title></rect>"
+            )
+            x += width
+        total = sum(v for _, v in segments)
+        parts.append(f'<text x="{x + 4:.1f}" y="{y + 18}" class="chart-value">{total:g}</text>')
+    legend_y = len(rows) * row_h + 8
+    for j, key in enumerate(keys):
+        lx = label_w + j * 110
+        parts.append(
+            f'<rect x="{lx}" y="{legend_y}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{lx + 14}" y="{legend_y + 9}" class="chart-label">{escape(key)}</text>'
+        )
+    return _svg(label_w + bar_w + 70, legend_y + 20, "".join(parts), title)
+
+
+def line_chart(
+    series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, y_label: str = ""
+) -> Markup:
+    """Learning curves: one polyline per series over epochs 1..n."""
+    width, height, pad = 460, 220, 36
+    values = [v for _, ys in series for v in ys if v is not None]
+    if not values:
+        return _svg(width, 40, '<text x="10" y="24" class="chart-label">no data yet</text>', title)
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-9:
+        hi = lo + 1
+    n = max(len(ys) for _, ys in series)
+    sx = (width - 2 * pad) / max(n - 1, 1)
+
+    def point(i: int, v: float) -> str:
+        return f"{pad + i * sx:.1f},{height - pad - (v - lo) / (hi - lo) * (height - 2 * pad):.1f}"
+
+    parts = [
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" class="axis"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" class="axis"/>',
+        f'<text x="{pad}" y="{pad - 8}" class="chart-label">{escape(y_label)} {hi:.3g}</text>',
+        f'<text x="{pad}" y="{height - pad + 14}" class="chart-label">{lo:.3g}</text>',
+        f'<text x="{width - pad}" y="{height - pad + 14}" text-anchor="end" class="chart-label">epoch {n}</text>',
+    ]
+    for k, (name, ys) in enumerate(series):
+        pts = " ".join(point(i, v) for i, v in enumerate(ys) if v is not None)
+        colour = PALETTE[k % len(PALETTE)]
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(
+            f'<text x="{width - pad}" y="{pad + 14 * k}" text-anchor="end" fill="{colour}" '
+            f'class="chart-label">{escape(name)}</text>'
+        )
+    return _svg(width, height, "".join(parts), title)
+
+
+def heatmap(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, title: str) -> Markup:
+    """Confusion matrix: rows are true labels, columns predicted; darker is more."""
+    n = len(labels)
+    cell, label_w = (max(18, min(44, 440 // max(n, 1)))), 110
+    top = max((v for row in matrix for v in row), default=0) or 1
+    parts = []
+    for i, row in enumerate(matrix):
+        y = label_w + i * cell
+        parts.append(
+            f'<text x="{label_w - 4}" y="{y + cell * 0.65:.1f}" text-anchor="end" class="chart-label">'
+            f"{escape(labels[i])}</text>"
+        )
+        for j, value in enumerate(row):
+            x = label_w + j * cell
+            opacity = 0.08 + 0.92 * value / top if value else 0.03
+            fill = PALETTE[2] if i == j else PALETTE[3]
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}" '
+                f'fill-opacity="{opacity:.2f}"><title>true {escape(labels[i])}, predicted '
+                f"{escape(labels[j])}: {value}</title></rect>"
+            )
+            if cell >= 26:
+                parts.append(
+                    f'<text x="{x + cell / 2:.1f}" y="{y + cell * 0.62:.1f}" text-anchor="middle" '
+                    f'class="chart-value">{value}</text>'
+                )
+    for j, name in enumerate(labels):
+        x = label_w + j * cell + cell / 2
+        parts.append(
+            f'<text x="{x:.1f}" y="{label_w - 6}" transform="rotate(-45 {x:.1f} {label_w - 6})" '
+            f'class="chart-label">{escape(name)}</text>'
+        )
+    size = label_w + n * cell + 10
+    return _svg(size, size, "".join(parts), title)

@@ -1,0 +1,107 @@
+"""Request dependencies: the per-request unit of work and who is asking (session cookie or API token)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy.orm import Session
+
+from app.auth import service as auth_service
+from app.core.errors import Forbidden, NotAuthenticated
+from app.core.settings import Settings
+from app.models import User
+
+SESSION_COOKIE = "eb_session"
+LOGIN_CSRF_COOKIE = "eb_login_csrf"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _get_db(request: Request) -> Iterator[Session]:
+    """The one commit point: commit when the route returns, roll back when it raises."""
+    session: Session = request.app.state.session_maker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+DB = Annotated[Session, Depends(_get_db, scope="function")]
+
+
+def cookie_signer(request: Request) -> URLSafeSerializer:
+    return URLSafeSerializer(request.app.state.secret_key, salt="session")
+
+
+def read_session_cookie(request: Request) -> str | None:
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw:
+        return None
+    try:
+        return str(cookie_signer(request).loads(raw))
+    except BadSignature:
+        return None
+
+
+async def _submitted_csrf(request: Request) -> str | None:
+    if request.method in SAFE_METHODS:
+        return None
+    header = request.headers.get("x-csrf-token")
+    if header:
+        return header
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        value = form.get("csrf_token")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _current_user(
+    request: Request, db: DB, submitted_csrf: Annotated[str | None, Depends(_submitted_csrf)]
+) -> User:
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        user = auth_service.resolve_token(db, secret=authorization[7:].strip())
+        if user is None:
+            raise NotAuthenticated("the API token is unknown or revoked")
+        request.state.user = user
+        return user
+    token = read_session_cookie(request)
+    resolved = auth_service.resolve_session(db, token=token) if token else None
+    if resolved is None:
+        raise NotAuthenticated("log in first")
+    user, user_session = resolved
+    request.state.user = user
+    request.state.csrf_token = user_session.csrf_token
+    if request.method not in SAFE_METHODS and not (
+        submitted_csrf and secrets.compare_digest(submitted_csrf, user_session.csrf_token)
+    ):
+        raise Forbidden("the form's CSRF token is missing or wrong; reload the page and try again")
+    return user
+
+
+def _require(role: str):  # type: ignore[no-untyped-def]
+    def dependency(user: Annotated[User, Depends(_current_user)]) -> User:
+        if not auth_service.role_at_least(user, role):
+            raise Forbidden(f"this needs the {role} role; you are {user.role}")
+        return user
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+Viewer = Annotated[User, Depends(_require("viewer"))]
+Reviewer = Annotated[User, Depends(_require("reviewer"))]
+Admin = Annotated[User, Depends(_require("admin"))]

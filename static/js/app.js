@@ -1,0 +1,34 @@
+// Errorbook's page glue. No inline scripts anywhere (the CSP forbids them); everything hangs off data-* hooks.
+(function () {
+  "use strict";
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") : "";
+  }
+  window.errorbook = { csrfToken: csrfToken };
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    event.detail.headers["X-CSRF-Token"] = csrfToken();
+  });
+  // Swap 4xx fragments too: the server retargets them into #flash with a readable reason.
+  document.addEventListener("DOMContentLoaded", function () {
+    if (window.htmx) {
+      htmx.config.responseHandling = [
+        { code: "204", swap: false },
+        { code: "[23]..", swap: true },
+        { code: "4..", swap: true, error: false },
+        { code: "5..", swap: false, error: true },
+      ];
+    }
+  });
+  document.addEventListener("htmx:responseError", function (event) {
+    var flash = document.getElementById("flash");
+    if (flash) {
+      flash.textContent = "";
+      var div = document.createElement("div");
+      div.className = "flash error";
+      div.textContent = "The server failed (" + event.detail.xhr.status + "). Nothing was changed; try again.";
+      flash.appendChild(div);
+    }
+  });
+})();

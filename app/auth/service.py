@@ -78,7 +78,10 @@ def start_session(session: Session, *, user: User, days: int) -> NewSession:
     repository.add(
         session,
         UserSession(
-            user_id=user.id, token_hash=_digest(token), csrf_token=csrf, expires_at=utcnow() + timedelta(days=days)
+            user_id=user.id,
+            token_hash=_digest(token),
+            csrf_token=csrf,
+            expires_at=utcnow() + timedelta(days=days),
         ),
     )
     return NewSession(token=token, csrf_token=csrf)
@@ -101,7 +104,9 @@ def end_session(session: Session, *, token: str) -> None:
 def create_token(session: Session, *, user: User, name: str) -> tuple[ApiToken, str]:
     """Returns the row and the secret; the secret is shown once and only its hash is kept."""
     secret = "eb_" + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user.id, name=name[:100] or "token", prefix=secret[:10], token_hash=_digest(secret))
+    row = ApiToken(
+        user_id=user.id, name=name[:100] or "token", prefix=secret[:10], token_hash=_digest(secret)
+    )
     repository.add(session, row)
     return row, secret
 

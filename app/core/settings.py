@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from functools import lru_cache
@@ -84,10 +85,8 @@ class Settings(BaseSettings):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
-        try:
-            os.link(tmp, path)  # fails if another process won the race; then use theirs
-        except FileExistsError:
-            pass
+        with contextlib.suppress(FileExistsError):  # another process won the race: use theirs
+            os.link(tmp, path)
         tmp.unlink(missing_ok=True)
         return path.read_text().strip()
 

@@ -58,16 +58,18 @@ class PathLabel:
     problem: str | None = None
 
 
-def strip_common_root(paths: Sequence[str]) -> list[str]:
-    """Drop leading folders shared by every path while each path keeps a folder and a file below them.
+def strip_common_root(paths: Sequence[str], *, meaningful_levels: int = 1) -> list[str]:
+    """Drop a leading folder shared by every path, repeatedly, while some path keeps `meaningful_levels`
+    folders (class, or source and class) below it.
 
-    `mydata/train/cat/x.jpg` loses `mydata/`, but `cat/x.jpg` and `cat/y.jpg` keep `cat/` (it is the label),
-    and a shared subset folder (`train/...`) is never stripped.
+    `mydata/train/cat/x.jpg` loses `mydata/` (and `mydata/notes.jpg` becomes a top-level file), but
+    `cat/x.jpg` and `cat/y.jpg` keep `cat/` (it is the label), and a shared subset folder is never stripped.
     """
     split_paths = [path.split("/") for path in paths]
     while (
         split_paths
-        and all(len(parts) >= 3 for parts in split_paths)
+        and all(len(parts) >= 2 for parts in split_paths)
+        and any(len(parts) >= meaningful_levels + 2 for parts in split_paths)
         and len({parts[0] for parts in split_paths}) == 1
         and split_paths[0][0].lower() not in _SUBSET_FOLDERS
     ):
@@ -78,14 +80,17 @@ def strip_common_root(paths: Sequence[str]) -> list[str]:
 def infer_path_labels(paths: Sequence[str], *, source_folders: bool = False) -> dict[str, PathLabel]:
     """Label, imported subset and (optionally) source of every upload path, keyed by the original path.
 
-    After `strip_common_root`: `[source/][subset/]class/.../file`. With `source_folders` the first folder
-    names the source (distribution). A subset folder (train, val, valid, validation, dev, test) is kept as the
-    image's imported subset; the next folder is the label; deeper folders are ignored; a file with no class
-    folder gets no label.
+    After `strip_common_root`: `[source/][subset/]class/.../file`. A subset folder (train, val, valid,
+    validation, dev, test) is kept as the image's imported subset; the next folder is the label; deeper
+    folders are ignored; a file with no class folder gets no label. With `source_folders` the first folder
+    names the source (distribution); an upload of a single source with subset folders
+    (`phone/train/cat/x.jpg` only) is then ambiguous and read as having a root folder.
     """
     return {
         path: _infer_one(stripped.split("/")[:-1], source_folders=source_folders)
-        for path, stripped in zip(paths, strip_common_root(paths), strict=True)
+        for path, stripped in zip(
+            paths, strip_common_root(paths, meaningful_levels=2 if source_folders else 1), strict=True
+        )
     }
 
 
@@ -93,9 +98,10 @@ def _infer_one(folders: list[str], *, source_folders: bool) -> PathLabel:
     source = None
     if source_folders and folders:
         try:
-            source = normalise_name(folders.pop(0), what="source")
+            source = normalise_name(folders[0], what="source")
         except InvalidNameError as error:
             return PathLabel(label=None, subset=None, problem=error.reason)
+        folders = folders[1:]
     subset = _SUBSET_FOLDERS.get(folders[0].lower()) if folders else None
     if subset is not None:
         folders = folders[1:]

@@ -6,6 +6,7 @@ job makes names its lease token, so a worker that lost its lease cannot overwrit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -105,10 +106,8 @@ class Worker:
     def _stop_runner(self) -> None:
         if self._runner is None or self._conn is None:
             return
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):  # the runner may already be gone
             self._conn.send(("stop",))
-        except (BrokenPipeError, OSError):
-            pass
         self._runner.join(5)
         if self._runner.is_alive():
             self._runner.kill()
@@ -155,7 +154,9 @@ class Worker:
         watch = _Watch()
         beat = threading.Thread(target=self._heartbeat, args=(claimed, watch), daemon=True)
         beat.start()
-        self._conn.send(("run", claimed.id, claimed.kind, claimed.payload, claimed.attempt, claimed.lease_token))
+        self._conn.send(
+            ("run", claimed.id, claimed.kind, claimed.payload, claimed.attempt, claimed.lease_token)
+        )
         try:
             self._wait_for_runner(claimed, watch)
         finally:
@@ -219,7 +220,9 @@ class Worker:
     def _end_lost_job(self, claimed: ClaimedJob, reason: str) -> None:
         log.error("job %s: %s", claimed.id, reason)
         with self._sessions.begin() as session:
-            repository.retry_or_fail(session, job_id=claimed.id, token=claimed.lease_token, now=utcnow(), reason=reason)
+            repository.retry_or_fail(
+                session, job_id=claimed.id, token=claimed.lease_token, now=utcnow(), reason=reason
+            )
         if not self._stop.is_set():
             self._restart_runner()
 
@@ -253,7 +256,9 @@ class Worker:
                         )
                         last_beat = time.monotonic()
                     else:
-                        cancelled = repository.cancel_requested(session, job_id=claimed.id, token=claimed.lease_token)
+                        cancelled = repository.cancel_requested(
+                            session, job_id=claimed.id, token=claimed.lease_token
+                        )
             except LeaseLost:
                 watch.lease_lost = True
                 return
@@ -268,7 +273,9 @@ class Worker:
             return
         try:
             process = psutil.Process(self._runner.pid)
-            rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+            rss = process.memory_info().rss + sum(
+                c.memory_info().rss for c in process.children(recursive=True)
+            )
         except psutil.Error:
             return
         rss_mb = rss / 1024**2

@@ -31,7 +31,9 @@ class CachedStatic(StaticFiles):
         return response
 
 
-def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None
+) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="Errorbook", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.settings = settings

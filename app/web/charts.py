@@ -34,9 +34,7 @@ def bar_chart(items: Sequence[tuple[str, float]], *, title: str, value_format: s
     return _svg(label_w + bar_w + 80, max(row * len(items), row), "".join(parts), title)
 
 
-def stacked_bar_chart(
-    rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, title: str
-) -> Markup:
+def stacked_bar_chart(rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, title: str) -> Markup:
     """One bar per row, split into coloured segments (split composition: subset x source)."""
     row_h, label_w, bar_w = 28, 90, 420
     keys: list[str] = []
@@ -48,7 +46,9 @@ def stacked_bar_chart(
     parts = []
     for i, (label, segments) in enumerate(rows):
         y, x = i * row_h, float(label_w)
-        parts.append(f'<text x="{label_w - 6}" y="{y + 18}" text-anchor="end" class="chart-label">{escape(label)}</text>')
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 18}" text-anchor="end" class="chart-label">{escape(label)}</text>'
+        )
         for key, value in segments:
             width = bar_w * value / top
             colour = PALETTE[keys.index(key) % len(PALETTE)]
@@ -131,9 +131,9 @@ def heatmap(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, title: st
                     f'class="chart-value">{value}</text>'
                 )
     for j, name in enumerate(labels):
-        x = label_w + j * cell + cell / 2
+        column_x = label_w + j * cell + cell / 2
         parts.append(
-            f'<text x="{x:.1f}" y="{label_w - 6}" transform="rotate(-45 {x:.1f} {label_w - 6})" '
+            f'<text x="{column_x:.1f}" y="{label_w - 6}" transform="rotate(-45 {column_x:.1f} {label_w - 6})" '
             f'class="chart-label">{escape(name)}</text>'
         )
     size = label_w + n * cell + 10

@@ -47,8 +47,8 @@ def render(
         **(context or {}),
     }
     template = env.get_template(template_name)
-    if block is not None:
-        html = "".join(template.blocks[block](template.new_context(ctx)))
-    else:
+    if block is None:
         html = template.render(ctx)
+    else:
+        html = "".join(template.blocks[block](template.new_context(ctx)))
     return HTMLResponse(html, status_code=status_code, headers=headers)

@@ -1,0 +1,200 @@
+"""How well does our suspicion ranking find flipped labels, next to cleanlab on the same probabilities?
+
+Data: Gaussian blobs (numpy only): balanced classes; unequal class sizes and spreads (a linear model then
+fits some classes worse); and the latter with 10% of the train labels flipped too. A softmax regression is
+trained on the train data; 5% of the held-out (dev + test) labels are flipped to a random other class. Ranked
+on the model's held-out probabilities, each method's top-K list (K = number of flips) is scored against the
+known flips: precision = hits / items listed (cleanlab lists only what it flags, possibly fewer than K),
+recall = hits / flips. "flagged" is how many label issues each method estimates (ideally K).
+
+    .venv/bin/python bench/label_noise.py [--seeds 5]
+
+cleanlab comes with the ``bench`` extra (``pip install -e '.[bench]'``); without it our figures still print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from app.ml.suspicion import rank_suspicious
+
+FLIP_RATE = 0.05
+FEATURES = 8
+TRAIN_SIZE = 6000
+HELD_OUT_SIZE = 4000  # dev + test together, as a label review covers both
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    class_priors: tuple[float, ...]
+    class_spreads: tuple[float, ...]
+    mean_scale: float
+    train_flip_rate: float
+
+
+UNEQUAL_PRIORS = (0.45, 0.25, 0.15, 0.1, 0.05)
+UNEQUAL_SPREADS = (0.7, 1.0, 1.3, 1.6, 1.0)
+SCENARIOS = (
+    Scenario("balanced", (0.2,) * 5, (1.0,) * 5, mean_scale=1.3, train_flip_rate=0.0),
+    Scenario("unequal", UNEQUAL_PRIORS, UNEQUAL_SPREADS, mean_scale=1.3, train_flip_rate=0.0),
+    Scenario("unequal+noisy", UNEQUAL_PRIORS, UNEQUAL_SPREADS, mean_scale=1.3, train_flip_rate=0.10),
+)
+
+# A ranker returns example indices, most suspicious first, and how many label issues it estimates.
+Ranker = Callable[[npt.NDArray[np.float64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.intp], int]]
+
+
+@dataclass(frozen=True)
+class Score:
+    listed: int
+    hits: int
+    flips: int
+    flagged: int
+
+    @property
+    def precision(self) -> float:
+        return self.hits / self.listed if self.listed else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.hits / self.flips if self.flips else 0.0
+
+
+def make_blobs(
+    scenario: Scenario, centres: npt.NDArray[np.float64], size: int, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    labels = rng.choice(len(scenario.class_priors), size=size, p=scenario.class_priors)
+    spreads = np.asarray(scenario.class_spreads)[labels, None]
+    features = centres[labels] + spreads * rng.standard_normal((size, centres.shape[1]))
+    return features, labels.astype(np.int64)
+
+
+def flip_labels(
+    labels: npt.NDArray[np.int64], num_classes: int, rate: float, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    flipped = np.zeros(labels.size, dtype=bool)
+    flipped[rng.choice(labels.size, size=round(rate * labels.size), replace=False)] = True
+    # A shift of 1..k-1 classes always lands on a different class, uniformly.
+    shifts = rng.integers(1, num_classes, size=labels.size)
+    noisy = np.where(flipped, (labels + shifts) % num_classes, labels)
+    return noisy, flipped
+
+
+def softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def train_softmax_regression(
+    features: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], num_classes: int, *, steps: int = 400
+) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
+    """Full-batch gradient descent on L2-regularised cross-entropy; returns a predict_proba function."""
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-9
+
+    def design(raw: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.hstack([(raw - mean) / std, np.ones((raw.shape[0], 1))])
+
+    inputs = design(features)
+    targets = np.eye(num_classes)[labels]
+    weights = np.zeros((inputs.shape[1], num_classes))
+    learning_rate, l2 = 0.5, 1e-4
+    for _ in range(steps):
+        gradient = inputs.T @ (softmax(inputs @ weights) - targets) / inputs.shape[0] + l2 * weights
+        weights -= learning_rate * gradient
+    return lambda raw: softmax(design(raw) @ weights)
+
+
+def ours(probs: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], int]:
+    ranking = rank_suspicious(probs, labels)
+    return ranking.order, int(ranking.flagged.sum())
+
+
+def load_cleanlab() -> Ranker | None:
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return None
+
+    def cleanlab_ranked(
+        probs: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.intp], int]:
+        ranked = np.asarray(find_label_issues(labels, probs, return_indices_ranked_by="self_confidence"))
+        return ranked.astype(np.intp), int(ranked.size)
+
+    return cleanlab_ranked
+
+
+def score_top_k(ranked: npt.NDArray[np.intp], flagged: int, flipped: npt.NDArray[np.bool_]) -> Score:
+    flips = int(flipped.sum())
+    top = ranked[:flips]
+    return Score(listed=int(top.size), hits=int(flipped[top].sum()), flips=flips, flagged=flagged)
+
+
+def run_once(scenario: Scenario, seed: int, rankers: dict[str, Ranker]) -> tuple[float, dict[str, Score]]:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    num_classes = len(scenario.class_priors)
+    centres = scenario.mean_scale * rng.standard_normal((num_classes, FEATURES))
+    train_x, train_y = make_blobs(scenario, centres, TRAIN_SIZE, rng)
+    held_x, held_y = make_blobs(scenario, centres, HELD_OUT_SIZE, rng)
+    noisy_train_y, _ = flip_labels(train_y, num_classes, scenario.train_flip_rate, rng)
+    noisy_y, flipped = flip_labels(held_y, num_classes, FLIP_RATE, rng)
+    probs = train_softmax_regression(train_x, noisy_train_y, num_classes)(held_x)
+    accuracy = float((probs.argmax(axis=1) == held_y).mean())
+    return accuracy, {name: score_top_k(*ranker(probs, noisy_y), flipped) for name, ranker in rankers.items()}
+
+
+def format_cells(scores: dict[str, Score]) -> str:
+    return "".join(f"{s.precision:>15.3f}{s.recall:>8.3f}{s.flagged:>9}" for s in scores.values())
+
+
+def pool(scores: list[Score]) -> Score:
+    return Score(*(sum(field) for field in zip(*(astuple(s) for s in scores), strict=True)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per scenario (default 5)")
+    args = parser.parse_args()
+
+    rankers: dict[str, Ranker] = {"ours": ours}
+    cleanlab_ranked = load_cleanlab()
+    if cleanlab_ranked is None:
+        print("cleanlab is NOT importable (pip install -e '.[bench]'): printing our figures only.\n")
+    else:
+        rankers["cleanlab"] = cleanlab_ranked
+
+    header = f"{'scenario':<14}{'seed':>5}{'acc':>7}{'K':>5}" + "".join(
+        f"{name + ' P@K':>15}{'R@K':>8}{'flagged':>9}" for name in rankers
+    )
+    print(header)
+    print("-" * len(header))
+    started = time.perf_counter()
+    for scenario in SCENARIOS:
+        per_seed: dict[str, list[Score]] = {name: [] for name in rankers}
+        for seed in range(args.seeds):
+            accuracy, scores = run_once(scenario, seed, rankers)
+            flips = scores["ours"].flips
+            print(f"{scenario.name:<14}{seed:>5}{accuracy:>7.3f}{flips:>5}{format_cells(scores)}")
+            for name, score in scores.items():
+                per_seed[name].append(score)
+        pooled = {name: pool(scores) for name, scores in per_seed.items()}
+        print(f"{scenario.name:<14}{'all':>5}{'':>7}{pooled['ours'].flips:>5}{format_cells(pooled)}")
+    elapsed = time.perf_counter() - started
+    print(f"\nbase rate (precision of a random list): {FLIP_RATE:.3f}; took {elapsed:.1f} s")
+    if cleanlab_ranked is None:
+        print("cleanlab comparison skipped: cleanlab is not installed.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

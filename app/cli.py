@@ -140,6 +140,20 @@ def token_create(name: str) -> None:
     typer.echo(secret)
 
 
+# Each domain adds its own commands (import, demo, ...) from its ``cli`` module.
+DOMAIN_COMMANDS = ("app.datasets.cli",)
+
+
+def _register_domain_commands() -> None:
+    import importlib
+
+    for module in DOMAIN_COMMANDS:
+        importlib.import_module(module).register(cli)
+
+
+_register_domain_commands()
+
+
 def main() -> None:
     from app.core.errors import DomainError
 

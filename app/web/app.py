@@ -15,7 +15,12 @@ from app.auth.service import LoginThrottle
 from app.core.db import get_engine, session_factory
 from app.core.settings import PROJECT_ROOT, Settings, get_settings
 from app.core.storage import LocalBlobStore
+from app.datasets.router import router as datasets_router
+from app.errors.router import router as errors_router
 from app.jobs.router import router as jobs_router
+from app.review.router import router as review_router
+from app.splits.router import router as splits_router
+from app.training.router import router as training_router
 from app.web import errors
 from app.web.deps import DB, Viewer
 from app.web.middleware import BodySizeLimit, SecurityHeaders
@@ -44,7 +49,8 @@ def create_app(
 
     errors.install(app)
     app.include_router(auth_router)
-    app.include_router(jobs_router)
+    for router in (jobs_router, datasets_router, splits_router, training_router, errors_router, review_router):
+        app.include_router(router)
     app.mount("/static", CachedStatic(directory=PROJECT_ROOT / "static"), name="static")
 
     @app.get("/healthz", include_in_schema=False)

@@ -1,0 +1,7 @@
+"""HTTP routes (pages and JSON API) for datasets; thin: parse, call the service, render."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

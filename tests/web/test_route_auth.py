@@ -1,0 +1,84 @@
+"""Authorization over the whole route table, generated from the app so a new route cannot be forgotten."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.routing import APIRoute
+
+PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/healthz")}
+ROLE_OF_DEPENDENCY = {"require_viewer": "viewer", "require_reviewer": "reviewer", "require_admin": "admin"}
+SAFE = {"GET", "HEAD", "OPTIONS"}
+
+
+def _roles(dependant) -> set[str]:  # type: ignore[no-untyped-def]
+    found = set()
+    for sub in dependant.dependencies:
+        name = getattr(sub.call, "__name__", "")
+        if name in ROLE_OF_DEPENDENCY:
+            found.add(ROLE_OF_DEPENDENCY[name])
+        found |= _roles(sub)
+    return found
+
+
+def _routes(app) -> list[tuple[str, str, set[str]]]:  # type: ignore[no-untyped-def]
+    rows = []
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            for method in sorted(route.methods):
+                rows.append((method, route.path, _roles(route.dependant)))
+    return rows
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "1", path)
+
+
+def test_every_route_declares_exactly_one_role(app) -> None:
+    missing = [
+        (method, path) for method, path, roles in _routes(app) if (method, path) not in PUBLIC and len(roles) != 1
+    ]
+    assert missing == []
+
+
+def test_anonymous_requests_are_refused_everywhere(anon, app) -> None:
+    for method, path, _roles_needed in _routes(app):
+        if (method, path) in PUBLIC:
+            continue
+        response = anon.request(method, _concrete(path))
+        if path.startswith("/api/"):
+            assert response.status_code == 401, (method, path, response.status_code)
+        else:
+            assert response.status_code in (303, 401), (method, path, response.status_code)
+            if response.status_code == 303:
+                assert response.headers["location"].startswith("/login")
+
+
+def test_viewers_are_refused_on_every_route_that_changes_or_administers(as_viewer, app) -> None:
+    for method, path, roles in _routes(app):
+        if (method, path) in PUBLIC or roles == {"viewer"}:
+            continue
+        response = as_viewer.request(method, _concrete(path))
+        assert response.status_code == 403, (method, path, response.status_code)
+
+
+def test_reviewers_are_refused_on_admin_routes(as_reviewer, app) -> None:
+    for method, path, roles in _routes(app):
+        if roles == {"admin"}:
+            response = as_reviewer.request(method, _concrete(path))
+            assert response.status_code == 403, (method, path, response.status_code)
+
+
+def test_state_changing_routes_need_the_csrf_token_with_a_session_cookie(app, people) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import browser_login
+
+    with TestClient(app, follow_redirects=False) as client:
+        browser_login(client, people["admin"])
+        for method, path, _roles_needed in _routes(app):
+            if method in SAFE or (method, path) in PUBLIC:
+                continue
+            response = client.request(method, _concrete(path))
+            assert response.status_code == 403, (method, path, response.status_code)
+            assert "CSRF" in response.text, (method, path)

@@ -72,6 +72,8 @@ class Image(TimestampMixin, Base):
         UniqueConstraint("dataset_id", "sha256"),
         Index("ix_images_dataset_label", "dataset_id", "label_id"),
         Index("ix_images_dataset_source", "dataset_id", "source"),
+        # Covering index: a split reads a million images' columns in index order, without table lookups.
+        Index("ix_images_split_columns", "dataset_id", "id", "label_id", "source", "phash", "imported_subset"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

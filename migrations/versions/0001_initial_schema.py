@@ -277,6 +277,11 @@ def upgrade() -> None:
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.create_index("ix_images_dataset_label", ["dataset_id", "label_id"], unique=False)
         batch_op.create_index("ix_images_dataset_source", ["dataset_id", "source"], unique=False)
+        batch_op.create_index(
+            "ix_images_split_columns",
+            ["dataset_id", "id", "label_id", "source", "phash", "imported_subset"],
+            unique=False,
+        )
 
     op.create_table(
         "runs",
@@ -617,6 +622,7 @@ def downgrade() -> None:
 
     op.drop_table("runs")
     with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.drop_index("ix_images_split_columns")
         batch_op.drop_index("ix_images_dataset_source")
         batch_op.drop_index("ix_images_dataset_label")
 

@@ -1,0 +1,250 @@
+"""Splits: preview, create (as a job), extend, read, manifest and export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, Invalid, NotFound
+from app.jobs import service as jobs
+from app.ml.near_duplicates import group_near_duplicates
+from app.ml.splitting import (
+    SUBSETS,
+    PreviousAssignment,
+    SplitInput,
+    SplitParams,
+    SplitSummary,
+    imported_subset_codes,
+    preview_split,
+    validate_params,
+)
+from app.models import Job, Split
+from app.splits import repository
+from app.splits.logic import params_from_dict, params_to_dict
+
+SPLIT_JOB = "split.build"
+
+
+@dataclass(frozen=True)
+class Preview:
+    counts: dict[str, Any]
+    warnings: list[dict[str, str]]
+    groups: dict[str, Any]
+    rows: list[Any]
+    sources: tuple[str, ...]
+    labels: tuple[str, ...]
+
+
+def check_params(params: SplitParams) -> SplitParams:
+    problems = validate_params(params)
+    if problems:
+        raise Invalid("; ".join(problems))
+    return params
+
+
+def _codes(values: np.ndarray, names_of: dict[int, str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer ids to dense codes, with names sorted the way encode_categories sorts them."""
+    unique_ids, inverse = np.unique(values, return_inverse=True)
+    names = [names_of[int(i)] for i in unique_ids]
+    order = np.argsort(np.array(names, dtype=object), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse].astype(np.int64), tuple(names[i] for i in order)
+
+
+def _source_codes(sources: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    names = tuple(sorted(set(sources)))
+    code = {name: i for i, name in enumerate(names)}
+    return np.fromiter((code[s] for s in sources), dtype=np.int64, count=len(sources)), names
+
+
+# Reading a million rows and grouping their hashes is most of a preview's cost, and both change only when
+# images or labels do: keep the last few inputs per process, keyed by that fingerprint, so tweaking the
+# split form stays fast.
+_INPUT_CACHE: dict[tuple[int, ...], SplitInput] = {}
+_INPUT_CACHE_SIZE = 2
+
+
+def split_input(session: Session, *, dataset_id: int, params: SplitParams) -> SplitInput:
+    """The dataset as columns, with duplicate groups (near-duplicates by dHash; sha256 is unique per dataset)."""
+    key = (dataset_id, params.near_duplicate_threshold, *repository.images_fingerprint(session, dataset_id))
+    cached = _INPUT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    columns = repository.image_columns(session, dataset_id)
+    label_codes, label_names = _codes(columns.label_ids, repository.label_names(session, dataset_id))
+    source_codes, source_names = _source_codes(columns.sources)
+    imported = imported_subset_codes(columns.imported_subsets) if any(columns.imported_subsets) else None
+    groups = group_near_duplicates(
+        columns.phashes, threshold=params.near_duplicate_threshold, missing=columns.phash_missing
+    ).group_ids
+    data = SplitInput(
+        image_ids=columns.image_ids,
+        source_codes=source_codes,
+        source_names=source_names,
+        label_codes=label_codes,
+        label_names=label_names,
+        group_ids=groups,
+        imported_subsets=imported,
+    )
+    if len(_INPUT_CACHE) >= _INPUT_CACHE_SIZE:
+        _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
+    _INPUT_CACHE[key] = data
+    return data
+
+
+def _previous(session: Session, split_id: int) -> PreviousAssignment:
+    image_ids, subsets, _positions = repository.assignments(session, split_id)
+    return PreviousAssignment(image_ids=image_ids, subsets=subsets)
+
+
+def summary_to_preview(summary: SplitSummary) -> Preview:
+    return Preview(
+        counts=dict(summary.counts),
+        warnings=[{"code": w["code"], "message": w["message"]} for w in summary.warnings],
+        groups=dict(summary.groups),
+        rows=summary.table_rows(),
+        sources=summary.source_names,
+        labels=summary.label_names,
+    )
+
+
+def preview(session: Session, *, dataset_id: int, params: SplitParams, extend_of: int | None = None) -> Preview:
+    """What a split with these parameters would contain; writes nothing."""
+    _dataset(session, dataset_id)
+    check_params(params)
+    data = split_input(session, dataset_id=dataset_id, params=params)
+    if data.image_ids.size == 0:
+        raise Invalid("the dataset has no images yet; upload some first")
+    previous = _previous(session, extend_of) if extend_of else None
+    return summary_to_preview(preview_split(data, params, previous=previous))
+
+
+def create_split(
+    session: Session, *, dataset_id: int, params: SplitParams, user_id: int | None, parent: Split | None = None
+) -> tuple[Split, Job]:
+    dataset = _dataset(session, dataset_id)
+    check_params(params)
+    if params.target_source is not None and params.target_source != dataset.target_source:
+        dataset.target_source = params.target_source
+    split = Split(
+        dataset_id=dataset_id,
+        version=repository.next_version(session, dataset_id),
+        parent_id=parent.id if parent else None,
+        status="queued",
+        params=params_to_dict(params),
+        created_by_id=user_id,
+    )
+    session.add(split)
+    session.flush()
+    job = jobs.enqueue(session, kind=SPLIT_JOB, payload={"split_id": split.id}, created_by_id=user_id)
+    split.job_id = job.id
+    session.flush()
+    return split, job
+
+
+def extend_split(session: Session, *, split_id: int, user_id: int | None) -> tuple[Split, Job]:
+    """A new version that keeps every assignment of ``split_id`` and places only the images added since."""
+    parent = get_split(session, split_id=split_id)
+    if parent.status != "ready":
+        raise Conflict(f"split v{parent.version} is {parent.status}; only a ready split can be extended")
+    return create_split(
+        session,
+        dataset_id=parent.dataset_id,
+        params=params_from_dict(parent.params),
+        user_id=user_id,
+        parent=parent,
+    )
+
+
+def get_split(session: Session, *, split_id: int) -> Split:
+    split = repository.get_split(session, split_id)
+    if split is None:
+        raise NotFound(f"split {split_id} does not exist")
+    return split
+
+
+def splits_of(session: Session, *, dataset_id: int) -> list[Split]:
+    _dataset(session, dataset_id)
+    return repository.splits_of(session, dataset_id)
+
+
+def newest_ready_split(session: Session, *, dataset_id: int) -> Split | None:
+    return repository.newest_ready_split(session, dataset_id)
+
+
+def ready_split(session: Session, *, split_id: int) -> Split:
+    split = get_split(session, split_id=split_id)
+    if split.status != "ready":
+        raise Conflict(f"split v{split.version} is {split.status}, not ready yet")
+    return split
+
+
+def manifest_lines(session: Session, *, split_id: int) -> Iterator[tuple[str, str, str, str, str]]:
+    ready_split(session, split_id=split_id)
+    return repository.manifest_rows(session, split_id)
+
+
+def export_rows(session: Session, *, split_id: int) -> Iterator[tuple[str, str, str, str]]:
+    ready_split(session, split_id=split_id)
+    return repository.export_rows(session, split_id)
+
+
+def previous_assignment(session: Session, *, split_id: int) -> PreviousAssignment:
+    return _previous(session, split_id)
+
+
+def begin_build(session: Session, *, split_id: int) -> Split:
+    split = get_split(session, split_id=split_id)
+    if split.status != "ready":
+        split.status = "building"
+        repository.clear_assignments(session, split.id)  # a retried job starts its writes afresh
+        session.flush()
+    return split
+
+
+def write_assignments(
+    session: Session, *, split_id: int, image_ids: np.ndarray, subsets: np.ndarray, positions: np.ndarray
+) -> None:
+    repository.insert_assignments(session, split_id=split_id, image_ids=image_ids, subsets=subsets, positions=positions)
+
+
+def finish_build(session: Session, *, split_id: int, summary: SplitSummary) -> Split:
+    """Only now does the split become visible as ready: readers never see a half-written one."""
+    split = get_split(session, split_id=split_id)
+    split.counts = dict(summary.counts)
+    split.warnings = [{"code": w["code"], "message": w["message"]} for w in summary.warnings]
+    split.groups = dict(summary.groups)
+    split.status = "ready"
+    session.flush()
+    return split
+
+
+def fail_build(session: Session, *, split_id: int) -> None:
+    split = get_split(session, split_id=split_id)
+    split.status = "failed"
+    repository.clear_assignments(session, split.id)
+    session.flush()
+
+
+def subset_names() -> tuple[str, ...]:
+    return SUBSETS
+
+
+def dataset_sources(session: Session, *, dataset_id: int) -> list[str]:
+    return repository.sources_of(session, dataset_id)
+
+
+def get_dataset(session: Session, *, dataset_id: int) -> Any:
+    return _dataset(session, dataset_id)
+
+
+def _dataset(session: Session, dataset_id: int) -> Any:
+    dataset = repository.get_dataset(session, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} does not exist")
+    return dataset

@@ -1,0 +1,34 @@
+"""Run queued jobs in this process through the runner's own code path (claim, handler, fenced finish)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from app.jobs import repository
+from app.jobs.runner import run_job
+from app.models import Job, utcnow
+
+
+def drain_jobs(engine: Engine, *, limit: int = 100) -> list[Job]:
+    """Claim and run queued jobs one by one until none is left; returns them as they ended."""
+    finished = []
+    for _ in range(limit):
+        with Session(engine) as session:
+            claimed = repository.claim_next(session, worker_id="inline", queues=None, lease_seconds=300, now=utcnow())
+            session.commit()
+        if claimed is None:
+            break
+        run_job(
+            job_id=claimed.id,
+            kind=claimed.kind,
+            payload=claimed.payload,
+            attempt=claimed.attempt,
+            token=claimed.lease_token,
+            engine=engine,
+        )
+        with Session(engine, expire_on_commit=False) as session:
+            job = session.get(Job, claimed.id)
+            assert job is not None
+            finished.append(job)
+    return finished

@@ -193,9 +193,7 @@ def _search_close_pairs(
     key_choices = list(combinations(bounds, match_count))
     index_mask = np.uint64((1 << index_bits) - 1)
     packed_indices = np.arange(count, dtype=np.uint64)
-    chunk_values = {
-        (low, width): (hashes >> np.uint64(low)) & np.uint64((1 << width) - 1) for low, width in bounds
-    }
+    chunk_values = {(low, width): (hashes >> np.uint64(low)) & np.uint64((1 << width) - 1) for low, width in bounds}
     first_parts: list[Int64Array] = []
     second_parts: list[Int64Array] = []
     compared_pairs = windowed_buckets = 0

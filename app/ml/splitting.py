@@ -53,6 +53,8 @@ DEV_TEST_MISMATCH_RATIO = 0.1
 MAX_LISTED_GROUPS = 200
 MAX_LISTED_GROUP_MEMBERS = 20
 MAX_NAMED_CLASSES = 20
+# Random sort keys of this many bits leave room to pack stratum and row index into one 63-bit sort word.
+RANDOM_KEY_BITS = 24
 
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -227,9 +229,7 @@ def extend_split(data: SplitInput, previous: PreviousAssignment, params: SplitPa
     return _split_result(data, params, previous=previous)
 
 
-def preview_split(
-    data: SplitInput, params: SplitParams, *, previous: PreviousAssignment | None = None
-) -> SplitSummary:
+def preview_split(data: SplitInput, params: SplitParams, *, previous: PreviousAssignment | None = None) -> SplitSummary:
     """What compute_split (or extend_split, given `previous`) would produce, without ordering the rows."""
     rows, assignment, _ = _assign_rows(data, params, previous)
     return _summarize(rows, assignment, params)
@@ -339,9 +339,9 @@ def _rows_in_id_order(data: SplitInput) -> _Rows:
 def _split_result(data: SplitInput, params: SplitParams, previous: PreviousAssignment | None) -> SplitResult:
     rows, assignment, rng = _assign_rows(data, params, previous)
     # The shuffle is drawn last, after every assignment decision (the seed's warning).
-    shuffle_rank = rng.permutation(rows.size)
+    shuffle_key = _random_keys(rng, rows.size)
     kept = assignment.kept_rank >= 0
-    within_subset = np.where(kept, assignment.kept_rank, assignment.kept_rank.max(initial=-1) + 1 + shuffle_rank)
+    within_subset = np.where(kept, assignment.kept_rank, assignment.kept_rank.max(initial=-1) + 1 + shuffle_key)
     order = _stable_order(assignment.subsets * (within_subset.max(initial=0) + 1) + within_subset)
     ordered_subsets = assignment.subsets[order]
     subset_starts = np.searchsorted(ordered_subsets, np.arange(len(SUBSETS)))
@@ -398,9 +398,7 @@ def _match_previous(rows: _Rows, previous: PreviousAssignment) -> tuple[Int64Arr
         raise ValueError("previous image_ids must be unique")
     # Sorted queries keep searchsorted cache-friendly.
     candidate_rows = np.minimum(np.searchsorted(rows.image_ids, sorted_ids), max(rows.size - 1, 0))
-    still_present = (
-        rows.image_ids[candidate_rows] == sorted_ids if rows.size else np.zeros(sorted_ids.size, dtype=bool)
-    )
+    still_present = rows.image_ids[candidate_rows] == sorted_ids if rows.size else np.zeros(sorted_ids.size, dtype=bool)
     return candidate_rows[still_present], ranks[still_present], previous_subsets[ranks[still_present]]
 
 
@@ -429,8 +427,8 @@ def _assign(
     rng: np.random.Generator,
     warnings: list[SplitWarning],
 ) -> _Assignment:
-    holdout_rank = rng.permutation(rows.group_count)
-    train_dev_rank = rng.permutation(rows.group_count)
+    holdout_key = _random_keys(rng, rows.group_count)
+    train_dev_key = _random_keys(rng, rows.group_count)
     # A group with an assigned member keeps all its members there (first assigned member in image-id order).
     group_subset = np.full(rows.group_count, UNASSIGNED, dtype=np.int64)
     fixed_rows = np.flatnonzero(fixed != UNASSIGNED)
@@ -453,15 +451,13 @@ def _assign(
             )
     group_subset[open_groups & mixed_groups] = TRAIN
 
-    dev_ratio, test_ratio = (
-        ((1.0 - params.target_train_fraction) / 2,) * 2 if target_mode else params.small_ratios[1:]
-    )
+    dev_ratio, test_ratio = ((1.0 - params.target_train_fraction) / 2,) * 2 if target_mode else params.small_ratios[1:]
     target_count = int(np.count_nonzero(is_target))
     dev_quota = max(0, min(_round_half_up(dev_ratio * target_count), params.dev_cap) - _count(subsets, DEV))
     test_quota = max(0, min(_round_half_up(test_ratio * target_count), params.test_cap) - _count(subsets, TEST))
     holdout_pool = np.flatnonzero(open_groups & ~mixed_groups)
     group_subset[holdout_pool] = _place_holdout(
-        rows, holdout_pool, holdout_rank[holdout_pool], dev_quota, test_quota, subsets, is_target
+        rows, holdout_pool, holdout_key[holdout_pool], dev_quota, test_quota, subsets, is_target
     )
 
     train_pool = np.flatnonzero(open_groups & (group_subset == TRAIN))
@@ -469,7 +465,7 @@ def _assign(
     train_total += int(rows.group_sizes[train_pool].sum())
     train_dev_quota = max(0, _round_half_up(params.train_dev_fraction * train_total) - _count(subsets, TRAIN_DEV))
     if train_dev_quota:
-        group_subset[train_pool] = _place_train_dev(rows, train_pool, train_dev_rank[train_pool], train_dev_quota)
+        group_subset[train_pool] = _place_train_dev(rows, train_pool, train_dev_key[train_pool], train_dev_quota)
 
     subsets = np.where(subsets != UNASSIGNED, subsets, group_subset[rows.group_index])
     return _Assignment(subsets, kept_rank, is_target, target_mode, warnings)
@@ -479,15 +475,20 @@ def _count(subsets: Int64Array, subset: int) -> int:
     return int(np.count_nonzero(subsets == subset))
 
 
-def _order_within_strata(strata: Int64Array, random_rank: Int64Array, rank_bound: int) -> Int64Array:
-    """Group positions sorted by stratum, in seeded random order (ranks below rank_bound) inside each stratum."""
-    return _stable_order(strata * rank_bound + random_rank)
+def _random_keys(rng: np.random.Generator, count: int) -> Int64Array:
+    """Seeded random sort keys; far cheaper than a permutation, and equal keys keep image-id order."""
+    return rng.integers(0, 1 << RANDOM_KEY_BITS, size=count, dtype=np.int64)
+
+
+def _order_within_strata(strata: Int64Array, random_key: Int64Array) -> Int64Array:
+    """Group positions sorted by stratum, in seeded random order inside each stratum."""
+    return _stable_order((strata << RANDOM_KEY_BITS) | random_key)
 
 
 def _place_holdout(
     rows: _Rows,
     pool: Int64Array,
-    random_rank: Int64Array,
+    random_key: Int64Array,
     dev_quota: int,
     test_quota: int,
     subsets: Int64Array,
@@ -506,7 +507,7 @@ def _place_holdout(
     needed[target_by_label < MIN_CLASS_IMAGES_FOR_DEV_AND_TEST] = 0
     label_quota = _allocate(dev_quota + test_quota, available_by_label, np.minimum(needed, available_by_label))
     stratum_quota = _share_within(label_quota, available, np.arange(available.size) // source_count)
-    order = _order_within_strata(strata, random_rank, rows.group_count)
+    order = _order_within_strata(strata, random_key)
     chosen = order[_take_prefixes(strata[order], sizes[order], stratum_quota)]
     placement = np.full(pool.size, TRAIN, dtype=np.int64)
     placement[chosen] = _share_dev_test(
@@ -520,15 +521,15 @@ def _place_holdout(
     return placement
 
 
-def _place_train_dev(rows: _Rows, pool: Int64Array, random_rank: Int64Array, quota: int) -> Int64Array:
+def _place_train_dev(rows: _Rows, pool: Int64Array, random_key: Int64Array, quota: int) -> Int64Array:
     """Subset (TRAIN_DEV or TRAIN) for each group newly put in train, stratified like train."""
     strata, sizes = rows.group_strata[pool], rows.group_sizes[pool]
-    available = np.bincount(
-        strata, weights=sizes, minlength=len(rows.label_names) * len(rows.source_names)
-    ).astype(np.int64)
+    available = np.bincount(strata, weights=sizes, minlength=len(rows.label_names) * len(rows.source_names)).astype(
+        np.int64
+    )
     total = np.array([min(quota, int(available.sum()))], dtype=np.int64)
     stratum_quota = _share_within(total, available, np.zeros(available.size, dtype=np.int64))
-    order = _order_within_strata(strata, random_rank, rows.group_count)
+    order = _order_within_strata(strata, random_key)
     placement = np.full(pool.size, TRAIN, dtype=np.int64)
     placement[order[_take_prefixes(strata[order], sizes[order], stratum_quota)]] = TRAIN_DEV
     return placement
@@ -700,9 +701,7 @@ def _named(names: list[str]) -> str:
     return shown if len(names) <= MAX_NAMED_CLASSES else f"{shown} and {len(names) - MAX_NAMED_CLASSES} more"
 
 
-def _class_warnings(
-    table: Int64Array, target_by_label: Int64Array, label_names: tuple[str, ...]
-) -> list[SplitWarning]:
+def _class_warnings(table: Int64Array, target_by_label: Int64Array, label_names: tuple[str, ...]) -> list[SplitWarning]:
     warnings: list[SplitWarning] = []
     rare = np.flatnonzero((target_by_label > 0) & (target_by_label < MIN_CLASS_IMAGES_FOR_DEV_AND_TEST))
     if rare.size:

@@ -64,9 +64,7 @@ def test_near_duplicate_groups_match_brute_force(
         (first, second)
         for first in range(count)
         for second in range(first + 1, count)
-        if not missing[first]
-        and not missing[second]
-        and (values[first] ^ values[second]).bit_count() <= threshold
+        if not missing[first] and not missing[second] and (values[first] ^ values[second]).bit_count() <= threshold
     ]
 
     grouping = group_near_duplicates(hashes, threshold=threshold, missing=missing)

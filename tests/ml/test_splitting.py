@@ -72,9 +72,7 @@ def split_params(draw: st.DrawFn, source_count: int = 4) -> SplitParams:
     caps = draw(st.sampled_from([(10_000, 10_000), (50, 50), (300, 300), (40, 120)]))
     return SplitParams(
         seed=draw(st.integers(0, 2**32 - 1)),
-        target_source=draw(
-            st.sampled_from([None, "absent", *(f"source{code}" for code in range(source_count))])
-        ),
+        target_source=draw(st.sampled_from([None, "absent", *(f"source{code}" for code in range(source_count))])),
         target_train_fraction=draw(st.sampled_from([0.8, 0.5, 0.95])),
         train_dev_fraction=draw(st.sampled_from([0.0, 0.0, 0.05, 0.2])),
         dev_cap=caps[0],
@@ -217,7 +215,6 @@ def test_worked_example_one_thousand_images() -> None:
     assert [counts[name]["total"] for name in SUBSETS] == [600, 0, 200, 200]
 
 
-@pytest.mark.slow
 def test_worked_example_one_million_images() -> None:
     data = make_input(size=1_000_000, source_count=1, label_count=50, skew=1.0, duplicate_share=0.0, data_seed=2)
     result = compute_split(data, SplitParams())
@@ -434,7 +431,8 @@ def test_inconsistent_input_is_refused() -> None:
         SplitInput(np.arange(3), np.zeros(2, dtype=np.int64), ("a",), np.zeros(3, dtype=np.int64), ("x",))
     with pytest.raises(ValueError):
         SplitInput(np.arange(3), np.full(3, 2), ("a",), np.zeros(3, dtype=np.int64), ("x",))
-    duplicate_ids = SplitInput(np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), ("a",),
-                               np.zeros(3, dtype=np.int64), ("x",))
+    duplicate_ids = SplitInput(
+        np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), ("a",), np.zeros(3, dtype=np.int64), ("x",)
+    )
     with pytest.raises(ValueError, match="unique"):
         compute_split(duplicate_ids, SplitParams())

@@ -1,0 +1,321 @@
+"""Image decoding for the models, and pooled backbone features cached on disk.
+
+A frozen backbone maps an image to the same feature vector every time, so features are computed once per
+(backbone name, weights hash, preprocessing id, image sha256) and kept as one small .npy file each under the
+cache directory (written to a temporary file, then renamed, so readers never see half a file). Training a
+linear head on cached features takes seconds; only images never seen with these weights go through the
+backbone. Extraction decodes JPEGs at reduced size through `Image.draft` (in DataLoader worker processes
+where that pays off, see `decode_workers`), folds batch norm into the convolutions, and runs batches under
+`torch.inference_mode()` in channels-last layout on all cores, or on CUDA when available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from app.ml.backbones import Backbone, Preprocessing, inference_network
+
+ProgressCallback = Callable[[float, str], None]
+StopCheck = Callable[[], bool]
+
+_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class TrainingCancelled(Exception):
+    """Raised between batches when the caller's `should_stop()` returns True."""
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch's CPU operations on `count` threads, restoring the previous setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_stop(should_stop: StopCheck | None) -> None:
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled("stopped on request")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decode_image(path: Path, preprocessing: Preprocessing, *, random_crop: bool = False) -> torch.Tensor:
+    """Decode, resize the shorter side and crop in one step: uint8 tensor [3, crop, crop].
+
+    The crop is centred, or placed at random (from torch's generator, so DataLoader seeding applies) when
+    `random_crop` is set for training-time augmentation.
+    """
+    with Image.open(path) as opened:
+        width, height = opened.size
+        scale = preprocessing.resize_size / min(width, height)
+        # JPEG can decode at 1/2, 1/4 or 1/8 size directly; draft keeps at least the size we resize to.
+        opened.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        picture = ImageOps.exif_transpose(opened).convert("RGB")
+    width, height = picture.size
+    scale = preprocessing.resize_size / min(width, height)
+    box_side = preprocessing.crop_size / scale
+    slack_x, slack_y = max(width - box_side, 0.0), max(height - box_side, 0.0)
+    if random_crop:
+        left, top = float(torch.rand(()) * slack_x), float(torch.rand(()) * slack_y)
+    else:
+        left, top = slack_x / 2, slack_y / 2
+    box = (left, top, left + min(box_side, width), top + min(box_side, height))
+    size = (preprocessing.crop_size, preprocessing.crop_size)
+    cropped = picture.resize(size, _RESAMPLING[preprocessing.interpolation], box=box)
+    return torch.from_numpy(np.asarray(cropped, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """(uint8 image tensor, label) pairs; with `augment`, a random crop and a random horizontal flip."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        preprocessing: Preprocessing,
+        *,
+        labels: Sequence[int] | None = None,
+        augment: bool = False,
+    ) -> None:
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        if len(self.labels) != len(self.paths):
+            raise ValueError("one label per image path is needed")
+        self.preprocessing = preprocessing
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = decode_image(self.paths[index], self.preprocessing, random_crop=self.augment)
+        if self.augment and bool(torch.rand(()) < 0.5):
+            image = torch.flip(image, dims=[2])
+        return image, self.labels[index]
+
+
+def decode_workers(device: torch.device, *, image_count: int, batch_size: int) -> int:
+    """How many processes should decode images while the model computes.
+
+    On a GPU, the CPU cores are free for decoding. On a CPU the model's threads already use every core, and
+    measured on 2 cores, even one decoding process slowed extraction (the model's threads wait for each
+    other whenever one is descheduled), so workers only come in with many cores, one per eight.
+    """
+    if image_count <= 2 * batch_size:
+        return 0  # starting processes would cost more than they save
+    cores = available_cores()
+    return min(8, cores - 1) if device.type == "cuda" else cores // 8
+
+
+def default_batch_size(device: torch.device) -> int:
+    # Small CPU batches keep activations in cache; larger ones measured slower per image on 2 cores.
+    return 64 if device.type == "cuda" else 8
+
+
+def image_loader(
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    shuffle: bool = False,
+    num_workers: int | None = None,
+    generator: torch.Generator | None = None,
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    """A DataLoader of uint8 image batches, decoding in `decode_workers` processes unless told otherwise."""
+    if num_workers is None:
+        num_workers = decode_workers(device, image_count=len(dataset), batch_size=batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [N, 3, H, W] to float 0..1 on `device`, channels-last (faster convolutions on CPU and GPU)."""
+    batch = images.to(device, non_blocking=True).float().div_(255.0)
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """Pooled features in input order; `extracted` images went through the backbone, `cache_hits` did not."""
+
+    features: npt.NDArray[np.float32]
+    flipped_features: npt.NDArray[np.float32] | None
+    extracted: int
+    cache_hits: int
+
+
+def extract_features(
+    *,
+    backbone: Backbone,
+    image_paths: Sequence[Path],
+    cache_dir: Path | None,
+    image_sha256s: Sequence[str] | None = None,
+    include_flipped: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: torch.device | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> ExtractionResult:
+    """Features [N, feature_size] for the images, reusing and filling the cache under `cache_dir`.
+
+    `image_sha256s` (content hashes the caller already knows) saves hashing the files again. With
+    `include_flipped`, features of the horizontally flipped image are returned (and cached) as well.
+    Raises `TrainingCancelled` between batches when `should_stop()` turns true.
+    """
+    if image_sha256s is None:
+        image_sha256s = [file_sha256(path) for path in image_paths]
+    if len(image_sha256s) != len(image_paths):
+        raise ValueError("one sha256 per image path is needed")
+    views = (False, True) if include_flipped else (False,)
+    store = _FeatureStore(cache_dir, backbone) if cache_dir is not None else None
+    count = len(image_paths)
+    features = np.zeros((len(views), count, backbone.feature_size), dtype=np.float32)
+    missing: list[int] = []
+    for index, sha in enumerate(image_sha256s):
+        cached = [store.read(sha, flipped) for flipped in views] if store is not None else [None]
+        if any(vector is None for vector in cached):
+            missing.append(index)
+            continue
+        for view_index, vector in enumerate(cached):
+            features[view_index, index] = vector
+    if missing:
+        device = device or default_device()
+        _run_backbone(
+            backbone=backbone,
+            paths=[image_paths[index] for index in missing],
+            include_flipped=include_flipped,
+            batch_size=batch_size or default_batch_size(device),
+            num_workers=num_workers,
+            device=device,
+            on_batch=lambda positions, batch_features: _keep_batch(
+                features, [missing[p] for p in positions], batch_features, image_sha256s, store
+            ),
+            progress=progress,
+            should_stop=should_stop,
+            already_done=count - len(missing),
+            total=count,
+        )
+    if progress is not None:
+        progress(1.0, f"features ready for {count} images ({len(missing)} extracted)")
+    return ExtractionResult(
+        features=features[0],
+        flipped_features=features[1] if include_flipped else None,
+        extracted=len(missing),
+        cache_hits=count - len(missing),
+    )
+
+
+def _keep_batch(
+    features: npt.NDArray[np.float32],
+    indices: list[int],
+    batch_features: list[npt.NDArray[np.float32]],
+    image_sha256s: Sequence[str],
+    store: _FeatureStore | None,
+) -> None:
+    for view_index, view_features in enumerate(batch_features):
+        features[view_index, indices] = view_features
+        if store is not None:
+            for row, index in enumerate(indices):
+                store.write(image_sha256s[index], view_index == 1, view_features[row])
+
+
+def _run_backbone(
+    *,
+    backbone: Backbone,
+    paths: Sequence[Path],
+    include_flipped: bool,
+    batch_size: int,
+    num_workers: int | None,
+    device: torch.device,
+    on_batch: Callable[[list[int], list[npt.NDArray[np.float32]]], None],
+    progress: ProgressCallback | None,
+    should_stop: StopCheck | None,
+    already_done: int,
+    total: int,
+) -> None:
+    network = inference_network(backbone).to(device).to(memory_format=torch.channels_last)
+    dataset = ImageDataset(paths, backbone.input_spec.preprocessing)
+    loader = image_loader(dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    done = 0
+    with torch_threads(available_cores()), torch.inference_mode():
+        for images, _labels in loader:
+            check_stop(should_stop)
+            batch = to_model_input(images, device)
+            outputs = [network(batch)]
+            if include_flipped:
+                outputs.append(network(torch.flip(batch, dims=[3])))
+            positions = list(range(done, done + len(images)))
+            on_batch(positions, [output.float().cpu().numpy() for output in outputs])
+            done += len(images)
+            if progress is not None:
+                message = f"extracted features of {done} of {len(paths)} images"
+                progress((already_done + done) / total, message)
+
+
+class _FeatureStore:
+    """One .npy per (image, view) under a directory named after backbone, weights and preprocessing."""
+
+    def __init__(self, cache_dir: Path, backbone: Backbone) -> None:
+        safe_name = "".join(char if char.isalnum() or char in "-_" else "_" for char in backbone.name)
+        prep_id = backbone.input_spec.preprocessing.preprocessing_id
+        self.root = cache_dir / f"{safe_name}-{backbone.weights_sha256[:16]}-{prep_id}"
+        self.feature_size = backbone.feature_size
+
+    def _path(self, image_sha256: str, flipped: bool) -> Path:
+        suffix = ".flip.npy" if flipped else ".npy"
+        return self.root / image_sha256[:2] / f"{image_sha256}{suffix}"
+
+    def read(self, image_sha256: str, flipped: bool) -> npt.NDArray[np.float32] | None:
+        path = self._path(image_sha256, flipped)
+        try:
+            vector = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # absent or damaged: extract again
+            return None
+        if vector.shape != (self.feature_size,) or vector.dtype != np.float32:
+            return None
+        return np.asarray(vector, dtype=np.float32)
+
+    def write(self, image_sha256: str, flipped: bool, vector: npt.NDArray[np.float32]) -> None:
+        path = self._path(image_sha256, flipped)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as temporary:
+            np.save(temporary, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+        os.replace(temporary.name, path)

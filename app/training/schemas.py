@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RunIn(BaseModel):
+    """The run form and API body."""
+
+    dataset_id: int
+    split_id: int
+    backbone: str = "efficientnet_lite0"
+    mode: str = "linear"
+    epochs: int = Field(default=30, ge=1, le=1000)
+    lr: float = Field(default=3e-3, gt=0, le=10)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    weight_decay: float = Field(default=1e-4, ge=0, le=1)
+    seed: int = Field(default=0, ge=0)
+    finetune_blocks: int = Field(default=2, ge=1, le=50)
+    human_error: float = Field(default=0.0, ge=0, le=1)
+    patience: int = Field(default=8, ge=1, le=1000)
+
+
+class RunCreated(BaseModel):
+    run_id: int
+    job_id: int
+
+
+class RunOut(BaseModel):
+    id: int
+    dataset_id: int
+    split_id: int
+    status: str
+    config: dict[str, Any]
+    label_names: list[str]
+    metrics: dict[str, Any]
+    per_class: dict[str, Any]
+    confusion: dict[str, Any]
+    diagnosis: dict[str, Any]
+    history: list[dict[str, Any]]
+    timings: dict[str, Any]
+    job_id: int | None
+    is_baseline: bool
+    rescored: dict[str, Any] | None = None
+
+
+class PredictionOut(BaseModel):
+    image_id: int
+    subset: str
+    label: str
+    predicted: str
+    confidence: float
+    probs: list[float]
+
+
+class PredictionsOut(BaseModel):
+    total: int
+    items: list[PredictionOut]

@@ -1,0 +1,145 @@
+"""Training runs: create (as a job on the training queue), read, compare, baseline, predictions, downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, Invalid, NotFound
+from app.core.settings import get_settings
+from app.jobs import service as jobs
+from app.models import Job, Run
+from app.training import repository
+from app.training.schemas import PredictionOut, RunIn
+
+RUN_JOB = "training.run"
+MODES = ("linear", "finetune", "full")
+BUILTIN_BACKBONES = (
+    "efficientnet_lite0",
+    "simple_cnn",
+    "torchvision:resnet18",
+    "torchvision:resnet50",
+    "torchvision:mobilenet_v3_large",
+    "torchvision:efficientnet_b0",
+    "torchvision:convnext_tiny",
+)
+RUN_FILES = {"model.pt": "model.pt", "labels.json": "labels.json", "model.torchscript.pt": "model.torchscript.pt"}
+
+
+def run_dir(run_id: int) -> Path:
+    return get_settings().resolved_data_dir / "runs" / str(run_id)
+
+
+def get_run(session: Session, *, run_id: int) -> Run:
+    run = repository.get_run(session, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def run_status(session: Session, run: Run) -> str:
+    """A run whose job ended without finishing it reports the job's end (failed or cancelled)."""
+    if run.status in ("queued", "running") and run.job_id:
+        job = jobs.get_job(session, job_id=run.job_id)
+        if job.status in ("failed", "cancelled"):
+            return job.status
+        if job.status == "running":
+            return "running"
+    return run.status
+
+
+def _check_backbone(session: Session, name: str) -> None:
+    if name in BUILTIN_BACKBONES:
+        return
+    if name.startswith("run:"):
+        try:
+            source_id = int(name[4:])
+        except ValueError:
+            raise Invalid(f"{name!r}: run:<id> needs a number") from None
+        source = get_run(session, run_id=source_id)
+        if source.status != "succeeded" or not source.model_path:
+            raise Invalid(f"run {source_id} has no trained model to start from (it is {source.status})")
+        return
+    raise Invalid(f"unknown backbone {name!r}; choose one of {', '.join(BUILTIN_BACKBONES)} or run:<id>")
+
+
+def create_run(session: Session, *, body: RunIn, user_id: int | None) -> tuple[Run, Job]:
+    split = repository.get_split(session, body.split_id)
+    if split is None or split.dataset_id != body.dataset_id:
+        raise NotFound(f"split {body.split_id} does not exist in dataset {body.dataset_id}")
+    if split.status != "ready":
+        raise Conflict(f"split v{split.version} is {split.status}; wait until it is ready")
+    if body.mode not in MODES:
+        raise Invalid(f"mode must be one of {', '.join(MODES)}")
+    if not split.counts.get("train", {}).get("total") or not split.counts.get("dev", {}).get("total"):
+        raise Invalid("the split needs images in both train and dev to train and evaluate")
+    _check_backbone(session, body.backbone)
+    config = body.model_dump(exclude={"dataset_id", "split_id"})
+    run = Run(dataset_id=body.dataset_id, split_id=body.split_id, status="queued", config=config, created_by_id=user_id)
+    session.add(run)
+    session.flush()
+    job = jobs.enqueue(
+        session, kind=RUN_JOB, payload={"run_id": run.id}, queue=get_settings().training_queue, created_by_id=user_id
+    )
+    run.job_id = job.id
+    session.flush()
+    return run, job
+
+
+def runs_of(session: Session, *, dataset_id: int | None) -> list[Run]:
+    return repository.runs_of(session, dataset_id)
+
+
+def set_baseline(session: Session, *, run_id: int) -> Run:
+    run = get_run(session, run_id=run_id)
+    if run.status != "succeeded":
+        raise Conflict("only a finished run can be the dataset's baseline")
+    dataset = repository.get_dataset(session, run.dataset_id)
+    assert dataset is not None
+    dataset.baseline_run_id = run.id
+    session.flush()
+    return run
+
+
+def is_baseline(session: Session, run: Run) -> bool:
+    dataset = repository.get_dataset(session, run.dataset_id)
+    return dataset is not None and dataset.baseline_run_id == run.id
+
+
+def predictions(
+    session: Session, *, run_id: int, subset: str | None, limit: int, offset: int
+) -> tuple[int, list[PredictionOut]]:
+    run = get_run(session, run_id=run_id)
+    names = repository.label_names(session, run.dataset_id)
+    total, rows = repository.predictions(session, run_id=run_id, subset=subset, limit=limit, offset=offset)
+    items = [
+        PredictionOut(
+            image_id=p.image_id,
+            subset=p.subset,
+            label=names.get(current_label, "?"),
+            predicted=names.get(p.predicted_label_id, "?"),
+            confidence=p.confidence,
+            probs=[round(float(x), 6) for x in np.frombuffer(p.probs, dtype=np.float32)],
+        )
+        for p, current_label in rows
+    ]
+    return total, items
+
+
+def model_file(session: Session, *, run_id: int, name: str) -> Path:
+    run = get_run(session, run_id=run_id)
+    if name not in RUN_FILES or not run.model_path:
+        raise NotFound(f"run {run_id} has no file {name!r}")
+    path = Path(run.model_path) / RUN_FILES[name]
+    if not path.exists():
+        raise NotFound(f"the file {name} of run {run_id} is missing on disk")
+    return path
+
+
+def split_choices(session: Session, *, dataset_id: int) -> list[Any]:
+    from app.splits import repository as splits
+
+    return [s for s in splits.splits_of(session, dataset_id) if s.status == "ready"]

@@ -1,7 +1,7 @@
 """Job queue figures: claim latency and throughput with real worker processes.
 
-    python bench/jobs.py                       # SQLite (2 workers) and Postgres (3 workers)
-    ERRORBOOK_BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python bench/jobs.py
+python bench/jobs.py                       # SQLite (2 workers) and Postgres (3 workers)
+ERRORBOOK_BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python bench/jobs.py
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ def measure(label: str, url: str, workers: int, data_dir: Path) -> dict[str, flo
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "app.cli", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(workers)
     ]

@@ -39,11 +39,15 @@ def populate(url: str, images: int) -> int:
     rng = np.random.default_rng(0)
     with engine.begin() as conn:
         dataset_id = conn.execute(
-            text("INSERT INTO datasets (name, description, created_at) VALUES ('bench', '', CURRENT_TIMESTAMP) RETURNING id")
+            text(
+                "INSERT INTO datasets (name, description, created_at) VALUES ('bench', '', CURRENT_TIMESTAMP) RETURNING id"
+            )
         ).scalar_one()
         label_ids = [
             conn.execute(
-                text("INSERT INTO labels (dataset_id, name, created_at) VALUES (:d, :n, CURRENT_TIMESTAMP) RETURNING id"),
+                text(
+                    "INSERT INTO labels (dataset_id, name, created_at) VALUES (:d, :n, CURRENT_TIMESTAMP) RETURNING id"
+                ),
                 {"d": dataset_id, "n": f"class_{k:02d}"},
             ).scalar_one()
             for k in range(50)
@@ -96,7 +100,12 @@ def measure(url: str, dataset_id: int) -> None:
     assert claimed is not None
     start = time.perf_counter()
     run_job(
-        job_id=claimed.id, kind=claimed.kind, payload=claimed.payload, attempt=1, token=claimed.lease_token, engine=engine
+        job_id=claimed.id,
+        kind=claimed.kind,
+        payload=claimed.payload,
+        attempt=1,
+        token=claimed.lease_token,
+        engine=engine,
     )
     job_s = time.perf_counter() - start
     with Session(engine) as session:
@@ -121,9 +130,7 @@ def run_backend(name: str, url: str, images: int) -> dict:
     start = time.perf_counter()
     dataset_id = populate(url, images)
     populate_s = time.perf_counter() - start
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", url, str(dataset_id)], capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, __file__, "--measure", url, str(dataset_id)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{name}: measuring failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -152,7 +159,9 @@ def main() -> None:
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    print(f"split benchmark: {args.images:,} image rows, 50 classes, 4 sources (target 'phone' 10%), {os.cpu_count()} CPUs")
+    print(
+        f"split benchmark: {args.images:,} image rows, 50 classes, 4 sources (target 'phone' 10%), {os.cpu_count()} CPUs"
+    )
     print(f"{'backend':<10}{'preview s':>10}{'split job s':>13}{'peak RSS MB':>13}  status   subsets")
     for name, r in results.items():
         print(

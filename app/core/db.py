@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.settings import Settings, get_settings
 
 _engines: dict[str, Engine] = {}
+READ_MOSTLY_OPTION = "errorbook_read_mostly"
 _engines_lock = threading.Lock()
 
 
@@ -32,7 +33,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (GET requests) begin deferred so they never queue behind the single write lock.
+        deferred = connection.get_execution_options().get(READ_MOSTLY_OPTION)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:

@@ -199,8 +199,21 @@ def normalise(image: Image.Image) -> Image.Image:
 
 def make_thumbnail(image: Image.Image, *, max_side: int = 256) -> bytes:
     """JPEG bytes of the normalised image shrunk (never enlarged) to fit in max_side x max_side."""
+    return encode_thumbnail(shrink(image, max_side=max_side))
+
+
+def shrink(image: Image.Image, *, max_side: int = 256) -> Image.Image:
+    """The normalised image shrunk (never enlarged) to fit in max_side x max_side, as a new RGB image.
+
+    Ingest keeps this picture to hash it (`dhash64` of the thumbnail) without decoding the JPEG again.
+    """
     thumbnail = normalise(image)
     thumbnail.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return thumbnail
+
+
+def encode_thumbnail(thumbnail: Image.Image) -> bytes:
+    """JPEG bytes of a picture made by `shrink`."""
     buffer = io.BytesIO()
     thumbnail.save(buffer, format="JPEG", quality=85, optimize=True)
     return buffer.getvalue()

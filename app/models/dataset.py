@@ -28,6 +28,8 @@ class Label(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
+    # A merged label keeps its row (history and predictions point at it) but is no longer offered.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"))
 
 
 class Upload(TimestampMixin, Base):
@@ -64,6 +66,10 @@ class UploadEntry(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
     label: Mapped[str | None] = mapped_column(String(100))
+    # For a zip's member: the archive entry it came from (its name is "<archive name>/<path in the archive>").
+    archive_entry_id: Mapped[int | None] = mapped_column(
+        ForeignKey("upload_entries.id", ondelete="CASCADE"), index=True
+    )
 
 
 class Image(TimestampMixin, Base):

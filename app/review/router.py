@@ -2,6 +2,209 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from app.ml.error_analysis import format_percent
+from app.review import service
+from app.review.schemas import (
+    ClaimIn,
+    DecisionIn,
+    ExcludeIn,
+    HistoryOut,
+    ItemOut,
+    LabelIn,
+    LabelOut,
+    RevertIn,
+    ReviewCreated,
+    ReviewIn,
+    ReviewOut,
+    SuspicionOut,
+)
+from app.web.deps import DB, Reviewer, Viewer
+from app.web.templating import render
 
 router = APIRouter()
+
+VIEWS = ("mine", "all")
+
+
+def _can_review(user: Any) -> bool:
+    return user.role in ("reviewer", "admin")
+
+
+# --- JSON API ----------------------------------------------------------------------------------------------------
+
+
+@router.post("/api/datasets/{dataset_id}/reviews", response_model=ReviewCreated, status_code=201)
+def api_create_review(dataset_id: int, body: ReviewIn, db: DB, user: Reviewer) -> ReviewCreated:
+    review = service.create_review(
+        db,
+        dataset_id=dataset_id,
+        run_id=body.run_id,
+        subsets=body.subsets,
+        suspicious_per_subset=body.suspicious_per_subset,
+        correct_per_subset=body.correct_per_subset,
+        seed=body.seed,
+        include_train=body.include_train,
+        actor=user,
+    )
+    return ReviewCreated(review_id=review.id)
+
+
+@router.get("/api/reviews/{review_id}", response_model=ReviewOut)
+def api_review(review_id: int, db: DB, user: Viewer) -> ReviewOut:
+    return ReviewOut.of(service.review_view(db, review_id=review_id))
+
+
+@router.post("/api/reviews/{review_id}/claim", response_model=list[ItemOut])
+def api_claim(review_id: int, db: DB, user: Reviewer, body: ClaimIn | None = None) -> list[ItemOut]:
+    count = body.count if body is not None else service.DEFAULT_CLAIM_SIZE
+    return [ItemOut.of(item) for item in service.claim_items(db, review_id=review_id, actor=user, count=count)]
+
+
+@router.post("/api/reviews/{review_id}/items/{image_id}/decision", response_model=LabelOut)
+def api_decide(review_id: int, image_id: int, body: DecisionIn, db: DB, user: Reviewer) -> LabelOut:
+    state = service.decide_item(
+        db,
+        review_id=review_id,
+        image_id=image_id,
+        decision=body.decision,
+        expected_version=body.expected_version,
+        actor=user,
+    )
+    return LabelOut.of(state)
+
+
+@router.get("/api/images/{image_id}/label", response_model=LabelOut)
+def api_label(image_id: int, db: DB, user: Viewer) -> LabelOut:
+    return LabelOut.of(service.label_state(db, image_id=image_id))
+
+
+@router.post("/api/images/{image_id}/label", response_model=LabelOut)
+def api_change_label(image_id: int, body: LabelIn, db: DB, user: Reviewer) -> LabelOut:
+    state = service.change_label(
+        db,
+        image_id=image_id,
+        label=body.label,
+        expected_version=body.expected_version,
+        review_id=body.review_id,
+        reason=body.reason,
+        actor=user,
+    )
+    return LabelOut.of(state)
+
+
+@router.post("/api/images/{image_id}/exclude", response_model=LabelOut)
+def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> LabelOut:
+    state = service.mark_ambiguous(
+        db,
+        image_id=image_id,
+        reason=body.reason,
+        expected_version=body.expected_version,
+        review_id=body.review_id,
+        actor=user,
+    )
+    return LabelOut.of(state)
+
+
+@router.get("/api/images/{image_id}/history", response_model=list[HistoryOut])
+def api_history(image_id: int, db: DB, user: Viewer) -> list[HistoryOut]:
+    return [HistoryOut.of(row) for row in service.image_history(db, image_id=image_id)]
+
+
+@router.post("/api/label-changes/{change_id}/revert", response_model=LabelOut)
+def api_revert(change_id: int, db: DB, user: Reviewer, body: RevertIn | None = None) -> LabelOut:
+    body = body or RevertIn()
+    state = service.revert_change(
+        db, change_id=change_id, expected_version=body.expected_version, reason=body.reason, actor=user
+    )
+    return LabelOut.of(state)
+
+
+@router.get("/api/runs/{run_id}/rescored")
+def api_rescored(run_id: int, db: DB, user: Viewer) -> dict[str, dict[str, Any]]:
+    return service.rescored_metrics(db, run_id=run_id)
+
+
+@router.get("/api/runs/{run_id}/suspicious", response_model=SuspicionOut)
+def api_suspicious(run_id: int, db: DB, user: Viewer, subset: str = "dev", limit: int = 50) -> SuspicionOut:
+    return SuspicionOut.of(service.suspicious_examples(db, run_id=run_id, subset=subset, limit=limit))
+
+
+# --- pages -------------------------------------------------------------------------------------------------------
+
+
+@router.get("/runs/{run_id}/review", include_in_schema=False)
+def run_review_page(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
+    page = service.run_review_page(db, run_id=run_id)
+    return render(
+        request,
+        "review/run.html",
+        {
+            "page": page,
+            "run": page.run,
+            "can_review": _can_review(user),
+            "max_per_subset": service.MAX_PER_SUBSET,
+            "fmt": format_percent,
+        },
+    )
+
+
+@router.post("/runs/{run_id}/review", include_in_schema=False)
+def run_review_start(
+    run_id: int,
+    db: DB,
+    user: Reviewer,
+    dataset_id: Annotated[int, Form()],
+    subsets: Annotated[list[str], Form()],
+    suspicious_per_subset: Annotated[int, Form()] = 50,
+    correct_per_subset: Annotated[int, Form()] = 10,
+    seed: Annotated[int, Form()] = 0,
+    include_train: Annotated[bool, Form()] = False,
+) -> Response:
+    review = service.create_review(
+        db,
+        dataset_id=dataset_id,
+        run_id=run_id,
+        subsets=subsets,
+        suspicious_per_subset=suspicious_per_subset,
+        correct_per_subset=correct_per_subset,
+        seed=seed,
+        include_train=include_train,
+        actor=user,
+    )
+    return RedirectResponse(f"/reviews/{review.id}", status_code=303)
+
+
+@router.get("/reviews/{review_id}", include_in_schema=False)
+def review_page(request: Request, review_id: int, db: DB, user: Viewer, view: str = "mine") -> Response:
+    which = view if view in VIEWS and _can_review(user) else "all"
+    loaded = service.review_view(db, review_id=review_id, only_for=user if which == "mine" else None)
+    context = {"view": loaded, "status": loaded.status, "which": which, "can_review": _can_review(user)}
+    return render(request, "review/campaign.html", context)
+
+
+@router.get("/reviews/{review_id}/progress", include_in_schema=False)
+def review_progress(request: Request, review_id: int, db: DB, user: Viewer) -> Response:
+    """Progress for dev and test side by side (and the run re-scored), polled and refreshed after each change."""
+    status = service.progress_view(db, review_id=review_id)
+    return render(request, "review/campaign.html", {"status": status}, block="progress")
+
+
+@router.post("/reviews/{review_id}/claim", include_in_schema=False)
+def review_claim(
+    review_id: int, db: DB, user: Reviewer, count: Annotated[int, Form()] = service.DEFAULT_CLAIM_SIZE
+) -> Response:
+    service.claim_items(db, review_id=review_id, actor=user, count=count)
+    return RedirectResponse(f"/reviews/{review_id}?view=mine", status_code=303)
+
+
+@router.get("/reviews/{review_id}/items/{image_id}", include_in_schema=False)
+def review_item(request: Request, review_id: int, image_id: int, db: DB, user: Viewer) -> Response:
+    detail = service.item_detail(db, review_id=review_id, image_id=image_id)
+    return render(
+        request, "review/_item.html", {"detail": detail, "item": detail.item, "can_review": _can_review(user)}
+    )

@@ -12,6 +12,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
+from app.core.db import READ_MOSTLY_OPTION
 from app.core.errors import Forbidden, NotAuthenticated
 from app.core.settings import Settings
 from app.models import User
@@ -40,6 +41,8 @@ def get_settings_dep(request: Request) -> Settings:
 def _get_db(request: Request) -> Iterator[Session]:
     """The one commit point: commit when the route returns, roll back when it raises."""
     session: Session = request.app.state.session_maker()
+    if request.method in SAFE_METHODS:
+        session.connection(execution_options={READ_MOSTLY_OPTION: True})
     try:
         yield session
         session.commit()

@@ -178,9 +178,7 @@ def test_conflicting_labels_drop_the_file_and_repeats_are_harmless() -> None:
     data = "filename,label\na.jpg,cat\nb.jpg,dog\na.jpg,dog\nb.jpg,dog\na.jpg,cat\n"
     result = parse_label_csv(data, upload_paths=UPLOAD)
     assert result.labels == {"b.jpg": CsvLabel(label="dog", source=None, row=3)}
-    assert result.problems == [
-        CsvProblem(4, "a.jpg is labelled 'dog' here but 'cat' in row 2; both rows ignored")
-    ]
+    assert result.problems == [CsvProblem(4, "a.jpg is labelled 'dog' here but 'cat' in row 2; both rows ignored")]
 
 
 def test_empty_labels_are_reported_with_their_row() -> None:

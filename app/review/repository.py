@@ -1,0 +1,364 @@
+"""Queries for label review: campaign items, versioned label updates, claims, history and re-scoring rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, CursorResult, and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from app.models import (
+    Dataset,
+    ErrorSample,
+    Image,
+    Label,
+    LabelChange,
+    Prediction,
+    Review,
+    ReviewItem,
+    Run,
+    User,
+)
+
+
+@dataclass(frozen=True)
+class SubsetRow:
+    """A scored example of a run's subset: its current label and the run's probabilities for it."""
+
+    image_id: int
+    label_id: int
+    probs: bytes
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """A campaign item with the image's current state and the run's prediction for it."""
+
+    image_id: int
+    subset: str
+    selection: str
+    rank: int
+    suspicion: float
+    status: str
+    claimed_by_id: int | None
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    decided_by: str | None
+    label_id: int
+    label_version: int
+    excluded_reason: str | None
+    predicted_label_id: int | None
+    image_sha256: str  # of the thumbnail when there is one: a cache key for the image URLs
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    id: int
+    kind: str
+    old_label: str | None
+    new_label: str | None
+    version: int
+    reason: str
+    review_id: int | None
+    reverts_change_id: int | None
+    user: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ScoringRow:
+    subset: str
+    predicted_label_id: int
+    label_at_prediction_id: int
+    label_id: int
+    excluded: bool
+
+
+def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def get_run(session: Session, run_id: int) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def get_image(session: Session, image_id: int) -> Image | None:
+    return session.get(Image, image_id)
+
+
+def get_review(session: Session, review_id: int) -> Review | None:
+    return session.get(Review, review_id)
+
+
+def get_change(session: Session, change_id: int) -> LabelChange | None:
+    return session.get(LabelChange, change_id)
+
+
+def get_label(session: Session, label_id: int) -> Label | None:
+    return session.get(Label, label_id)
+
+
+def labels_of(session: Session, *, dataset_id: int) -> dict[int, str]:
+    query = select(Label.id, Label.name).where(Label.dataset_id == dataset_id).order_by(Label.id)
+    return {label_id: name for label_id, name in session.execute(query)}
+
+
+def subset_rows(session: Session, *, run_id: int, subset: str) -> list[SubsetRow]:
+    """Every example of the subset the run predicted that is still scored (not excluded)."""
+    query = (
+        select(Prediction.image_id, Image.label_id, Prediction.probs)
+        .join(Image, Image.id == Prediction.image_id)
+        .where(Prediction.run_id == run_id, Prediction.subset == subset, Image.excluded_reason.is_(None))
+    )
+    return [SubsetRow(image_id, label_id, probs) for image_id, label_id, probs in session.execute(query)]
+
+
+def prediction(session: Session, *, run_id: int, image_id: int) -> Prediction | None:
+    return session.get(Prediction, (run_id, image_id))
+
+
+def add_review(session: Session, *, review: Review, items: Sequence[dict[str, Any]]) -> Review:
+    session.add(review)
+    session.flush()
+    if items:
+        session.execute(insert(ReviewItem), [{"review_id": review.id, **item} for item in items])
+    return review
+
+
+def reviews_of_dataset(session: Session, *, dataset_id: int) -> list[Review]:
+    query = select(Review).where(Review.dataset_id == dataset_id).order_by(Review.id.desc())
+    return list(session.scalars(query))
+
+
+def review_item(session: Session, *, review_id: int, image_id: int) -> ReviewItem | None:
+    query = select(ReviewItem).where(ReviewItem.review_id == review_id, ReviewItem.image_id == image_id)
+    return session.scalar(query)
+
+
+def item_rows(
+    session: Session,
+    *,
+    review: Review,
+    image_ids: Sequence[int] | None = None,
+    held_or_decided_by: int | None = None,
+) -> list[ItemRow]:
+    """Items in review order (rank, then subset, so dev and test alternate), optionally only some images or only
+    those a reviewer holds or decided."""
+    claimer, decider = aliased(User), aliased(User)
+    query = (
+        select(
+            ReviewItem.image_id,
+            ReviewItem.subset,
+            ReviewItem.selection,
+            ReviewItem.rank,
+            ReviewItem.suspicion,
+            ReviewItem.status,
+            ReviewItem.claimed_by_id,
+            claimer.name,
+            ReviewItem.claim_expires_at,
+            decider.name,
+            Image.label_id,
+            Image.label_version,
+            Image.excluded_reason,
+            Prediction.predicted_label_id,
+            func.coalesce(Image.thumb_sha256, Image.sha256),
+        )
+        .join(Image, Image.id == ReviewItem.image_id)
+        .outerjoin(Prediction, and_(Prediction.image_id == ReviewItem.image_id, Prediction.run_id == review.run_id))
+        .outerjoin(claimer, claimer.id == ReviewItem.claimed_by_id)
+        .outerjoin(decider, decider.id == ReviewItem.decided_by_id)
+        .where(ReviewItem.review_id == review.id)
+        .order_by(ReviewItem.rank, ReviewItem.subset)
+    )
+    if image_ids is not None:
+        query = query.where(ReviewItem.image_id.in_(list(image_ids)))
+    if held_or_decided_by is not None:
+        query = query.where(
+            or_(ReviewItem.claimed_by_id == held_or_decided_by, ReviewItem.decided_by_id == held_or_decided_by)
+        )
+    rows: Sequence[Any] = session.execute(query).all()
+    return [ItemRow(*row) for row in rows]
+
+
+def status_counts(session: Session, *, review_id: int) -> list[tuple[str, str, int]]:
+    """(subset, status, count) of a campaign's items."""
+    query = (
+        select(ReviewItem.subset, ReviewItem.status, func.count())
+        .where(ReviewItem.review_id == review_id)
+        .group_by(ReviewItem.subset, ReviewItem.status)
+    )
+    return [(subset, status, count) for subset, status, count in session.execute(query)]
+
+
+# --- versioned label updates: UPDATE ... WHERE label_version = :expected, then look at the row count ---------
+
+
+def _updated_one(result: Any) -> bool:
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def set_label_if_version(session: Session, *, image_id: int, expected_version: int, label_id: int) -> bool:
+    """Atomic on SQLite and Postgres: a concurrent writer that got there first changed the version, so this
+    matches no row (Postgres re-checks the WHERE clause after waiting for the other writer's row lock)."""
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.label_version == expected_version)
+        .values(label_id=label_id, label_version=Image.label_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def set_exclusion_if_version(
+    session: Session, *, image_id: int, expected_version: int, excluded_reason: str | None
+) -> bool:
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.label_version == expected_version)
+        .values(excluded_reason=excluded_reason, label_version=Image.label_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def lock_if_version(session: Session, *, image_id: int, expected_version: int) -> bool:
+    """Lock the image row if it is still at ``expected_version`` (a no-op UPDATE), for decisions that confirm a
+    label without changing it."""
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.label_version == expected_version)
+        .values(label_version=Image.label_version)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def add_change(session: Session, change: LabelChange) -> LabelChange:
+    session.add(change)
+    session.flush()
+    return change
+
+
+def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
+    query = (
+        select(LabelChange, User.name)
+        .outerjoin(User, User.id == LabelChange.user_id)
+        .where(LabelChange.image_id == image_id)
+        .order_by(LabelChange.id.desc())
+        .limit(1)
+    )
+    row = session.execute(query).first()
+    return None if row is None else (row[0], row[1])
+
+
+def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
+    query = select(LabelChange).where(LabelChange.image_id == image_id).order_by(LabelChange.id)
+    return list(session.scalars(query))
+
+
+def history(session: Session, *, image_id: int) -> list[HistoryRow]:
+    old, new = aliased(Label), aliased(Label)
+    query = (
+        select(
+            LabelChange.id,
+            LabelChange.kind,
+            old.name,
+            new.name,
+            LabelChange.version,
+            LabelChange.reason,
+            LabelChange.review_id,
+            LabelChange.reverts_change_id,
+            User.name,
+            LabelChange.created_at,
+        )
+        .outerjoin(old, old.id == LabelChange.old_label_id)
+        .outerjoin(new, new.id == LabelChange.new_label_id)
+        .outerjoin(User, User.id == LabelChange.user_id)
+        .where(LabelChange.image_id == image_id)
+        .order_by(LabelChange.id)
+    )
+    rows: Sequence[Any] = session.execute(query).all()
+    return [HistoryRow(*row) for row in rows]
+
+
+# --- claims -------------------------------------------------------------------------------------------------------
+
+
+def _free(now: datetime) -> ColumnElement[bool]:
+    return or_(ReviewItem.claimed_by_id.is_(None), ReviewItem.claim_expires_at < now)
+
+
+def claimable_item_ids(session: Session, *, review_id: int, now: datetime, limit: int) -> list[int]:
+    """Pending items nobody holds (or whose claim expired), in review order."""
+    query = (
+        select(ReviewItem.id)
+        .where(ReviewItem.review_id == review_id, ReviewItem.status == "pending", _free(now))
+        .order_by(ReviewItem.rank, ReviewItem.subset)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def claim_if_free(session: Session, *, item_id: int, user_id: int, now: datetime, expires_at: datetime) -> bool:
+    """Take one item unless someone else holds an unexpired claim on it (re-checked by the UPDATE itself)."""
+    statement = (
+        update(ReviewItem)
+        .where(ReviewItem.id == item_id, ReviewItem.status == "pending", _free(now))
+        .values(claimed_by_id=user_id, claim_expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def pending_claims(session: Session, *, review_id: int, user_id: int) -> int:
+    query = select(func.count()).where(
+        ReviewItem.review_id == review_id, ReviewItem.status == "pending", ReviewItem.claimed_by_id == user_id
+    )
+    return int(session.scalar(query) or 0)
+
+
+def renew_claims(session: Session, *, review_id: int, user_id: int, expires_at: datetime) -> None:
+    session.execute(
+        update(ReviewItem)
+        .where(ReviewItem.review_id == review_id, ReviewItem.status == "pending", ReviewItem.claimed_by_id == user_id)
+        .values(claim_expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- re-scoring and the "is it worth it" panel --------------------------------------------------------------
+
+
+def scoring_rows(session: Session, *, run_id: int, subsets: Sequence[str]) -> list[ScoringRow]:
+    query = (
+        select(
+            Prediction.subset,
+            Prediction.predicted_label_id,
+            Prediction.label_id,
+            Image.label_id,
+            Image.excluded_reason.is_not(None),
+        )
+        .join(Image, Image.id == Prediction.image_id)
+        .where(Prediction.run_id == run_id, Prediction.subset.in_(list(subsets)))
+    )
+    return [ScoringRow(*row) for row in session.execute(query)]
+
+
+def finished_runs_of_split(session: Session, *, split_id: int) -> list[Run]:
+    query = select(Run).where(Run.split_id == split_id, Run.status == "succeeded").order_by(Run.id)
+    return list(session.scalars(query))
+
+
+def finished_runs_of_dataset(session: Session, *, dataset_id: int) -> list[Run]:
+    query = select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc())
+    return list(session.scalars(query))
+
+
+def has_current_error_sample(session: Session, *, run_id: int, subset: str) -> bool:
+    query = select(ErrorSample.id).where(
+        ErrorSample.run_id == run_id, ErrorSample.subset == subset, ErrorSample.is_current
+    )
+    return session.scalar(query.limit(1)) is not None

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.review.logic import SubsetProgress
+from app.review.repository import HistoryRow
+from app.review.service import (
+    DEFAULT_CLAIM_SIZE,
+    ItemView,
+    LabelState,
+    ReviewView,
+    SubsetSuspicionSummary,
+)
+
+
+class ReviewIn(BaseModel):
+    run_id: int
+    subsets: list[str] = Field(default_factory=lambda: ["dev", "test"])
+    suspicious_per_subset: int = 50
+    correct_per_subset: int = 10
+    seed: int = 0
+    include_train: bool = False  # the separate, explicit option to review train as well
+
+
+class ReviewCreated(BaseModel):
+    review_id: int
+
+
+class ProgressOut(BaseModel):
+    done: int
+    total: int
+    relabeled: int
+    ambiguous: int
+
+    @classmethod
+    def of(cls, row: SubsetProgress) -> ProgressOut:
+        return cls(done=row.done, total=row.total, relabeled=row.relabeled, ambiguous=row.ambiguous)
+
+
+class ItemOut(BaseModel):
+    image_id: int
+    subset: str
+    label: str
+    label_version: int
+    predicted: str | None
+    suspicion: float
+    selection: str
+    status: str
+    excluded_reason: str | None
+    claimed_by: str | None
+
+    @classmethod
+    def of(cls, item: ItemView) -> ItemOut:
+        return cls(
+            image_id=item.image_id,
+            subset=item.subset,
+            label=item.label,
+            label_version=item.label_version,
+            predicted=item.predicted,
+            suspicion=item.suspicion,
+            selection=item.selection,
+            status=item.status,
+            excluded_reason=item.excluded_reason,
+            claimed_by=item.claimed_by if item.claim_active else None,
+        )
+
+
+class ReviewOut(BaseModel):
+    id: int
+    dataset_id: int
+    run_id: int
+    subsets: list[str]
+    suspicious_per_subset: int
+    correct_per_subset: int
+    seed: int
+    items: list[ItemOut]
+    progress: dict[str, ProgressOut]
+    drift: str | None
+    rescored: dict[str, dict[str, Any]]
+
+    @classmethod
+    def of(cls, view: ReviewView) -> ReviewOut:
+        review = view.review
+        return cls(
+            id=review.id,
+            dataset_id=review.dataset_id,
+            run_id=review.run_id,
+            subsets=view.subsets,
+            suspicious_per_subset=review.suspicious_per_subset,
+            correct_per_subset=review.correct_per_subset,
+            seed=review.seed,
+            items=[ItemOut.of(item) for item in view.items],
+            progress={row.subset: ProgressOut.of(row) for row in view.status.progress},
+            drift=view.status.drift,
+            rescored=view.status.rescored,
+        )
+
+
+class ClaimIn(BaseModel):
+    count: int = DEFAULT_CLAIM_SIZE
+
+
+class LabelIn(BaseModel):
+    label: str
+    expected_version: int
+    review_id: int | None = None
+    reason: str = ""
+
+
+class ExcludeIn(BaseModel):
+    reason: str
+    expected_version: int
+    review_id: int | None = None
+
+
+class DecisionIn(BaseModel):
+    decision: Literal["kept", "pending"]
+    expected_version: int
+
+
+class RevertIn(BaseModel):
+    expected_version: int | None = None
+    reason: str = ""
+
+
+class LabelOut(BaseModel):
+    image_id: int
+    label: str
+    label_version: int
+    excluded_reason: str | None
+    change_id: int | None
+    review_status: str | None
+
+    @classmethod
+    def of(cls, state: LabelState) -> LabelOut:
+        return cls(
+            image_id=state.image_id,
+            label=state.label,
+            label_version=state.label_version,
+            excluded_reason=state.excluded_reason,
+            change_id=state.change_id,
+            review_status=state.review_status,
+        )
+
+
+class HistoryOut(BaseModel):
+    id: int
+    kind: str
+    old_label: str | None
+    new_label: str | None
+    version: int
+    reason: str
+    review_id: int | None
+    reverts_change_id: int | None
+    user: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: HistoryRow) -> HistoryOut:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            old_label=row.old_label,
+            new_label=row.new_label,
+            version=row.version,
+            reason=row.reason,
+            review_id=row.review_id,
+            reverts_change_id=row.reverts_change_id,
+            user=row.user,
+            created_at=row.created_at,
+        )
+
+
+class SuspiciousOut(BaseModel):
+    image_id: int
+    label: str
+    suggested: str | None
+    suspicion: float
+    flagged: bool
+
+
+class SuspicionOut(BaseModel):
+    subset: str
+    size: int
+    flagged: int
+    items: list[SuspiciousOut]
+
+    @classmethod
+    def of(cls, summary: SubsetSuspicionSummary) -> SuspicionOut:
+        return cls(
+            subset=summary.subset,
+            size=summary.size,
+            flagged=summary.flagged,
+            items=[
+                SuspiciousOut(
+                    image_id=row.image_id,
+                    label=row.label,
+                    suggested=row.suggested,
+                    suspicion=row.suspicion,
+                    flagged=row.flagged,
+                )
+                for row in summary.top
+            ],
+        )

@@ -1,0 +1,192 @@
+// The error grid, driven from the keyboard: arrows move, 1-9 toggle a category, m marks mislabeled,
+// Enter opens the large view, Esc closes it. Each toggle is an htmx request that saves at once and answers
+// with the example's card and (out of band) the updated ceiling table.
+(function () {
+  "use strict";
+  var grid = document.querySelector("[data-error-grid]");
+  if (!grid) {
+    return;
+  }
+  var toolbar = document.querySelector("[data-errors-toolbar]");
+  var detail = document.getElementById("detail");
+  var canTag = grid.getAttribute("data-can-tag") === "1";
+  var subset = grid.getAttribute("data-subset");
+  var selectedId = null;
+  // Toggles go one after another, so each answer's ceiling table is at least as new as the one before.
+  var saving = Promise.resolve();
+
+  function cards() {
+    return Array.prototype.slice.call(grid.querySelectorAll("[data-card]"));
+  }
+
+  function cardById(id) {
+    return id === null ? null : document.getElementById("card-" + id);
+  }
+
+  function markSelected(card) {
+    card.classList.add("selected");
+    card.setAttribute("aria-current", "true");
+  }
+
+  function select(card, scroll) {
+    if (!card) {
+      return;
+    }
+    var previous = cardById(selectedId);
+    if (previous) {
+      previous.classList.remove("selected");
+      previous.removeAttribute("aria-current");
+    }
+    selectedId = card.getAttribute("data-image-id");
+    markSelected(card);
+    if (scroll) {
+      card.scrollIntoView({ block: "nearest" });
+    }
+    // Keep the place across reloads without making the browser jump to an anchor.
+    history.replaceState(null, "", "#image-" + selectedId);
+  }
+
+  function columns(list) {
+    if (list.length === 0) {
+      return 1;
+    }
+    var top = list[0].offsetTop;
+    var count = 0;
+    while (count < list.length && list[count].offsetTop === top) {
+      count += 1;
+    }
+    return Math.max(count, 1);
+  }
+
+  function move(step) {
+    var list = cards();
+    if (list.length === 0) {
+      return;
+    }
+    var index = list.indexOf(cardById(selectedId));
+    var next = index < 0 ? 0 : Math.min(Math.max(index + step, 0), list.length - 1);
+    select(list[next], true);
+  }
+
+  function toggle(tagId) {
+    var card = cardById(selectedId);
+    if (!canTag || !card || !tagId) {
+      return;
+    }
+    var url = grid.getAttribute("data-toggle-base") + selectedId + "/tags/" + tagId + "/toggle?subset=" +
+      encodeURIComponent(subset);
+    var target = "#card-" + selectedId;
+    saving = saving.then(function () {
+      return htmx.ajax("POST", url, { target: target, swap: "outerHTML" });
+    }).catch(function () {
+      return null;  // htmx has already shown the failure in #flash; keep the queue going
+    });
+  }
+
+  function tagIdOf(selector) {
+    var button = toolbar ? toolbar.querySelector(selector) : null;
+    return button ? button.getAttribute("data-tag-id") : null;
+  }
+
+  function openSelected() {
+    var card = cardById(selectedId);
+    var link = card ? card.querySelector("[data-open]") : null;
+    if (link) {
+      link.click();
+    }
+  }
+
+  function closeDetail() {
+    if (detail) {
+      detail.innerHTML = "";
+    }
+    var card = cardById(selectedId);
+    if (card) {
+      card.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) {
+      return;
+    }
+    var target = event.target;
+    var typing = target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" ||
+      target.tagName === "SELECT" || target.isContentEditable);
+    if (typing) {
+      if (event.key === "Escape") {
+        target.blur();
+      }
+      return;
+    }
+    var key = event.key;
+    if (key === "ArrowRight") {
+      move(1);
+    } else if (key === "ArrowLeft") {
+      move(-1);
+    } else if (key === "ArrowDown") {
+      move(columns(cards()));
+    } else if (key === "ArrowUp") {
+      move(-columns(cards()));
+    } else if (key === "Enter") {
+      openSelected();
+    } else if (key === "Escape") {
+      closeDetail();
+    } else if (/^[1-9]$/.test(key)) {
+      toggle(tagIdOf('[data-key="' + key + '"]'));
+    } else if (key === "m" || key === "M") {
+      toggle(tagIdOf("[data-mislabeled]"));
+    } else {
+      return;
+    }
+    event.preventDefault();
+  });
+
+  grid.addEventListener("click", function (event) {
+    var card = event.target.closest("[data-card]");
+    if (card) {
+      select(card, false);
+    }
+  });
+
+  if (toolbar) {
+    toolbar.addEventListener("click", function (event) {
+      var button = event.target.closest("[data-tag-id]");
+      if (button) {
+        toggle(button.getAttribute("data-tag-id"));
+      }
+    });
+  }
+
+  if (detail) {
+    detail.addEventListener("click", function (event) {
+      if (event.target.closest("[data-close-detail]")) {
+        closeDetail();
+      }
+    });
+  }
+
+  // A toggled card comes back as a new element: keep it selected, and show its categories in the large view
+  // when that example is open there (the chips are the server's escaped markup, copied as they are).
+  document.addEventListener("htmx:load", function (event) {
+    var element = event.detail.elt;
+    if (!element || !element.hasAttribute || !element.hasAttribute("data-card")) {
+      return;
+    }
+    var imageId = element.getAttribute("data-image-id");
+    if (imageId === selectedId) {
+      markSelected(element);
+    }
+    var open = detail ? detail.querySelector('[data-detail][data-image-id="' + imageId + '"] [data-detail-tags]') : null;
+    var chips = element.querySelector(".ecard-tags");
+    if (open && chips) {
+      open.innerHTML = chips.innerHTML;
+    }
+  });
+
+  var fromHash = /^#image-(\d+)$/.exec(window.location.hash);
+  var first = (fromHash && cardById(fromHash[1])) || cards()[0];
+  if (first) {
+    select(first, Boolean(fromHash));
+  }
+})();

@@ -208,39 +208,56 @@ def errorbook_extraction_rate(paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def warm_up() -> None:
+    """Pay once-per-process costs before any timer, as a long-lived job worker does: the first optimizer
+    step imports torch._dynamo (seconds on a busy 2-core machine)."""
+    layer = nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    layer(torch.rand(3, 4)).sum().backward()
+    optimizer.step()
+
+
 def main() -> None:
     torch.set_num_threads(available_cores())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {available_cores()} cores")
+    warm_up()
     with tempfile.TemporaryDirectory(prefix="errorbook-bench-") as temporary:
         root = Path(temporary)
         split = generate_images(root / "images")
         all_paths = [path for paths in split.paths.values() for path in paths]
-        cache_dir = root / "feature-cache"
+        # Other programs on a shared machine slow some phases more than others, so (a) and our extraction
+        # run before and after the slow baselines, and the slower of the two counts.
         print("running (a) first linear run ...", flush=True)
-        first = errorbook_linear_run(split, cache_dir, learning_rate=3e-3)
+        first = errorbook_linear_run(split, root / "feature-cache", learning_rate=3e-3)
         print("running (b) second run with another learning rate ...", flush=True)
-        second = errorbook_linear_run(split, cache_dir, learning_rate=1e-2)
+        second = errorbook_linear_run(split, root / "feature-cache", learning_rate=1e-2)
         print("running (c) the tutorial's loop ...", flush=True)
         tutorial = tutorial_run(root / "images")
+        print("running (a) again with an empty cache ...", flush=True)
+        first_again = errorbook_linear_run(split, root / "feature-cache-2", learning_rate=3e-3)
         print("running (d) extraction throughput ...", flush=True)
-        ours_rate = errorbook_extraction_rate(all_paths)
+        ours_rates = [errorbook_extraction_rate(all_paths)]
         naive_rate = naive_extraction_rate(all_paths)
+        ours_rates.append(errorbook_extraction_rate(all_paths))
+    slower_first = max(first, first_again, key=lambda outcome: outcome.seconds)
     print()
-    print(f"{'run':<44} {'seconds':>8} {'dev acc':>8} {'backbone passes':>16}")
+    print(f"{'run':<46} {'seconds':>8} {'dev acc':>8} {'backbone passes':>16}")
     rows = (
         ("(a) first linear run (extract+train+predict)", first),
+        ("(a) the same, after (c), new cache", first_again),
         ("(b) second run, other lr (cache hit)", second),
         (f"(c) tutorial loop, {EPOCHS} epochs, batch {TUTORIAL_BATCH_SIZE}", tutorial),
     )
     for label, outcome in rows:
-        print(f"{label:<44} {outcome.seconds:>8.2f} {outcome.dev_accuracy:>8.3f} {outcome.extracted:>16}")
+        print(f"{label:<46} {outcome.seconds:>8.2f} {outcome.dev_accuracy:>8.3f} {outcome.extracted:>16}")
     print()
-    print(f"(d) extraction: {ours_rate:.1f} images/s, naive loop {naive_rate:.1f} images/s")
+    rates = " and ".join(f"{rate:.1f}" for rate in ours_rates)
+    print(f"(d) extraction: {rates} images/s (before and after), naive loop {naive_rate:.1f} images/s")
     print()
-    print(f"(c)/(a) speed-up: {tutorial.seconds / first.seconds:.1f}x (target >= 10x)")
-    print(f"(a) dev accuracy minus (c): {first.dev_accuracy - tutorial.dev_accuracy:+.3f} (target >= 0)")
+    print(f"(c)/(a) speed-up, slower (a): {tutorial.seconds / slower_first.seconds:.1f}x (target >= 10x)")
+    print(f"(a) dev accuracy minus (c): {slower_first.dev_accuracy - tutorial.dev_accuracy:+.3f} (target >= 0)")
     print(f"(b) seconds: {second.seconds:.2f} (target < 5)")
-    print(f"extraction vs naive: {ours_rate / naive_rate:.2f}x (target >= 1.5x)")
+    print(f"extraction vs naive, slower run: {min(ours_rates) / naive_rate:.2f}x (target >= 1.5x)")
 
 
 if __name__ == "__main__":

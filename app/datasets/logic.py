@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from PIL import Image as PILImage
+
 from app.ml.archives import UnsafePathError, normalise_relative_path
 from app.ml.images import ImageLimits, Rejection, dhash64, encode_thumbnail, inspect_image, shrink
 
@@ -267,6 +269,9 @@ def csv_chunks(header: Sequence[str], rows: Iterable[Sequence[object]], *, rows_
 # ---- ingest: one staged file at a time, and the labels of a whole upload ----------------------------------
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     """What ingest keeps of a valid image: its facts, a JPEG thumbnail and the thumbnail's difference hash."""
@@ -286,7 +291,13 @@ def decode_for_ingest(
     inspected = inspect_image(Path(path), filename=filename, limits=limits)
     if isinstance(inspected, Rejection):
         return inspected
-    thumbnail = shrink(inspected.image, max_side=thumbnail_side)
+    image = inspected.image
+    if image.mode == "RGB" and image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+        # Already upright RGB (most photos): `shrink` would copy it whole first; this decode is ours to shrink.
+        image.thumbnail((thumbnail_side, thumbnail_side), PILImage.Resampling.LANCZOS)
+        thumbnail = image
+    else:
+        thumbnail = shrink(image, max_side=thumbnail_side)
     return DecodedImage(
         width=inspected.width,
         height=inspected.height,

@@ -217,7 +217,8 @@ def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
 
 
 def count_images(session: Session, where: ImageFilter) -> int:
-    return int(session.scalar(_filtered(select(func.count(Image.id)), where)) or 0)
+    # count(*), not count(id): (dataset_id, label_id) and (dataset_id, source) then answer from the index alone.
+    return int(session.scalar(_filtered(select(func.count()).select_from(Image), where)) or 0)
 
 
 def image_page(session: Session, where: ImageFilter, *, limit: int, offset: int) -> list[ImageRow]:
@@ -314,15 +315,52 @@ def existing_by_sha(session: Session, dataset_id: int, shas: Iterable[str]) -> d
     return {sha: (int(image_id), int(label_id), filename) for sha, image_id, label_id, filename in rows}
 
 
-def add_images(session: Session, images: Sequence[Image]) -> None:
-    session.add_all(images)
-    session.flush()
+def insert_images(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Insert image rows in one statement; sha256 -> new id."""
+    if not rows:
+        return {}
+    inserted = session.execute(
+        insert(Image).returning(Image.id, Image.sha256, sort_by_parameter_order=True), list(rows)
+    ).all()
+    return {sha: int(image_id) for image_id, sha in inserted}
 
 
-def add_import_changes(session: Session, images: Sequence[Image], *, user_id: int | None) -> None:
-    session.add_all(
-        LabelChange(image_id=image.id, kind="import", new_label_id=image.label_id, version=1, user_id=user_id)
-        for image in images
+def insert_import_changes(
+    session: Session, images: Sequence[tuple[int, int]], *, user_id: int | None, now: datetime
+) -> None:
+    """The first history record of each new (image id, label id)."""
+    if images:
+        session.execute(
+            insert(LabelChange),
+            [
+                {
+                    "image_id": image_id,
+                    "kind": "import",
+                    "old_label_id": None,
+                    "new_label_id": label_id,
+                    "version": 1,
+                    "reason": "",
+                    "user_id": user_id,
+                    "created_at": now,
+                }
+                for image_id, label_id in images
+            ],
+        )
+
+
+def add_to_upload_counts(
+    session: Session, upload_id: int, *, accepted: int, duplicates: int, conflicts: int, rejected: int
+) -> None:
+    session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id)
+        .values(
+            accepted=Upload.accepted + accepted,
+            duplicates=Upload.duplicates + duplicates,
+            conflicts=Upload.conflicts + conflicts,
+            rejected=Upload.rejected + rejected,
+        )
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -436,13 +474,6 @@ def count_entries(session: Session, upload_id: int) -> dict[str, int]:
         .group_by(UploadEntry.outcome)
     ).all()
     return {str(outcome): int(n) for outcome, n in rows}
-
-
-def staged_size(session: Session, upload_id: int) -> int:
-    return int(
-        session.scalar(select(func.coalesce(func.sum(UploadEntry.size), 0)).where(UploadEntry.upload_id == upload_id))
-        or 0
-    )
 
 
 def archives_to_expand(session: Session, upload_id: int) -> list[UploadEntry]:

@@ -294,9 +294,7 @@ def api_open_upload(dataset_id: int, body: UploadOpenIn, db: DB, user: Reviewer)
     upload, resumed = service.start_upload(
         db, dataset_id=dataset_id, user_id=user.id, source=body.source, label=body.label, resume=body.resume
     )
-    return UploadOpened(
-        upload_id=upload.id, resumed=resumed, files=service.upload_report(db, upload_id=upload.id).files
-    )
+    return UploadOpened(upload_id=upload.id, resumed=resumed, files=service.file_count(db, upload_id=upload.id))
 
 
 @router.get("/api/uploads/{upload_id}", response_model=UploadOut)
@@ -451,8 +449,7 @@ def dataset_page(
     params = {"label": label, "source": source, "subset": subset, "split_id": split_id, "q": q, "offset": offset}
     grid = _grid_context(db, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
-        summary = service.dataset_summary(db, dataset_id=dataset_id)
-        return render(request, "datasets/detail.html", {"summary": summary, **grid}, block="grid")
+        return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only
     summary = service.dataset_summary(db, dataset_id=dataset_id)
     return render(
         request,
@@ -506,7 +503,6 @@ def upload_page(request: Request, dataset_id: int, db: DB, user: Reviewer) -> Re
             "summary": summary,
             "open_report": report,
             "chunk_bytes": service.CHUNKED_FILE_BYTES,
-            "max_files": _settings(request).max_upload_files,
         },
     )
 

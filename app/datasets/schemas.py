@@ -282,6 +282,7 @@ class UploadOut(BaseModel):
     resolved_items: list[ReportItemOut]
     notes: list[ReportItemOut]
     csv_problems: list[CsvProblemOut]
+    ingest_seconds: dict[str, float]
 
     @classmethod
     def of(cls, report: service.UploadReport) -> UploadOut:
@@ -311,4 +312,5 @@ class UploadOut(BaseModel):
             resolved_items=items(report.resolved_items),
             notes=items(report.noted_items),
             csv_problems=[CsvProblemOut(**problem) for problem in report.csv_problems],
+            ingest_seconds=report.seconds,
         )

@@ -491,6 +491,11 @@ def open_upload_of(session: Session, *, dataset_id: int, user_id: int | None) ->
     return repository.open_upload_of(session, dataset_id=dataset_id, user_id=user_id)
 
 
+def file_count(session: Session, *, upload_id: int) -> int:
+    """Files recorded so far (a resumed upload's progress)."""
+    return sum(n for outcome, n in repository.count_entries(session, upload_id).items() if outcome != "expanded")
+
+
 @dataclass
 class StageCounts:
     staged: int = 0
@@ -864,6 +869,7 @@ class UploadReport:
     resolved_items: list[ReportItem]
     noted_items: list[ReportItem]
     csv_problems: list[dict[str, Any]]
+    seconds: dict[str, float]  # how long the ingest job spent per phase (expand, ingest, finish)
 
     @property
     def finished(self) -> bool:
@@ -902,6 +908,7 @@ def upload_report(session: Session, *, upload_id: int, limit: int = 500) -> Uplo
             for entry in repository.noted_entries(session, upload.id, limit=limit)
         ],
         csv_problems=list(result.get("csv_problems", [])),
+        seconds=dict(result.get("seconds", {})),
     )
 
 
@@ -1030,29 +1037,25 @@ class BatchOutcome:
 
 @dataclass(frozen=True)
 class _Stored:
-    """An image already in the dataset (or added earlier in this batch) that a file's content matches."""
+    """An image already in the dataset, or added earlier in this batch (its id is known after the insert)."""
 
-    image: Image | None  # added in this batch: its id is known only after the flush
-    image_id: int
+    image_id: int | None
     label_id: int
     filename: str
-
-    @property
-    def id(self) -> int:
-        return self.image.id if self.image is not None else self.image_id
 
 
 def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestItem]) -> BatchOutcome:
     """Turn decoded files into images, duplicates, conflicts or rejections, all in the caller's transaction.
 
-    The dataset row is locked first, so two uploads into one dataset cannot both add the same content.
+    The dataset row is locked first, so two uploads into one dataset cannot both add the same content. Rows go
+    in with bulk statements: a batch is a handful of round trips however many files it holds.
     """
     if repository.get_dataset(session, spec.dataset_id, lock=True) is None:
         raise NotFound(f"dataset {spec.dataset_id} was deleted")
     pending = repository.still_staged(session, (item.entry_id for item in items))
     todo = [item for item in items if item.entry_id in pending]
     stored = {
-        sha: _Stored(None, image_id, label_id, filename)
+        sha: _Stored(image_id, label_id, filename)
         for sha, (image_id, label_id, filename) in repository.existing_by_sha(
             session, spec.dataset_id, (item.sha256 for item in todo)
         ).items()
@@ -1063,7 +1066,7 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
     labels: dict[str, Label] = {}
     rejected: list[dict[str, Any]] = []
     matched: list[tuple[IngestItem, Label, _Stored]] = []
-    added: list[tuple[IngestItem, Image]] = []
+    added: list[tuple[IngestItem, dict[str, Any]]] = []
     for item in todo:
         decoded = item.result
         if item.plan.problem or item.plan.label is None or not isinstance(decoded, DecodedImage):
@@ -1083,45 +1086,48 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
         if item.sha256 in stored:
             matched.append((item, label, stored[item.sha256]))
             continue
-        image = Image(
-            dataset_id=spec.dataset_id,
-            sha256=item.sha256,
-            thumb_sha256=item.thumb_sha256,
-            filename=item.name,
-            source=item.plan.source,
-            imported_subset=item.plan.subset,
-            label_id=label.id,
-            width=decoded.width,
-            height=decoded.height,
-            format=decoded.format,
-            phash=decoded.dhash,
-            notes="; ".join(decoded.notes),
-            upload_id=spec.upload_id,
-        )
-        added.append((item, image))
-        stored[item.sha256] = _Stored(image, 0, label.id, item.name)  # a later copy in this batch matches it
-    repository.add_images(session, [image for _, image in added])
-    repository.add_import_changes(session, [image for _, image in added], user_id=spec.user_id)
+        row = {
+            "dataset_id": spec.dataset_id,
+            "sha256": item.sha256,
+            "thumb_sha256": item.thumb_sha256,
+            "filename": item.name,
+            "source": item.plan.source,
+            "imported_subset": item.plan.subset,
+            "label_id": label.id,
+            "width": decoded.width,
+            "height": decoded.height,
+            "format": decoded.format,
+            "phash": decoded.dhash,
+            "notes": "; ".join(decoded.notes),
+            "upload_id": spec.upload_id,
+        }
+        added.append((item, row))
+        stored[item.sha256] = _Stored(None, label.id, item.name)  # a later copy in this batch matches it
+    new_ids = repository.insert_images(session, [row for _, row in added])
+    repository.insert_import_changes(
+        session, [(new_ids[row["sha256"]], row["label_id"]) for _, row in added], user_id=spec.user_id, now=utcnow()
+    )
 
     updates = rejected + [
         {
             "id": item.entry_id,
             "outcome": "accepted",
-            "reason": image.notes or None,
-            "image_id": image.id,
+            "reason": row["notes"] or None,
+            "image_id": new_ids[row["sha256"]],
             "label": item.plan.label,
         }
-        for item, image in added
+        for item, row in added
     ]
     for item, label, match in matched:
-        same = f"same content as {match.filename} (image {match.id})"
+        image_id = match.image_id if match.image_id is not None else new_ids[item.sha256]
+        same = f"same content as {match.filename} (image {image_id})"
         if match.label_id == label.id:
             update = {"outcome": "duplicate", "reason": same}
         else:
             stored_label = label_names.get(match.label_id, "?")
             reason = f"{same}, which is labelled {stored_label!r}; this file says {label.name!r}"
             update = {"outcome": "conflict", "reason": reason}
-        updates.append({"id": item.entry_id, "image_id": match.id, "label": label.name, **update})
+        updates.append({"id": item.entry_id, "image_id": image_id, "label": label.name, **update})
     repository.update_entries(session, updates)
 
     outcome = BatchOutcome(
@@ -1130,12 +1136,14 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
         conflicts=sum(1 for update in updates if update["outcome"] == "conflict"),
         rejected=len(rejected),
     )
-    upload = get_upload(session, upload_id=spec.upload_id)
-    upload.accepted += outcome.accepted
-    upload.duplicates += outcome.duplicates
-    upload.conflicts += outcome.conflicts
-    upload.rejected += outcome.rejected
-    session.flush()
+    repository.add_to_upload_counts(
+        session,
+        spec.upload_id,
+        accepted=outcome.accepted,
+        duplicates=outcome.duplicates,
+        conflicts=outcome.conflicts,
+        rejected=outcome.rejected,
+    )
     return outcome
 
 

@@ -36,7 +36,7 @@ from app.ml.images import ImageLimits, Rejection
 
 log = logging.getLogger("errorbook.ingest")
 
-BATCH_FILES = 32  # files per transaction
+BATCH_FILES = 64  # files per transaction
 BATCHES_AHEAD = 2  # batches decoding while the previous one is written
 FILES_PER_DECODER = 16  # a decoder process takes ~0.5 s to start: small uploads get fewer
 MEMBERS_PER_TRANSACTION = 256

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Route, sync_playwright
+from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from tests.datasets.conftest import noisy_jpeg
 from tests.jobs.conftest import wait_until
@@ -202,7 +202,8 @@ def test_a_folder_then_a_zip_are_uploaded_with_progress_and_reported(served: Ser
             assert "bird" in counts and "cat" in counts and "dog" in counts
             assert page.inner_text("[data-image-count]") == "70"
             page.select_option('select[name="label"]', "bird")
-            page.wait_for_function("document.querySelectorAll('#image-grid .thumb').length === 40")
+            # a locator assertion, not wait_for_function: that one evaluates a string, which our CSP forbids
+            expect(page.locator("#image-grid .thumb")).to_have_count(40)
             first = page.locator("#image-grid .thumb img").first
             first.wait_for()
             assert page.evaluate("img => img.naturalWidth", first.element_handle()) > 0  # the thumbnail loads

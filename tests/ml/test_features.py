@@ -107,6 +107,21 @@ def test_extracted_features_match_the_backbone_run_directly(backbone: Any, image
     assert result.extracted == 3
 
 
+def test_worker_processes_and_this_process_compute_the_same_features(
+    backbone: Any, image_paths: list[Path]
+) -> None:
+    here = extract_features(
+        backbone=backbone, image_paths=image_paths, cache_dir=None, include_flipped=True, num_workers=0
+    )
+    in_workers = extract_features(
+        backbone=backbone, image_paths=image_paths, cache_dir=None, include_flipped=True, num_workers=2
+    )
+
+    assert np.allclose(here.features, in_workers.features, atol=1e-5)
+    assert here.flipped_features is not None and in_workers.flipped_features is not None
+    assert np.allclose(here.flipped_features, in_workers.flipped_features, atol=1e-5)
+
+
 def test_only_new_images_are_extracted(backbone: Any, image_paths: list[Path], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     extract_features(backbone=backbone, image_paths=image_paths[:6], cache_dir=cache_dir)

@@ -28,15 +28,11 @@ def upgrade() -> None:
             ["id"],
             ondelete="CASCADE",
         )
-        batch_op.create_index(
-            batch_op.f("ix_upload_entries_archive_entry_id"), ["archive_entry_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_upload_entries_archive_entry_id"), ["archive_entry_id"], unique=False)
     # A merged label keeps its row (history and predictions point at it) but is no longer offered.
     with op.batch_alter_table("labels", schema=None) as batch_op:
         batch_op.add_column(sa.Column("merged_into_id", sa.Integer(), nullable=True))
-        batch_op.create_foreign_key(
-            batch_op.f("fk_labels_merged_into_id_labels"), "labels", ["merged_into_id"], ["id"]
-        )
+        batch_op.create_foreign_key(batch_op.f("fk_labels_merged_into_id_labels"), "labels", ["merged_into_id"], ["id"])
 
 
 def downgrade() -> None:
@@ -45,7 +41,5 @@ def downgrade() -> None:
         batch_op.drop_column("merged_into_id")
     with op.batch_alter_table("upload_entries", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_upload_entries_archive_entry_id"))
-        batch_op.drop_constraint(
-            batch_op.f("fk_upload_entries_archive_entry_id_upload_entries"), type_="foreignkey"
-        )
+        batch_op.drop_constraint(batch_op.f("fk_upload_entries_archive_entry_id_upload_entries"), type_="foreignkey")
         batch_op.drop_column("archive_entry_id")

@@ -746,7 +746,8 @@ def _group_summary(rows: _Rows, subsets: Int64Array) -> GroupSummary:
     listed: list[GroupEntry] = []
     for group, present in zip(listed_groups.tolist(), presence[ranking].tolist(), strict=True):
         start = int(np.searchsorted(member_groups, group))
-        members = member_rows[start : start + MAX_LISTED_GROUP_MEMBERS]
+        # Only this group's rows: the next group's members follow right after them.
+        members = member_rows[start : start + min(int(rows.group_sizes[group]), MAX_LISTED_GROUP_MEMBERS)]
         listed.append(
             {
                 "group_id": int(rows.group_keys[group]),

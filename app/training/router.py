@@ -156,7 +156,12 @@ def run_page(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
 @router.get("/runs/{run_id}/live", include_in_schema=False)
 def run_live(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
     """The part of the run page that updates while it trains (progress, curves)."""
-    return render(request, "training/detail.html", _run_context(db, run_id), block="live")
+    context = _run_context(db, run_id)
+    response = render(request, "training/detail.html", context, block="live")
+    if context["status"] not in ("queued", "running"):
+        # Only a page that was polling asks: its header (status, error analysis, review, model links) is stale.
+        response.headers["HX-Refresh"] = "true"
+    return response
 
 
 @router.post("/runs/{run_id}/baseline", include_in_schema=False)

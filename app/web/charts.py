@@ -34,6 +34,12 @@ def bar_chart(items: Sequence[tuple[str, float]], *, title: str, value_format: s
     return _svg(label_w + bar_w + 80, max(row * len(items), row), "".join(parts), title)
 
 
+def _number(value: float) -> str:
+    """Counts whole with thousands separators (980,000, not 980000 or 1e+06); other values (percentages such as
+    8.69565) with one decimal."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:.1f}"
+
+
 def stacked_bar_chart(rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, title: str) -> Markup:
     """One bar per row, split into coloured segments (split composition: subset x source)."""
     row_h, label_w, bar_w = 28, 90, 420
@@ -54,11 +60,11 @@ def stacked_bar_chart(rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *
             colour = PALETTE[keys.index(key) % len(PALETTE)]
             parts.append(
                 f'<rect x="{x:.1f}" y="{y + 4}" width="{width:.1f}" height="{row_h - 8}" fill="{colour}">'
-                f"<title>{escape(label)} · {escape(key)}: {value:g}</title></rect>"
+                f"<title>{escape(label)} · {escape(key)}: {_number(value)}</title></rect>"
             )
             x += width
         total = sum(v for _, v in segments)
-        parts.append(f'<text x="{x + 4:.1f}" y="{y + 18}" class="chart-value">{total:g}</text>')
+        parts.append(f'<text x="{x + 4:.1f}" y="{y + 18}" class="chart-value">{_number(total)}</text>')
     legend_y = len(rows) * row_h + 8
     for j, key in enumerate(keys):
         lx = label_w + j * 110

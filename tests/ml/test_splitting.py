@@ -436,3 +436,20 @@ def test_inconsistent_input_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="unique"):
         compute_split(duplicate_ids, SplitParams())
+
+
+def test_each_listed_group_names_only_its_own_members() -> None:
+    # Three pairs of duplicates among six singletons: each listed group holds exactly its pair.
+    group_ids = np.asarray([1, 2, 3, 1, 5, 6, 3, 8, 9, 5, 11, 12])
+    data = SplitInput(
+        image_ids=np.arange(group_ids.size, dtype=np.int64) + 100,
+        source_codes=np.zeros(group_ids.size, dtype=np.int64),
+        source_names=("web",),
+        label_codes=np.zeros(group_ids.size, dtype=np.int64),
+        label_names=("cat",),
+        group_ids=group_ids,
+    )
+    listed = compute_split(data, SplitParams()).summary.groups["listed"]
+    members = {group["group_id"]: sorted(group["image_ids"]) for group in listed}
+    assert members == {1: [100, 103], 3: [102, 106], 5: [104, 109]}
+    assert all(group["size"] == len(group["image_ids"]) for group in listed)

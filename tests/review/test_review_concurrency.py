@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.models import Image, Label, LabelChange
+from tests.browser import serve, server_env
 from tests.factories import make_run
-from tests.review.conftest import serve, server_env
 
 pytestmark = pytest.mark.slow
 

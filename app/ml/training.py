@@ -544,7 +544,8 @@ def _label_tensor(labels: npt.ArrayLike, num_classes: int, expected_count: int) 
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+    # On the CPU: checkpoints and exported models must load on machines without a GPU.
+    return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
 
 def _substate(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

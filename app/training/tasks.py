@@ -35,7 +35,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     from app.ml.features import TrainingCancelled
 
     run_id = int(ctx.payload["run_id"])
-    timings: dict[str, float] = {}
+    timings: dict[str, Any] = {}
     started = time.perf_counter()
     # Progress is reported between transactions, never inside one (SQLite has one writer).
     with ctx.transaction() as session:
@@ -79,6 +79,8 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     except (bb.BackboneUnavailable, bb.IncompatibleCheckpoint) as error:
         raise TaskError(str(error)) from error
     timings["load_backbone_s"] = time.perf_counter() - started
+    # Where the tensors ran: users comparing run times need to know whether a GPU was used.
+    timings["device"] = feats.default_device().type
 
     train_config = training.TrainingConfig(
         mode=mode,
@@ -115,7 +117,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
 
     resume = None
     if checkpoint.exists():
-        resume = training.TrainingState.from_dict(torch.load(checkpoint, weights_only=True))
+        resume = training.TrainingState.from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
         history = [dict(vars(r)) for r in resume.history]
 
     try:

@@ -170,7 +170,8 @@ def test_damaged_cache_file_is_extracted_again(backbone: Any, image_paths: list[
     result = extract_features(backbone=backbone, image_paths=image_paths, cache_dir=cache_dir)
 
     assert (result.extracted, result.cache_hits) == (1, 9)
-    assert np.array_equal(result.features, first.features)
+    # Bit-identical on the CPU; on a GPU a batch of one may pick other convolution kernels.
+    assert np.allclose(result.features, first.features, rtol=1e-3, atol=1e-5)
 
 
 def test_extraction_reports_progress_and_stops_between_batches(

@@ -353,4 +353,5 @@ def test_export_writes_a_reloadable_checkpoint_labels_and_matching_torchscript(
     assert torch.equal(restored.head.weight, head.weight)
     features = extract_features(backbone=lite_backbone, image_paths=dev_paths, cache_dir=None).features
     probabilities = predict_from_features(head_state=head.state_dict(), features=features)
-    assert np.allclose(probabilities, eager.softmax(dim=1).numpy(), atol=1e-4)
+    # Extraction runs on the GPU when there is one (TF32 convolutions), the eager reference on the CPU.
+    assert np.allclose(probabilities, eager.softmax(dim=1).numpy(), atol=1e-3 if torch.cuda.is_available() else 1e-4)

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
@@ -74,6 +75,7 @@ def test_linear_run_learns_caches_features_and_transfers(trained) -> None:
     assert first["metrics"]["dev"]["accuracy"] >= 0.8  # chance is 1/3
     assert set(first["metrics"]) == {"train", "dev", "test"}
     assert first["timings"]["extracted_train"] > 0
+    assert first["timings"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert first["confusion"]["labels"] == ["blue", "green", "red"]
     assert len(first["history"]) >= 1 and {"epoch", "train_loss", "dev_loss"} <= set(first["history"][0])
     assert first["diagnosis"]["advice"]

@@ -18,7 +18,6 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -42,49 +41,9 @@ from app.ml.features import (
     torch_threads,
 )
 from app.ml.features import TrainingCancelled as TrainingCancelled  # re-exported for the job layer
-
-# Below this many training images a frozen backbone generalises better than tuning it; above the second
-# threshold there is enough data to adapt all layers.
-LINEAR_MAX_TRAIN_IMAGES = 2_000
-FINETUNE_MAX_TRAIN_IMAGES = 20_000
+from app.ml.modes import TrainingMode
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-class TrainingMode(StrEnum):
-    LINEAR = "linear"
-    FINETUNE = "finetune"
-    FULL = "full"
-
-
-@dataclass(frozen=True)
-class ModeProposal:
-    mode: TrainingMode
-    explanation: str
-
-
-def propose_mode(*, train_size: int, pretrained: bool = True) -> ModeProposal:
-    """Suggest a training mode for a training set of `train_size` images, with a one-sentence reason."""
-    if not pretrained:
-        return ModeProposal(
-            TrainingMode.FULL, "This backbone has no pre-trained weights, so every layer has to be trained."
-        )
-    if train_size < LINEAR_MAX_TRAIN_IMAGES:
-        return ModeProposal(
-            TrainingMode.LINEAR,
-            f"With {train_size} training images, reuse the pre-trained feature extractor as it is and train "
-            "only the last layer: it cannot overfit much and takes seconds.",
-        )
-    if train_size < FINETUNE_MAX_TRAIN_IMAGES:
-        return ModeProposal(
-            TrainingMode.FINETUNE,
-            f"With {train_size} training images there is enough data to adapt the last blocks of the "
-            "pre-trained model, while its low-level features stay frozen.",
-        )
-    return ModeProposal(
-        TrainingMode.FULL,
-        f"With {train_size} training images every layer of the pre-trained model can adapt to this task.",
-    )
 
 
 @dataclass(frozen=True)

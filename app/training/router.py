@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from app.jobs import service as jobs
-from app.ml.training import propose_mode
+from app.ml.modes import propose_mode
 from app.models import Run
 from app.training import service
 from app.training.schemas import PredictionsOut, RunCreated, RunIn, RunOut

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from app.ml.backbones import ImageClassifier, load_backbone, model_from_checkpoint, state_dict_sha256
 from app.ml.features import decode_image, extract_features
 from app.ml.metrics import subset_metrics
+from app.ml.modes import propose_mode
 from app.ml.training import (
     EpochRecord,
     TrainingCancelled,
@@ -22,7 +23,6 @@ from app.ml.training import (
     export_model,
     predict_from_features,
     predict_images,
-    propose_mode,
     train_linear_head,
     train_on_images,
 )

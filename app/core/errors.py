@@ -45,6 +45,11 @@ class TooLarge(DomainError):
     code = "too_large"
 
 
+class InsufficientStorage(DomainError):
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class RateLimited(DomainError):
     status_code = 429
     code = "rate_limited"

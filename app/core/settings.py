@@ -33,14 +33,19 @@ class Settings(BaseSettings):
     job_shutdown_grace_seconds: float = 60.0
     job_memory_limit_mb: int = 12_000
     training_queue: str = "gpu"
+    # Split assignments written per transaction (a crash mid-write is undone by the retry).
+    split_write_rows: int = 100_000
 
     # Auth.
     session_days: int = 14
     secure_cookies: bool = False
     login_attempts_per_minute: int = 10
 
-    # Request limits (bytes / counts), refused early.
+    # Request limits (bytes / counts), refused early. File bodies (multipart uploads, raw chunks) may be as
+    # large as max_request_bytes; every other body (JSON, urlencoded forms) only max_json_bytes, since it is
+    # parsed in memory.
     max_request_bytes: int = 4 * 1024**3
+    max_json_bytes: int = 16 * 1024**2
     max_upload_files: int = 2_000
     max_form_fields: int = 100
     max_part_bytes: int = 1024 * 1024

@@ -7,11 +7,13 @@ errors of ``app.core.errors`` with a message a person can act on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
 import threading
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Any, BinaryIO, Literal
 
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, Invalid, NotFound, TooLarge
+from app.core.errors import Conflict, InsufficientStorage, Invalid, NotFound, TooLarge
 from app.core.settings import Settings
 from app.core.storage import BlobStore
 from app.datasets import repository
@@ -57,18 +59,30 @@ IMAGE_MEDIA_TYPES = {
 # ---- datasets -------------------------------------------------------------------------------------------
 
 
+def _has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(character) == "Cc" for character in text)
+
+
 def _dataset_name(raw: str) -> str:
     name = " ".join(raw.split())
     if not name or len(name) > MAX_DATASET_NAME:
         raise Invalid(f"a dataset name needs 1 to {MAX_DATASET_NAME} characters")
+    if _has_control_characters(name):  # NUL and the like (Postgres refuses NUL in text outright)
+        raise Invalid("a dataset name cannot contain control characters")
     return name
+
+
+def _description(raw: str) -> str:
+    if "\x00" in raw:
+        raise Invalid("a description cannot contain NUL characters")
+    return raw.strip()
 
 
 def create_dataset(session: Session, *, name: str, description: str = "", user_id: int | None) -> Dataset:
     name = _dataset_name(name)
     if repository.dataset_by_name(session, name) is not None:
         raise Conflict(f"a dataset named {name!r} already exists")
-    dataset = Dataset(name=name, description=description.strip(), created_by_id=user_id)
+    dataset = Dataset(name=name, description=_description(description), created_by_id=user_id)
     session.add(dataset)
     session.flush()
     return dataset
@@ -154,7 +168,7 @@ def update_dataset(
             raise Conflict(f"a dataset named {name!r} already exists")
         dataset.name = name
     if "description" in changes and changes["description"] is not None:
-        dataset.description = str(changes["description"]).strip()
+        dataset.description = _description(str(changes["description"]))
     if "target_source" in changes:
         target = changes["target_source"] or None
         if target is not None and not repository.source_exists(session, dataset.id, target):
@@ -626,6 +640,24 @@ def store_file(blobs: BlobStore, source: BinaryIO) -> tuple[str, int]:
     return blobs.put_file(reader), reader.size  # type: ignore[arg-type]
 
 
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_space() -> Iterator[None]:
+    """A full disk is for the operator to fix, not a server bug: answer 507 with the reason, not a 500. (The
+    blob store never leaves a half-written file: it writes to a temporary file and renames.)"""
+    try:
+        yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise InsufficientStorage(
+                "no space left on device to store the upload; free some disk space on the server and send it again"
+            ) from error
+        raise
+
+
 def store_files(blobs: BlobStore, sources: Sequence[tuple[str, Callable[[], BinaryIO]]]) -> list[StagedBlob]:
     """Stream several files into the blob store at once (their fsyncs overlap); names kept in order."""
 
@@ -634,7 +666,8 @@ def store_files(blobs: BlobStore, sources: Sequence[tuple[str, Callable[[], Bina
             return store_file(blobs, source)
 
     futures = [(name, blob_writer().submit(one, opener)) for name, opener in sources]
-    return [StagedBlob(name, *future.result()) for name, future in futures]
+    with disk_space():
+        return [StagedBlob(name, *future.result()) for name, future in futures]
 
 
 def stage_local_path(
@@ -709,7 +742,7 @@ async def receive_chunk(target: ChunkTarget, body: AsyncIterator[bytes]) -> None
     """Write a request body to the chunk file, refusing more than the chunk may hold (the file is removed)."""
     written = 0
     try:
-        with target.chunk.open("wb") as out:
+        with disk_space(), target.chunk.open("wb") as out:
             async for piece in body:
                 written += len(piece)
                 if written > target.max_bytes:
@@ -734,7 +767,7 @@ def append_chunk(
     """Append a received chunk if the part still ends at `offset`; when complete, verify the whole file's
     sha256, store it and record it. Returns the bytes received so far."""
     try:
-        with target.part.open("ab") as part:
+        with disk_space(), target.part.open("ab") as part:
             fcntl.flock(part, fcntl.LOCK_EX)  # a retried chunk racing its original must not append twice
             received = part.seek(0, os.SEEK_END)
             if received != offset:
@@ -755,7 +788,8 @@ def append_chunk(
             target.part.unlink(missing_ok=True)
             raise Invalid(f"{_printable(name)} changed while it was sent (its sha256 differs); send it again")
         part.seek(0)
-        stored, stored_size = store_file(blobs, part)
+        with disk_space():
+            stored, stored_size = store_file(blobs, part)
     target.part.unlink(missing_ok=True)
     stage_files(session, upload_id=upload_id, files=[StagedBlob(name, stored, stored_size)])
     return received
@@ -801,7 +835,8 @@ def finish_upload(
         if upload.label is not None:
             raise Invalid("give either one label for every file or a labels CSV, not both")
         check_labels_csv(labels_csv)
-        upload.labels_csv_sha256 = blobs.put_bytes(labels_csv)
+        with disk_space():
+            upload.labels_csv_sha256 = blobs.put_bytes(labels_csv)
     if not repository.count_entries(session, upload.id):
         raise Invalid("nothing was uploaded: add image files, folders or .zip archives first")
     payload = {"upload_id": upload.id, "source_folders": source_folders}

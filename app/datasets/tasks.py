@@ -29,7 +29,7 @@ from app.core.storage import LocalBlobStore
 from app.datasets import service
 from app.datasets.logic import DecodedImage, LabelPlan, StagedFile, plan_labels
 from app.datasets.repository import FileEntry
-from app.jobs.context import JobContext
+from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.archives import ArchiveEntry, ArchiveError, iter_zip
 from app.ml.images import ImageLimits, Rejection
@@ -49,6 +49,20 @@ MISSING_BLOB = Rejection("missing", "the uploaded file is missing from storage; 
 
 @task(service.INGEST_KIND)
 def ingest_upload(ctx: JobContext) -> dict[str, Any]:
+    try:
+        return _ingest_upload(ctx)
+    except OSError as error:
+        if not service.is_disk_full(error):
+            raise
+        # Rows are committed only after their blobs are written, so nothing points at a missing file, and a
+        # retry (once there is room) resumes where this stopped.
+        raise TaskError(
+            f"no space left on device while storing images under {ctx.settings.blob_dir}; "
+            "free some disk space, then retry the upload"
+        ) from error
+
+
+def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
     upload_id = int(ctx.payload["upload_id"])
     blobs = LocalBlobStore(ctx.settings.blob_dir)
     with ctx.transaction() as session:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.core.db import session_factory
 from app.core.settings import Settings
 from app.jobs import repository
+from app.jobs.retry import retry_transient
 from app.models import utcnow
 
 
@@ -55,15 +56,20 @@ class JobContext:
         now = time.monotonic()
         if force or fraction == 1.0 or now - self._last_report >= self._min_interval:
             self._last_report = now
-            with self.transaction() as session:
-                self._cancel_requested = repository.report_progress(
-                    session,
-                    job_id=self.job_id,
-                    token=self.lease_token,
-                    progress=fraction,
-                    message=message,
-                    now=utcnow(),
-                )
+
+            def report() -> bool:
+                with self.transaction() as session:
+                    return repository.report_progress(
+                        session,
+                        job_id=self.job_id,
+                        token=self.lease_token,
+                        progress=fraction,
+                        message=message,
+                        now=utcnow(),
+                    )
+
+            # A report is safe to repeat, so a dropped connection does not fail the job.
+            self._cancel_requested = retry_transient(report, what=f"job {self.job_id}: progress report")
         if self._cancel_requested:
             raise JobCancelled("cancelled by request")
 

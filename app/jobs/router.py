@@ -13,7 +13,7 @@ router = APIRouter()
 
 @router.get("/api/jobs", response_model=list[JobOut])
 def api_jobs(db: DB, user: Viewer, limit: int = 50) -> list[JobOut]:
-    return [JobOut.model_validate(j) for j in service.recent_jobs(db, limit=min(limit, 500))]
+    return [JobOut.model_validate(j) for j in service.recent_jobs(db, limit=min(max(limit, 1), 500))]
 
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut)

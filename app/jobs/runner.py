@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 from multiprocessing.connection import Connection
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from app.core.db import get_engine, session_factory
 from app.core.settings import get_settings
 from app.jobs import repository
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import handler_for, load_all
+from app.jobs.retry import retry_transient
 from app.models import utcnow
 
 log = logging.getLogger("errorbook.runner")
@@ -32,10 +37,18 @@ def _die_with_parent() -> None:
         log.warning("cannot ask the kernel to end the runner with its worker (not Linux?)")
 
 
+def _allow_child_processes() -> None:
+    """The worker starts the runner as a daemon so that it never outlives the worker, and multiprocessing refuses
+    daemons any children; but tasks need them (feature extraction runs one DataLoader process per core). The
+    kernel already ends the runner with its worker (above), and DataLoader workers exit when the runner does."""
+    multiprocessing.current_process().daemon = False
+
+
 def runner_main(conn: Connection, env: dict[str, str]) -> None:
     os.environ.update(env)
     get_settings.cache_clear()
     _die_with_parent()
+    _allow_child_processes()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the runner stops
     load_all()
     engine = get_engine()
@@ -48,7 +61,10 @@ def runner_main(conn: Connection, env: dict[str, str]) -> None:
         if message[0] == "stop":
             return
         _, job_id, kind, payload, attempt, token = message
-        run_job(job_id=job_id, kind=kind, payload=payload, attempt=attempt, token=token, engine=engine)
+        try:
+            run_job(job_id=job_id, kind=kind, payload=payload, attempt=attempt, token=token, engine=engine)
+        except OperationalError:  # the database stayed away: the lease expires and the reaper retries the job
+            log.exception("job %s: could not record how it ended", job_id)
         conn.send(("done", job_id))
 
 
@@ -73,24 +89,43 @@ def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, 
         status, message = "cancelled", "cancelled by request"
     except TaskError as exc:
         status, error, message = "failed", str(exc), "failed"
+    except OperationalError as exc:
+        # The database failed under the task (a restart dropped its connection): not the job's fault. Requeue
+        # it while attempts remain; tasks are written to be retried (they skip or redo what they had done).
+        log.warning("job %s (%s): database error (%s); requeueing it", job_id, kind, exc.orig)
+        _requeue(engine, job_id=job_id, token=token, reason=f"database error: {exc.orig}")  # type: ignore[arg-type]
+        return
     except Exception as exc:  # a task bug must fail its job, not the runner
         log.exception("job %s (%s) failed", job_id, kind)
         status, error, message = "failed", f"{type(exc).__name__}: {exc}", "failed"
-    session = session_factory(engine)()  # type: ignore[arg-type]
-    try:
-        repository.finish(
-            session,
-            job_id=job_id,
-            token=token,
-            status=status,
-            now=utcnow(),
-            message=message,
-            error=error,
-            result=result,
-        )
-        session.commit()
-    except repository.LeaseLost:
-        session.rollback()
-        log.warning("job %s: completion refused, the lease had moved on", job_id)
-    finally:
-        session.close()
+
+    def record_end() -> None:
+        session = session_factory(engine)()  # type: ignore[arg-type]
+        try:
+            repository.finish(
+                session,
+                job_id=job_id,
+                token=token,
+                status=status,
+                now=utcnow(),
+                message=message,
+                error=error,
+                result=result,
+            )
+            session.commit()
+        except repository.LeaseLost:
+            session.rollback()
+            log.warning("job %s: completion refused, the lease had moved on (or an earlier try got through)", job_id)
+        finally:
+            session.close()
+
+    # Fenced by the lease token, so repeating it after a dropped connection can never finish the job twice.
+    retry_transient(record_end, what=f"job {job_id}: recording its end")
+
+
+def _requeue(engine: Engine, *, job_id: int, token: str, reason: str) -> None:
+    def requeue() -> None:
+        with session_factory(engine).begin() as session:
+            repository.retry_or_fail(session, job_id=job_id, token=token, now=utcnow(), reason=reason)
+
+    retry_transient(requeue, what=f"job {job_id}: requeueing")

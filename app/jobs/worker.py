@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -22,11 +22,13 @@ from multiprocessing.process import BaseProcess
 import psutil
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from app.core.db import session_factory
 from app.core.settings import Settings
 from app.jobs import repository
 from app.jobs.repository import ClaimedJob, LeaseLost
+from app.jobs.retry import retry_transient
 from app.jobs.runner import runner_main
 from app.models import utcnow
 
@@ -201,10 +203,24 @@ class Worker:
                 self._restart_runner_for_release(claimed)
                 return
 
+    def _write(self, claimed: ClaimedJob, what: str, write: Callable[[Session], object]) -> None:
+        """A fenced write about the job in flight, tried again if the database drops the connection; if it
+        stays away, the job's lease expires and the reaper settles it (the worker itself carries on)."""
+
+        def once() -> None:
+            with self._sessions.begin() as session:
+                write(session)
+
+        try:
+            retry_transient(once, what=f"job {claimed.id}: {what}")
+        except OperationalError as exc:
+            log.error("job %s: could not record %s (%s); its lease will expire", claimed.id, what, exc.orig)
+
     def _kill_and_finish(self, claimed: ClaimedJob, status: str, error: str | None) -> None:
         self._restart_runner()
-        try:
-            with self._sessions.begin() as session:
+
+        def finish(session: Session) -> None:
+            try:
                 repository.finish(
                     session,
                     job_id=claimed.id,
@@ -214,15 +230,20 @@ class Worker:
                     message="cancelled (stopped hard)" if status == "cancelled" else "failed",
                     error=error,
                 )
-        except LeaseLost:
-            log.warning("job %s: lease moved on before it could be closed", claimed.id)
+            except LeaseLost:
+                log.warning("job %s: lease moved on before it could be closed", claimed.id)
+
+        self._write(claimed, "its end", finish)
 
     def _end_lost_job(self, claimed: ClaimedJob, reason: str) -> None:
         log.error("job %s: %s", claimed.id, reason)
-        with self._sessions.begin() as session:
-            repository.retry_or_fail(
+        self._write(
+            claimed,
+            "the loss of its runner",
+            lambda session: repository.retry_or_fail(
                 session, job_id=claimed.id, token=claimed.lease_token, now=utcnow(), reason=reason
-            )
+            ),
+        )
         if not self._stop.is_set():
             self._restart_runner()
 
@@ -231,10 +252,13 @@ class Worker:
             self._runner.kill()
             self._runner.join()
             self._runner = None
-        with self._sessions.begin() as session:
-            repository.release(
+        self._write(
+            claimed,
+            "its release",
+            lambda session: repository.release(
                 session, job_id=claimed.id, token=claimed.lease_token, now=utcnow(), reason="worker shut down"
-            )
+            ),
+        )
 
     # -- heartbeat thread ------------------------------------------------------------------------------
     def _heartbeat(self, claimed: ClaimedJob, watch: _Watch) -> None:

@@ -10,8 +10,6 @@ from app.ml.splitting import compute_split, extend_split
 from app.splits import service
 from app.splits.logic import params_from_dict
 
-WRITE_CHUNK = 100_000
-
 
 @task(service.SPLIT_JOB)
 def build_split(ctx: JobContext) -> dict[str, Any]:
@@ -34,9 +32,10 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.3, f"assigning {data.image_ids.size:,} images")
     result = extend_split(data, previous, params) if previous is not None else compute_split(data, params)
     total = result.image_ids.size
-    for start in range(0, total, WRITE_CHUNK):
+    chunk = max(1, ctx.settings.split_write_rows)
+    for start in range(0, total, chunk):
         ctx.progress(0.4 + 0.55 * start / total, f"writing assignments {start:,} of {total:,}")
-        stop = start + WRITE_CHUNK
+        stop = start + chunk
         with ctx.transaction() as session:
             service.write_assignments(
                 session,

@@ -14,12 +14,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.core.db import session_factory
 from app.core.settings import Settings, get_settings
-from app.models import Job
+from app.models import Image as ImageRow
+from app.models import Job, Upload, UploadEntry
 from tests.conftest import api_client
 from tests.jobs.conftest import workers  # noqa: F401  (re-exported for this folder)
 from tests.jobs.inline import drain_jobs
@@ -88,6 +89,24 @@ class Ingest:
         report = self.reviewer.get(f"/api/uploads/{response.json()['upload_id']}")
         assert report.status_code == 200
         return dict(report.json())
+
+
+def stored_blobs(blob_dir: Path) -> set[str]:
+    """The sha256 names of the files in a blob store (sharded as ab/cd/abcd…), its temporary folder aside."""
+    return {path.name for path in blob_dir.glob("??/??/*") if path.is_file()}
+
+
+def orphan_blobs(engine: Engine, blob_dir: Path) -> set[str]:
+    """Blob files nothing refers to: not an image or its thumbnail, not an upload's labels CSV, not a file of an
+    upload still open or ingesting (those are referred to by their upload entries)."""
+    with Session(engine) as session:
+        referenced = set(session.scalars(select(ImageRow.sha256)))
+        referenced |= {sha for sha in session.scalars(select(ImageRow.thumb_sha256)) if sha}
+        referenced |= {sha for sha in session.scalars(select(Upload.labels_csv_sha256)) if sha}
+        unfinished = select(UploadEntry.sha256).join(Upload, Upload.id == UploadEntry.upload_id)
+        unfinished = unfinished.where(Upload.status.in_(["open", "queued", "ingesting"]))
+        referenced |= {sha for sha in session.scalars(unfinished) if sha}
+    return stored_blobs(blob_dir) - referenced
 
 
 def reasons(report: dict[str, Any]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from app.core.settings import Settings
 from app.core.storage import LocalBlobStore
 from app.datasets import service
 from app.models import Image, Job, LabelChange, Upload, UploadEntry, utcnow
-from tests.datasets.conftest import noisy_jpeg
+from tests.datasets.conftest import noisy_jpeg, orphan_blobs, stored_blobs
 from tests.jobs.conftest import wait_until
 
 pytestmark = pytest.mark.slow
@@ -87,3 +87,7 @@ def test_an_ingest_killed_midway_is_finished_by_the_next_worker_without_orphans(
         assert all(image.thumb_sha256 and blobs.exists(image.thumb_sha256) for image in images)
         upload = session.get(Upload, upload_id)
         assert upload is not None and (upload.status, upload.accepted, upload.duplicates) == ("done", FILES, 1)
+    # Thumbnails written by the killed attempt for a batch it never committed were written again, to the same
+    # content addresses, by the retry: every blob file is referred to by a row.
+    assert orphan_blobs(engine, settings.blob_dir) == set()
+    assert stored_blobs(settings.blob_dir) >= {image.sha256 for image in images}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,19 @@ class WorkerProcesses:
             self.processes.append(process)
             started.append(process)
         return started
+
+    def kill(self, process: subprocess.Popen[bytes]) -> list[int]:
+        """SIGKILL a worker and every process under it (its runner, the runner's decoders) at once, as a
+        machine crash would; returns their pids."""
+        family = [psutil.Process(process.pid)]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += family[0].children(recursive=True)
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signal.SIGKILL)
+        process.wait(10)
+        psutil.wait_procs(family, timeout=10)
+        return [member.pid for member in family]
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import threading
 import time
+import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,10 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("errorbook-dummy-password")
 
 
+def _has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(character) == "Cc" for character in text)
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -36,6 +41,8 @@ def create_user(session: Session, *, name: str, role: str, password: str | None 
     name = name.strip()
     if not name or len(name) > 100:
         raise Invalid("a user name needs 1 to 100 characters")
+    if _has_control_characters(name):  # NUL and the like (Postgres refuses NUL in text outright)
+        raise Invalid("a user name cannot contain control characters")
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
     if repository.user_by_name(session, name) is not None:
@@ -103,6 +110,8 @@ def end_session(session: Session, *, token: str) -> None:
 
 def create_token(session: Session, *, user: User, name: str) -> tuple[ApiToken, str]:
     """Returns the row and the secret; the secret is shown once and only its hash is kept."""
+    if _has_control_characters(name):
+        raise Invalid("a token name cannot contain control characters")
     secret = "eb_" + secrets.token_urlsafe(32)
     row = ApiToken(
         user_id=user.id, name=name[:100] or "token", prefix=secret[:10], token_hash=_digest(secret)

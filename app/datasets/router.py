@@ -83,6 +83,26 @@ async def _upload_form(request: Request) -> AsyncIterator[FormData]:
 UploadForm = Annotated[FormData, Depends(_upload_form, scope="function")]
 
 
+def _multipart_body(*fields: str, files: bool = True) -> dict[str, Any]:
+    """The OpenAPI description of a form parsed by `_upload_form` (FastAPI cannot see it), so clients and the
+    schema fuzzer know these routes take multipart bodies."""
+    properties: dict[str, Any] = {name: {"type": "string"} for name in fields}
+    if files:
+        properties["files"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    if "labels_csv" in properties:
+        properties["labels_csv"] = {"type": "string", "format": "binary"}
+    schema = {"type": "object", "properties": properties}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}}}
+
+
+CHUNK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
 def _text(form: FormData, name: str) -> str | None:
     value = form.get(name)
     return value if isinstance(value, str) else None
@@ -265,7 +285,12 @@ def api_report_csv(request: Request, upload_id: int, db: DB, user: Viewer) -> St
 # ---- uploads API ----------------------------------------------------------------------------------------
 
 
-@router.post("/api/datasets/{dataset_id}/uploads", response_model=UploadStarted, status_code=202)
+@router.post(
+    "/api/datasets/{dataset_id}/uploads",
+    response_model=UploadStarted,
+    status_code=202,
+    openapi_extra=_multipart_body("label", "source", "labels_csv"),
+)
 def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user: Reviewer) -> UploadStarted:
     """One request: files (images or .zip), optional label, source and labels_csv; ingested by a job."""
     upload, _ = service.start_upload(
@@ -316,12 +341,12 @@ def api_have(request: Request, upload_id: int, body: HaveIn, db: DB, user: Revie
     return HaveOut(**vars(answer))
 
 
-@router.post("/api/uploads/{upload_id}/files", response_model=StagedOut)
+@router.post("/api/uploads/{upload_id}/files", response_model=StagedOut, openapi_extra=_multipart_body())
 def api_stage_files(request: Request, upload_id: int, form: UploadForm, db: DB, user: Reviewer) -> StagedOut:
     return StagedOut(**vars(_stage_form_files(db, request, upload_id, form)))
 
 
-@router.post("/api/uploads/{upload_id}/chunks", response_model=ChunkOut)
+@router.post("/api/uploads/{upload_id}/chunks", response_model=ChunkOut, openapi_extra=CHUNK_BODY)
 async def api_chunk(
     request: Request,
     upload_id: int,
@@ -358,7 +383,12 @@ async def api_chunk(
     return ChunkOut(received=received, complete=received == size)
 
 
-@router.post("/api/uploads/{upload_id}/finish", response_model=UploadStarted, status_code=202)
+@router.post(
+    "/api/uploads/{upload_id}/finish",
+    response_model=UploadStarted,
+    status_code=202,
+    openapi_extra=_multipart_body("label", "source", "labels_csv", files=False),
+)
 def api_finish_upload(request: Request, upload_id: int, form: UploadForm, db: DB, user: Reviewer) -> UploadStarted:
     job = service.finish_upload(
         db,

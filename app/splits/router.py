@@ -107,6 +107,7 @@ def api_manifest(split_id: int, request: Request, db: DB, user: Viewer) -> Respo
 def api_export(split_id: int, request: Request, db: DB, user: Viewer) -> Response:
     split = service.ready_split(db, split_id=split_id)
     blobs = request.app.state.blobs
+    service.check_export_files(db, split_id=split_id, blobs=blobs)
 
     def entries() -> Iterator[tuple[str, Any]]:
         taken: set[str] = set()

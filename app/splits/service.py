@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.storage import BlobStore
 from app.jobs import service as jobs
 from app.ml.near_duplicates import group_near_duplicates
 from app.ml.splitting import (
@@ -192,6 +193,20 @@ def manifest_lines(session: Session, *, split_id: int) -> Iterator[tuple[str, st
 def export_rows(session: Session, *, split_id: int) -> Iterator[tuple[str, str, str, str]]:
     ready_split(session, split_id=split_id)
     return repository.export_rows(session, split_id)
+
+
+def check_export_files(session: Session, *, split_id: int, blobs: BlobStore) -> None:
+    """Refuse an export before its first byte when a file is missing: once streaming, the only way to fail is a
+    cut-off zip that looks like a finished download. (A stat per file is small next to reading each one.)"""
+    missing, first = 0, ""
+    for _subset, _label, filename, sha256 in repository.export_rows(session, split_id):
+        if not blobs.exists(sha256):
+            missing, first = missing + 1, first or filename
+    if missing:
+        raise NotFound(
+            f"{missing:,} file(s) of this split are missing from the blob store (first: {first}); "
+            "restore the data directory or upload them again"
+        )
 
 
 def previous_assignment(session: Session, *, split_id: int) -> PreviousAssignment:

@@ -36,11 +36,36 @@ class CachedStatic(StaticFiles):
         return response
 
 
+def api_operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAPI operations as rows for the docs page."""
+    rows = []
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            rows.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": operation.get("summary", ""),
+                    "parameters": [
+                        {"name": p["name"], "where": p["in"], "required": p.get("required", False)}
+                        for p in operation.get("parameters", [])
+                    ],
+                    "body": list(operation.get("requestBody", {}).get("content", {})),
+                    "responses": list(operation.get("responses", {})),
+                }
+            )
+    return rows
+
+
 def create_app(
     settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None
 ) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="Errorbook", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # FastAPI's own docs pages load scripts from a CDN and run inline script, which our CSP (rightly) blocks and
+    # an offline install cannot reach: /api/docs is a plain page of ours instead.
+    app = FastAPI(
+        title="Errorbook", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
+    )
     app.state.settings = settings
     app.state.session_maker = session_maker or session_factory(get_engine(settings))
     app.state.secret_key = settings.secret_key()
@@ -62,6 +87,19 @@ def create_app(
     def home(request: Request, db: DB, user: Viewer) -> Response:
         return render(request, "home.html", {})
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs(request: Request) -> Response:  # public, like the schema it shows
+        schema = app.openapi()
+        return render(
+            request,
+            "api_docs.html",
+            {
+                "operations": api_operations(schema),
+                "openapi_version": schema.get("openapi", ""),
+                "schema_url": app.openapi_url,
+            },
+        )
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
     app.add_middleware(SecurityHeaders)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,36 +41,55 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+# Bodies that carry files and are streamed to disk; any other body is parsed in memory, so it gets a far lower cap.
+FILE_BODY_TYPES = frozenset({b"multipart/form-data", b"application/octet-stream"})
+
+
 class BodySizeLimit:
     """Refuse a body over the cap with 413: early from Content-Length, else as soon as the stream passes it."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_json_bytes: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_file_bytes = max_bytes
+        self.max_json_bytes = max_bytes if max_json_bytes is None else min(max_json_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(send, self.max_bytes)
+        headers = dict(scope.get("headers", []))
+        content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        limit = self.max_file_bytes if content_type in FILE_BODY_TYPES else self.max_json_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
             return
-        received = 0
+        received, exceeded, started = 0, False, False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    exceeded = True
+                    raise BodyTooLarge(limit)
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except BodyTooLarge:
-            await _too_large(send, self.max_bytes)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                # The app caught the error while reading (FastAPI answers 400 for a body it could not read):
+                # the true answer is 413, sent once by the handler below.
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        with contextlib.suppress(BodyTooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if exceeded and not started:
+            await _too_large(send, limit)
 
 
 class BodyTooLarge(Exception):

@@ -8,8 +8,9 @@ with bulk inserts; 60 of the 100 sampled errors are tagged through the service. 
     python bench/pages.py --backends sqlite --images 100000 --seconds 10
     ERRORBOOK_BENCH_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python bench/pages.py
 
-``--think`` sets the pauses between a client's requests to measure with (default 0 and 1 s): 0 keeps every client
-busy, i.e. the server saturated by 20 callers at once; 1 s is closer to 20 people reviewing at the same time.
+First one client sends requests one after another (what a request costs), then 20 clients at once.
+``--think`` sets the mean pause between a client's requests to measure with (default 0 and 1 s): 0 keeps every
+client busy, i.e. the server saturated by 20 callers at once; 1 s is closer to 20 people reviewing at the same time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -215,9 +217,14 @@ async def _client(
     think: float,
     seen: dict[str, list[float]],
 ) -> None:
+    # Pauses vary (0.5 to 1.5 times the think time) and clients start spread over one of them: with a fixed pause
+    # all 20 would fire together every second, a burst no group of people makes.
+    jitter = random.Random(first)
     async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=30) as client:
         names = list(endpoints)
         turn = first  # clients start on different endpoints, then take them in turn
+        if think:
+            await asyncio.sleep(jitter.uniform(0, think))
         while time.monotonic() < until:
             name = names[turn % len(names)]
             turn += 1
@@ -228,7 +235,7 @@ async def _client(
                 raise RuntimeError(f"{name}: HTTP {response.status_code}: {response.text[:300]}")
             seen[name].append(elapsed)
             if think:
-                await asyncio.sleep(think)
+                await asyncio.sleep(think * jitter.uniform(0.5, 1.5))
 
 
 async def load(
@@ -240,6 +247,24 @@ async def load(
         *(_client(base, token, endpoints, first=index, until=until, think=think, seen=seen) for index in range(clients))
     )
     return seen
+
+
+def single_client(client: httpx.Client, endpoints: dict[str, str], *, requests: int) -> list[str]:
+    """One request at a time: what a request costs, with no queueing behind other clients (the less noisy figure
+    on a shared machine)."""
+    lines = [
+        f"  one client, {requests} requests per endpoint one after another",
+        f"  {'endpoint':<16}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}{'min ms':>9}",
+    ]
+    for name, path in endpoints.items():
+        samples = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            client.get(path).raise_for_status()
+            samples.append(time.perf_counter() - start)
+        p50, p95, _ = _percentiles(samples)
+        lines.append(f"  {name:<16}{len(samples):>7}{p50:>9.1f}{p95:>9.1f}{1000 * min(samples):>9.1f}")
+    return lines
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -269,6 +294,7 @@ def measure(backend: str, url: str, args: argparse.Namespace, data_dir: Path) ->
             lines.append(f"  first request (loads the subset): {1000 * (time.perf_counter() - cold):.0f} ms")
             for path in endpoints.values():
                 client.get(path).raise_for_status()
+            lines += single_client(client, endpoints, requests=args.single)
         for think in args.think:
             seen = asyncio.run(
                 load(base, data.token, endpoints, clients=args.clients, seconds=args.seconds, think=think)
@@ -282,13 +308,18 @@ def measure(backend: str, url: str, args: argparse.Namespace, data_dir: Path) ->
             for name, samples in seen.items():
                 p50, p95, p99 = _percentiles(samples)
                 lines.append(f"  {name:<16}{len(samples):>7}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}")
-        with Session(engine) as session:  # a label change: the next request reloads the subset
-            session.add(LabelChange(image_id=data.dev_image_ids[0], kind="relabel", version=2, reason="bench"))
-            session.commit()
+        after_change = []
         with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
-            cold = time.perf_counter()
-            client.get(endpoints["analysis API"]).raise_for_status()
-            lines.append(f"  first request after a label change: {1000 * (time.perf_counter() - cold):.0f} ms")
+            for image_id in data.dev_image_ids[:5]:
+                with Session(engine) as session:  # a label change: the next request re-reads the changed image
+                    session.add(LabelChange(image_id=image_id, kind="relabel", version=2, reason="bench"))
+                    session.commit()
+                cold = time.perf_counter()
+                client.get(endpoints["analysis API"]).raise_for_status()
+                after_change.append(time.perf_counter() - cold)
+        lines.append(
+            f"  first request after a label change (5 changes): median {1000 * statistics.median(after_change):.0f} ms"
+        )
     engine.dispose()
     return lines
 
@@ -306,8 +337,13 @@ def main() -> None:
         help="pauses between a client's requests to measure with, in seconds, comma-separated",
     )
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--single", type=int, default=60, help="requests per endpoint in the one-client pass")
     args = parser.parse_args()
-    report = [f"error pages benchmark on {os.cpu_count()} CPUs (server and clients share them)"]
+    load = os.getloadavg()
+    report = [
+        f"error pages benchmark on {os.cpu_count()} CPUs (server and clients share them); "
+        f"load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         if "sqlite" in args.backends:
             data_dir = Path(tmp) / "sqlite"
@@ -327,6 +363,8 @@ def main() -> None:
                 with admin.connect() as connection:
                     connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
                 admin.dispose()
+    load = os.getloadavg()
+    report.append(f"load average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print("\n".join(report))
 
 

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import Settings, get_settings
 
 _engines: dict[str, Engine] = {}
 READ_MOSTLY_OPTION = "errorbook_read_mostly"
+_BEGAN_DEFERRED = "errorbook_began_deferred"  # connection.info: total_changes at a deferred BEGIN, else None
 _engines_lock = threading.Lock()
 
 
@@ -36,6 +37,32 @@ def _configure_sqlite(engine: Engine) -> None:
         # Reads (GET requests) begin deferred so they never queue behind the single write lock.
         deferred = connection.get_execution_options().get(READ_MOSTLY_OPTION)
         connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+        connection.info[_BEGAN_DEFERRED] = _total_changes(connection) if deferred else None
+
+
+def _total_changes(connection: Connection) -> int:
+    """Rows the SQLite connection has changed since it opened: whether a transaction has written yet."""
+    return int(getattr(connection.connection.dbapi_connection, "total_changes", 0))
+
+
+def prepare_to_write(session: Session) -> None:
+    """Call before the first write of a request that began as a read (a GET: on SQLite a deferred transaction).
+
+    SQLite cannot turn such a read into a write while another connection writes or has written since the read
+    began: it answers "database is locked" at once, without waiting for busy_timeout. So a transaction that has
+    only read is rolled back and begun again with BEGIN IMMEDIATE, which waits its turn; callers re-read whatever
+    their write depends on. A no-op on Postgres and in transactions that began as writes.
+    """
+    connection = session.connection()
+    began = connection.info.get(_BEGAN_DEFERRED)
+    if connection.dialect.name != "sqlite" or began is None:
+        return
+    if _total_changes(connection) != began:
+        return  # it has written already, so it holds the write lock
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("prepare_to_write() must come before the transaction's first change")
+    session.rollback()
+    session.connection(execution_options={READ_MOSTLY_OPTION: False})
 
 
 def make_engine(url: str) -> Engine:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.db import prepare_to_write
 from app.core.errors import Conflict, Invalid, NotFound
 from app.errors import repository
 from app.errors.repository import HistoryRow, ItemRow
@@ -48,9 +49,15 @@ CORRECT_SHARE = 0.1
 MISLABELED = "mislabeled"
 MISLABELED_COLOR = "#dc2626"
 COLOR_PATTERN = re.compile(r"#[0-9a-fA-F]{6}")
-# A cached subset is also recomputed after this long, which bounds staleness should a label change commit out of
-# id order (Postgres hands out ids before commit).
-SNAPSHOT_MAX_AGE_SECONDS = 30.0
+# A cached subset is read again in full after this long: the backstop should a label change commit out of id order
+# (Postgres hands out ids before commit) later than UNSEEN_SECONDS after a higher id was read.
+SNAPSHOT_MAX_AGE_SECONDS = 300.0
+# Change ids below the newest one that were not there yet are looked for again for this long.
+UNSEEN_SECONDS = 60.0
+# How far below the newest change a full load looks for ids not committed yet.
+UNSEEN_LOOKBACK = 1_000
+# More label changes than this since a cached subset state was read: read the subset again instead of patching.
+PATCH_MAX_CHANGES = 2_000
 
 
 @dataclass(frozen=True)
@@ -75,30 +82,69 @@ class SubsetSnapshot:
         return int(np.count_nonzero(selected))
 
 
+@dataclass(frozen=True)
+class SubsetState:
+    """Every prediction of a run's subset as the database had it at label watermark ``watermark``, sorted by image
+    id: the image's current label and whether it is excluded from scoring, the predicted label and the label the
+    run was scored with (raw label ids, merges not applied)."""
+
+    image_ids: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.int64]
+    excluded: npt.NDArray[np.bool_]
+    predicted: npt.NDArray[np.int64]
+    labels_at_prediction: npt.NDArray[np.int64]
+    watermark: int
+    loaded_at: float  # time.monotonic() of the full load this state descends from
+    # Change ids up to the watermark not seen yet, with when they were first missed: on Postgres an id is taken at
+    # INSERT, so a transaction may commit a lower one after a higher one was read. They are looked for again.
+    unseen: tuple[tuple[int, float], ...] = ()
+
+    def snapshot(self, merged: dict[int, int]) -> SubsetSnapshot:
+        scored = ~self.excluded
+        ids, given, predicted = self.image_ids[scored], self.labels[scored], self.predicted[scored]
+        if merged:
+            given, predicted = given.copy(), predicted.copy()
+            for merged_id, into_id in merged.items():
+                given[self.labels[scored] == merged_id] = into_id
+                predicted[self.predicted[scored] == merged_id] = into_id
+        return SubsetSnapshot(
+            image_ids=ids, labels=given, predicted=predicted, errors=int(np.count_nonzero(given != predicted))
+        )
+
+
 class SnapshotCache:
-    """Subset snapshots keyed by (run, subset, newest label change): the join of a 10,000-example subset with the
-    images table costs ~100 ms at a million images, the key one index lookup. Bounded, thread-safe."""
+    """Subset states keyed by (run, subset). Loading a 10,000-example subset joins it with the images table
+    (~50-200 ms at a million images); afterwards a label change only costs reading the changed images, and the
+    first request after an expiry loads while concurrent ones wait for it instead of loading too. Bounded,
+    thread-safe."""
 
     def __init__(self, *, max_entries: int = 64, max_age_seconds: float = SNAPSHOT_MAX_AGE_SECONDS) -> None:
-        self._entries: OrderedDict[Hashable, tuple[float, SubsetSnapshot]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, SubsetState] = OrderedDict()
+        self._loading: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
         self._max_entries = max_entries
         self._max_age = max_age_seconds
 
-    def get(self, key: Hashable) -> SubsetSnapshot | None:
+    def loading(self, key: Hashable) -> threading.Lock:
+        """Held while one request loads or patches ``key``."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or time.monotonic() - entry[0] > self._max_age:
+            return self._loading.setdefault(key, threading.Lock())
+
+    def get(self, key: Hashable) -> SubsetState | None:
+        with self._lock:
+            state = self._entries.get(key)
+            if state is None or time.monotonic() - state.loaded_at > self._max_age:
                 return None
             self._entries.move_to_end(key)
-            return entry[1]
+            return state
 
-    def put(self, key: Hashable, snapshot: SubsetSnapshot) -> None:
+    def put(self, key: Hashable, state: SubsetState) -> None:
         with self._lock:
-            self._entries[key] = (time.monotonic(), snapshot)
+            self._entries[key] = state
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+                evicted, _ = self._entries.popitem(last=False)
+                self._loading.pop(evicted, None)
 
 
 _snapshots = SnapshotCache()
@@ -269,28 +315,81 @@ def normalise_subset(subset: str) -> str:
     return name
 
 
-def _snapshot(session: Session, *, run: Run, subset: str, labels: LabelMap) -> SubsetSnapshot:
-    # created_at guards against a deleted run's id being reused (SQLite reuses the highest rowid); the merges are in
-    # the key because a merged label can be added back.
-    merges = tuple(sorted(labels.merged.items()))
-    key = (run.id, run.created_at, subset, repository.label_watermark(session), merges)
-    cached = _snapshots.get(key)
-    if cached is not None:
-        return cached
-    rows = np.array(repository.subset_predictions(session, run_id=run.id, subset=subset), dtype=np.int64)
-    rows = rows.reshape(-1, 3)
-    given, predicted = rows[:, 1].copy(), rows[:, 2].copy()
-    for merged_id, into_id in merges:
-        given[rows[:, 1] == merged_id] = into_id
-        predicted[rows[:, 2] == merged_id] = into_id
-    snapshot = SubsetSnapshot(
-        image_ids=rows[:, 0],
-        labels=given,
-        predicted=predicted,
-        errors=int(np.count_nonzero(given != predicted)),
+def _unseen_below(watermark: int, seen: set[int], *, since: int, now: float) -> list[tuple[int, float]]:
+    return [(change_id, now) for change_id in range(since + 1, watermark + 1) if change_id not in seen]
+
+
+def _load_state(session: Session, *, run_id: int, subset: str, watermark: int) -> SubsetState:
+    now = time.monotonic()
+    since = max(0, watermark - UNSEEN_LOOKBACK)
+    # The changes committed so far, read before the labels: whatever is not among them is looked for again later.
+    recent = {change_id for change_id, _ in repository.label_changes_between(session, after=since, upto=watermark)}
+    rows = np.array(repository.subset_predictions(session, run_id=run_id, subset=subset), dtype=np.int64)
+    rows = rows.reshape(-1, 4)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    return SubsetState(
+        image_ids=rows[:, 0].copy(),
+        labels=np.abs(rows[:, 1]),
+        excluded=rows[:, 1] < 0,
+        predicted=rows[:, 2].copy(),
+        labels_at_prediction=rows[:, 3].copy(),
+        watermark=watermark,
+        loaded_at=now,
+        unseen=tuple(_unseen_below(watermark, recent, since=since, now=now)),
     )
-    _snapshots.put(key, snapshot)
-    return snapshot
+
+
+def _refreshed_state(session: Session, *, state: SubsetState, watermark: int) -> SubsetState | None:
+    """The state brought up to ``watermark`` (and to the changes it had not seen) by re-reading only the images
+    changed since; None when so many changed (an import, a label merge) that loading it all again is cheaper."""
+    now = time.monotonic()
+    unseen = [(change_id, missed) for change_id, missed in state.unseen if now - missed < UNSEEN_SECONDS]
+    if watermark <= state.watermark and not unseen:
+        return state if len(unseen) == len(state.unseen) else replace(state, unseen=())
+    if watermark - state.watermark > PATCH_MAX_CHANGES:
+        return None
+    upto = max(watermark, state.watermark)
+    found = repository.label_changes_between(
+        session, after=state.watermark, upto=upto, also=[change_id for change_id, _ in unseen]
+    )
+    seen = {change_id for change_id, _ in found}
+    still_unseen = [(change_id, missed) for change_id, missed in unseen if change_id not in seen]
+    still_unseen += _unseen_below(upto, seen, since=state.watermark, now=now)
+    changed = np.unique(np.array([image_id for _, image_id in found], dtype=np.int64))
+    ours = np.intersect1d(changed, state.image_ids)
+    labels, excluded = state.labels, state.excluded
+    if ours.size:
+        labels, excluded = labels.copy(), excluded.copy()
+        for image_id, label_id, is_excluded in repository.current_labels(session, image_ids=ours.tolist()):
+            at = np.searchsorted(state.image_ids, image_id)
+            labels[at], excluded[at] = label_id, is_excluded
+    return replace(state, labels=labels, excluded=excluded, watermark=upto, unseen=tuple(still_unseen))
+
+
+def subset_state(session: Session, *, run: Run, subset: str) -> SubsetState:
+    """The run's predictions on the subset against the current labels. For a finished run (whose predictions no
+    longer change) from a per-process cache that a label change anywhere brings up to date by reading only what
+    changed."""
+    # created_at guards against a deleted run's id being reused (SQLite reuses the highest rowid). Every label or
+    # exclusion change leaves a label_changes row, so the newest one tells whether the cached state is current.
+    watermark = repository.label_watermark(session)
+    if run.status != "succeeded":  # its predictions are written as it succeeds: nothing to keep yet
+        return _load_state(session, run_id=run.id, subset=subset, watermark=watermark)
+    key = (run.id, run.created_at, subset)
+    with _snapshots.loading(key):
+        cached = _snapshots.get(key)
+        state = None if cached is None else _refreshed_state(session, state=cached, watermark=watermark)
+        # A watermark behind the cached one is a request whose transaction began before the newest change: the
+        # newer state serves it as well.
+        if state is None:
+            state = _load_state(session, run_id=run.id, subset=subset, watermark=watermark)
+        if state is not cached:
+            _snapshots.put(key, state)
+    return state
+
+
+def _snapshot(session: Session, *, run: Run, subset: str, labels: LabelMap) -> SubsetSnapshot:
+    return subset_state(session, run=run, subset=subset).snapshot(labels.merged)
 
 
 # --- samples ------------------------------------------------------------------------------------------------------
@@ -346,6 +445,10 @@ def _current_sample(session: Session, *, run: Run, subset: str, snapshot: Subset
     """The stored sample everybody reviews; the first look at a subset draws the default one (seed 0)."""
     stored = repository.current_sample(session, run_id=run.id, subset=subset)
     if stored is not None:
+        return stored
+    prepare_to_write(session)  # a GET draws it: it must not fail on SQLite while others write
+    stored = repository.current_sample(session, run_id=run.id, subset=subset)
+    if stored is not None:  # drawn by a concurrent request meanwhile
         return stored
     return _store_sample(
         session,
@@ -649,23 +752,31 @@ def _clean_note(note: str) -> str:
 
 
 def _write_annotation(
-    session: Session, *, run: Run, image_id: int, tag_ids: set[int] | None, note: str | None, actor: User
+    session: Session,
+    *,
+    run: Run,
+    image_id: int,
+    tag_ids: set[int] | None,
+    note: str | None,
+    actor: User,
+    toggle_tag_id: int | None = None,
 ) -> None:
-    # Savepoints: a reviewer racing another on the same example loses the insert, not the request.
-    annotation = repository.annotation(session, run_id=run.id, image_id=image_id)
+    # The annotation row is locked before its tags are read, so two reviewers writing the same example at once
+    # are applied one after the other (on Postgres, reading first would let the second undo half of the first);
+    # a savepoint lets the loser of a race to create the row carry on with the winner's.
+    annotation = repository.annotation(session, run_id=run.id, image_id=image_id, for_update=True)
     if annotation is None:
         try:
             with session.begin_nested():
                 annotation = repository.add_annotation(session, run_id=run.id, image_id=image_id)
         except IntegrityError:
-            annotation = repository.annotation(session, run_id=run.id, image_id=image_id)
+            annotation = repository.annotation(session, run_id=run.id, image_id=image_id, for_update=True)
     assert annotation is not None
+    if toggle_tag_id is not None:
+        current = repository.annotation_tag_ids(session, annotation_ids=[annotation.id]).get(annotation.id, set())
+        tag_ids = current ^ {toggle_tag_id}
     if tag_ids is not None:
-        try:
-            with session.begin_nested():
-                repository.set_annotation_tags(session, annotation_id=annotation.id, tag_ids=tag_ids)
-        except IntegrityError:
-            pass  # someone else added the same tag a moment ago: it is there either way
+        repository.set_annotation_tags(session, annotation_id=annotation.id, tag_ids=tag_ids)
     if note is not None:
         annotation.note = note
     annotation.updated_by_id = actor.id
@@ -705,9 +816,7 @@ def toggle_tag(session: Session, *, run_id: int, image_id: int, tag_id: int, act
     tags = _ensure_tags(session, dataset_id=run.dataset_id)
     if tag_id not in {tag.id for tag in tags}:
         raise NotFound(f"category {tag_id} does not belong to this run's dataset")
-    current = error_item(session, run_id=run_id, image_id=image_id).tag_ids
-    toggled = set(current ^ {tag_id})
-    _write_annotation(session, run=run, image_id=image_id, tag_ids=toggled, note=None, actor=actor)
+    _write_annotation(session, run=run, image_id=image_id, tag_ids=None, note=None, actor=actor, toggle_tag_id=tag_id)
     return error_item(session, run_id=run_id, image_id=image_id)
 
 
@@ -720,6 +829,10 @@ def set_note(session: Session, *, run_id: int, image_id: int, note: str, actor: 
 
 def _ensure_tags(session: Session, *, dataset_id: int) -> list[Tag]:
     """The dataset's categories in key order; ``mislabeled`` always exists and comes first."""
+    tags = repository.tags_of(session, dataset_id=dataset_id)
+    if any(tag.name == MISLABELED for tag in tags):
+        return tags
+    prepare_to_write(session)  # the first look at a dataset's categories may be a GET
     tags = repository.tags_of(session, dataset_id=dataset_id)
     if any(tag.name == MISLABELED for tag in tags):
         return tags

@@ -68,15 +68,6 @@ class HistoryRow:
     created_at: datetime
 
 
-@dataclass(frozen=True)
-class ScoringRow:
-    subset: str
-    predicted_label_id: int
-    label_at_prediction_id: int
-    label_id: int
-    excluded: bool
-
-
 def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
     return session.get(Dataset, dataset_id)
 
@@ -292,12 +283,15 @@ def _free(now: datetime) -> ColumnElement[bool]:
 
 
 def claimable_item_ids(session: Session, *, review_id: int, now: datetime, limit: int) -> list[int]:
-    """Pending items nobody holds (or whose claim expired), in review order."""
+    """Pending items nobody holds (or whose claim expired), in review order. On Postgres they are locked, skipping
+    rows another reviewer's claim or decision has locked, so reviewers claiming at once take different items
+    instead of queueing behind each other's transactions (SQLite runs writers one at a time anyway)."""
     query = (
         select(ReviewItem.id)
         .where(ReviewItem.review_id == review_id, ReviewItem.status == "pending", _free(now))
         .order_by(ReviewItem.rank, ReviewItem.subset)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list(session.scalars(query))
 
@@ -330,21 +324,6 @@ def renew_claims(session: Session, *, review_id: int, user_id: int, expires_at: 
 
 
 # --- re-scoring and the "is it worth it" panel --------------------------------------------------------------
-
-
-def scoring_rows(session: Session, *, run_id: int, subsets: Sequence[str]) -> list[ScoringRow]:
-    query = (
-        select(
-            Prediction.subset,
-            Prediction.predicted_label_id,
-            Prediction.label_id,
-            Image.label_id,
-            Image.excluded_reason.is_not(None),
-        )
-        .join(Image, Image.id == Prediction.image_id)
-        .where(Prediction.run_id == run_id, Prediction.subset.in_(list(subsets)))
-    )
-    return [ScoringRow(*row) for row in session.execute(query)]
 
 
 def finished_runs_of_split(session: Session, *, split_id: int) -> list[Run]:

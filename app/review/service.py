@@ -737,26 +737,23 @@ def rescored_metrics(session: Session, *, run_id: int) -> dict[str, dict[str, An
     run = repository.get_run(session, run_id)
     if run is None:
         raise NotFound(f"run {run_id} does not exist")
-    rows = repository.scoring_rows(session, run_id=run.id, subsets=REVIEWED_SUBSETS)
     result: dict[str, dict[str, Any]] = {}
     for subset in REVIEWED_SUBSETS:
-        mine = [row for row in rows if row.subset == subset]
-        if not mine:
+        # The cached subset (kept current by label changes) rather than a join of the predictions with the images
+        # on every campaign page and progress poll.
+        state = errors_service.subset_state(session, run=run, subset=subset)
+        if not state.image_ids.size:
             continue
-        predicted = np.array([row.predicted_label_id for row in mine], dtype=np.int64)
-        before_labels = np.array([row.label_at_prediction_id for row in mine], dtype=np.int64)
-        current = np.array([row.label_id for row in mine], dtype=np.int64)
-        excluded = np.array([row.excluded for row in mine], dtype=bool)
-        before = rescore(predicted, before_labels, np.zeros(len(mine), dtype=bool))
-        after = rescore(predicted, current, excluded)
+        before = rescore(state.predicted, state.labels_at_prediction, np.zeros(state.image_ids.size, dtype=bool))
+        after = rescore(state.predicted, state.labels, state.excluded)
         result[subset] = {
             "accuracy": _rate(after.accuracy),
             "error": _rate(after.error),
             "before_accuracy": _rate(before.accuracy),
             "before_error": _rate(before.error),
             "count": after.count,
-            "changed": int(np.count_nonzero(current != before_labels)),
-            "excluded": int(np.count_nonzero(excluded)),
+            "changed": int(np.count_nonzero(state.labels != state.labels_at_prediction)),
+            "excluded": int(np.count_nonzero(state.excluded)),
         }
     return result
 

@@ -8,14 +8,12 @@ next worker's reaper takes the job back by itself, as it would in production.
 
 from __future__ import annotations
 
-import io
 import threading
 import uuid
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image as PILImage
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.orm import Session
 
@@ -29,6 +27,7 @@ from app.models import Dataset, Image, Job, JobExecution, Label, Prediction, Run
 from app.splits import service as splits
 from app.training import service as training
 from app.training.schemas import RunIn
+from tests.factories import COLOURS, colour_jpeg
 from tests.jobs.conftest import WorkerProcesses, wait_until
 
 pytestmark = pytest.mark.slow
@@ -168,16 +167,7 @@ def test_a_split_killed_while_writing_is_rebuilt_whole_by_the_next_worker(fresh_
 
 # ---- training -------------------------------------------------------------------------------------------
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 EPOCHS = 20
-
-
-def _jpeg(colour: tuple[int, int, int], seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    PILImage.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def _colour_dataset(engine, blobs: LocalBlobStore, per_class: int = 8) -> int:  # type: ignore[no-untyped-def]
@@ -190,7 +180,7 @@ def _colour_dataset(engine, blobs: LocalBlobStore, per_class: int = 8) -> int:  
             session.add(label)
             session.flush()
             for i in range(per_class):
-                sha = blobs.put_bytes(_jpeg(colour, seed=100 * index + i))
+                sha = blobs.put_bytes(colour_jpeg(colour, seed=100 * index + i))
                 session.add(Image(dataset_id=dataset.id, sha256=sha, filename=f"{name}_{i}.jpg", label_id=label.id))
         session.commit()
         return dataset.id

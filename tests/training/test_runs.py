@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
 from app.core.settings import Settings, get_settings
 from app.models import Dataset, Image, Label
 from app.web.app import create_app
+from tests.factories import COLOURS, colour_jpeg
 from tests.jobs.inline import drain_jobs
 
 pytestmark = pytest.mark.slow
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
-
-
-def _jpeg(colour: tuple[int, int, int], seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    PILImage.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -48,7 +36,7 @@ def trained(fresh_database, tmp_path, monkeypatch):  # type: ignore[no-untyped-d
             session.add(label)
             session.flush()
             for i in range(20):
-                sha = app.state.blobs.put_bytes(_jpeg(colour, seed=hash((name, i)) % 1000))
+                sha = app.state.blobs.put_bytes(colour_jpeg(colour, seed=hash((name, i)) % 1000))
                 session.add(Image(dataset_id=dataset.id, sha256=sha, filename=f"{name}_{i}.jpg", label_id=label.id))
         session.commit()
         dataset_id = dataset.id

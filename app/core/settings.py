@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         return self.resolved_data_dir / "cache"
 
+    @property
+    def split_input_dir(self) -> Path:
+        return self.cache_dir / "split-inputs"
+
     def secret_key(self) -> str:
         """The signing key, generated on first use and kept (0600) in the data dir, never logged."""
         path = self.resolved_data_dir / "secret_key"

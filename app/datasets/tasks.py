@@ -33,6 +33,8 @@ from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.archives import ArchiveEntry, ArchiveError, iter_zip
 from app.ml.images import ImageLimits, Rejection
+from app.splits import service as splits_service
+from app.splits.input_store import SplitInputStore
 
 log = logging.getLogger("errorbook.ingest")
 
@@ -92,6 +94,12 @@ def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
         counts = service.finish_ingest(session, upload_id=upload_id)
         unused = service.unused_blobs(session, upload_id=upload_id)
     service.delete_blobs(blobs, unused)
+    if counts.get("accepted"):
+        ctx.progress(0.99, "grouping near-duplicates for the split form", force=True)
+        with ctx.reading() as session:
+            splits_service.warm_split_input(
+                session, dataset_id=spec.dataset_id, store=SplitInputStore(ctx.settings.split_input_dir)
+            )
     ctx.progress(
         1.0,
         f"{counts.get('accepted', 0):,} added, {counts.get('duplicate', 0):,} duplicates, "

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.core.db import session_factory
+from app.core.db import READ_MOSTLY_OPTION, session_factory
 from app.core.settings import Settings
 from app.jobs import repository
 from app.jobs.retry import retry_transient
@@ -93,6 +93,18 @@ class JobContext:
             session.rollback()
             raise
         finally:
+            session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A unit of work that only reads: on SQLite it begins deferred, so a long read never holds the write
+        lock that web requests and other jobs wait for."""
+        session = self._sessions()
+        try:
+            session.connection(execution_options={READ_MOSTLY_OPTION: True})
+            yield session
+        finally:
+            session.rollback()
             session.close()
 
     @property

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -26,22 +28,28 @@ class ImageColumns:
     imported_subsets: list[str | None]
 
 
-def image_columns(session: Session, dataset_id: int) -> ImageColumns:
-    # One plain DB-API read over the covering index: a million ORM objects (or even SQLAlchemy rows) would
-    # cost seconds and a gigabyte.
+def _fetch_all(session: Session, sql: str, params: tuple[int, ...]) -> Sequence[Any]:
+    """One plain DB-API read (``?`` placeholders): a million ORM objects, or even SQLAlchemy rows, would cost
+    seconds and a gigabyte."""
     raw = session.connection().connection.dbapi_connection
     assert raw is not None
-    placeholder = "?" if session.get_bind().dialect.name == "sqlite" else "%s"
+    if session.get_bind().dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
     cursor = raw.cursor()
     try:
-        cursor.execute(
-            "SELECT id, source, label_id, COALESCE(phash, 0), phash IS NULL, imported_subset FROM images "  # noqa: S608
-            f"WHERE dataset_id = {placeholder} ORDER BY id",
-            (dataset_id,),
-        )
-        rows = cursor.fetchall()
+        cursor.execute(sql, params)
+        return cursor.fetchall()
     finally:
         cursor.close()
+
+
+def image_columns(session: Session, dataset_id: int) -> ImageColumns:
+    rows = _fetch_all(
+        session,
+        "SELECT id, source, label_id, COALESCE(phash, 0), phash IS NULL, imported_subset FROM images "
+        "WHERE dataset_id = ? ORDER BY id",  # read over the covering index ix_images_split_columns
+        (dataset_id,),
+    )
     if not rows:
         empty = np.zeros(0, dtype=np.int64)
         return ImageColumns(empty, [], empty, empty, np.zeros(0, dtype=bool), [])
@@ -55,6 +63,16 @@ def image_columns(session: Session, dataset_id: int) -> ImageColumns:
         phash_missing=np.array(phash_missing, dtype=bool),
         imported_subsets=list(imported),
     )
+
+
+def label_ids_up_to(session: Session, dataset_id: int, last_image_id: int) -> np.ndarray:
+    """Current label ids of the dataset's images with id <= last_image_id, in id order."""
+    rows = _fetch_all(
+        session,
+        "SELECT label_id FROM images WHERE dataset_id = ? AND id <= ? ORDER BY id",
+        (dataset_id, last_image_id),
+    )
+    return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows))
 
 
 def images_fingerprint(session: Session, dataset_id: int) -> tuple[int, int, int, int]:

@@ -25,6 +25,7 @@ from app.ml.splitting import (
 )
 from app.models import Job, Split
 from app.splits import repository
+from app.splits.input_store import ImagesKey, SplitInputStore, StableColumns
 from app.splits.logic import params_from_dict, params_to_dict
 
 SPLIT_JOB = "split.build"
@@ -63,39 +64,76 @@ def _source_codes(sources: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
     return np.fromiter((code[s] for s in sources), dtype=np.int64, count=len(sources)), names
 
 
-# Reading a million rows and grouping their hashes is most of a preview's cost, and both change only when
-# images or labels do: keep the last few inputs per process, keyed by that fingerprint, so tweaking the
-# split form stays fast.
+# A preview also reads every label and codes it; keep the last few inputs per process, keyed by a fingerprint
+# of images and labels, so tweaking the split form stays instant.
 _INPUT_CACHE: dict[tuple[int, ...], SplitInput] = {}
 _INPUT_CACHE_SIZE = 2
 
 
-def split_input(session: Session, *, dataset_id: int, params: SplitParams) -> SplitInput:
-    """The dataset as columns, with duplicate groups (near-duplicates by dHash; sha256 is unique per dataset)."""
-    key = (dataset_id, params.near_duplicate_threshold, *repository.images_fingerprint(session, dataset_id))
-    cached = _INPUT_CACHE.get(key)
+def split_input(
+    session: Session, *, dataset_id: int, params: SplitParams, store: SplitInputStore | None = None
+) -> SplitInput:
+    """The dataset as columns, with duplicate groups (near-duplicates by dHash; sha256 is unique per dataset).
+
+    The columns that only new images change come from `store` when it holds them for this dataset's images
+    (the ingest job fills it), and go into it when it does not; labels are always read fresh."""
+    threshold = params.near_duplicate_threshold
+    count, last_id, last_change, last_label = repository.images_fingerprint(session, dataset_id)
+    memory_key = (dataset_id, threshold, count, last_id, last_change, last_label)
+    cached = _INPUT_CACHE.get(memory_key)
     if cached is not None:
         return cached
-    columns = repository.image_columns(session, dataset_id)
-    label_codes, label_names = _codes(columns.label_ids, repository.label_names(session, dataset_id))
-    source_codes, source_names = _source_codes(columns.sources)
-    imported = imported_subset_codes(columns.imported_subsets) if any(columns.imported_subsets) else None
-    groups = group_near_duplicates(
-        columns.phashes, threshold=params.near_duplicate_threshold, missing=columns.phash_missing
-    ).group_ids
+    stable = store.load(ImagesKey(dataset_id, threshold, count, last_id)) if store is not None else None
+    label_ids = repository.label_ids_up_to(session, dataset_id, last_id) if stable is not None else None
+    if stable is None or label_ids is None or label_ids.size != stable.image_ids.size:
+        # No stored columns, or images committed out of id order since the fingerprint: read everything.
+        stable, label_ids = _read_stable_columns(session, dataset_id=dataset_id, threshold=threshold, store=store)
+    label_codes, label_names = _codes(label_ids, repository.label_names(session, dataset_id))
     data = SplitInput(
-        image_ids=columns.image_ids,
-        source_codes=source_codes,
-        source_names=source_names,
+        image_ids=stable.image_ids,
+        source_codes=stable.source_codes,
+        source_names=stable.source_names,
         label_codes=label_codes,
         label_names=label_names,
-        group_ids=groups,
-        imported_subsets=imported,
+        group_ids=stable.group_ids,
+        imported_subsets=stable.imported_subsets,
     )
     if len(_INPUT_CACHE) >= _INPUT_CACHE_SIZE:
         _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
-    _INPUT_CACHE[key] = data
+    _INPUT_CACHE[memory_key] = data
     return data
+
+
+def _read_stable_columns(
+    session: Session, *, dataset_id: int, threshold: int, store: SplitInputStore | None
+) -> tuple[StableColumns, np.ndarray]:
+    """Every image's columns from the database, near-duplicates grouped; stored under what was actually read."""
+    columns = repository.image_columns(session, dataset_id)
+    source_codes, source_names = _source_codes(columns.sources)
+    stable = StableColumns(
+        image_ids=columns.image_ids,
+        source_codes=source_codes,
+        source_names=source_names,
+        group_ids=group_near_duplicates(columns.phashes, threshold=threshold, missing=columns.phash_missing).group_ids,
+        imported_subsets=imported_subset_codes(columns.imported_subsets) if any(columns.imported_subsets) else None,
+    )
+    if store is not None and columns.image_ids.size:
+        key = ImagesKey(dataset_id, threshold, int(columns.image_ids.size), int(columns.image_ids[-1]))
+        store.save(key, stable)
+    return stable, columns.label_ids
+
+
+def warm_split_input(session: Session, *, dataset_id: int, store: SplitInputStore) -> None:
+    """Fill the store for the default threshold and each threshold this dataset's splits used, so the first
+    preview after an upload reads a file instead of grouping a million hashes."""
+    thresholds = {SplitParams().near_duplicate_threshold}
+    thresholds.update(
+        params_from_dict(split.params).near_duplicate_threshold for split in repository.splits_of(session, dataset_id)
+    )
+    for threshold in sorted(thresholds):
+        count, last_id, _change, _label = repository.images_fingerprint(session, dataset_id)
+        if count and store.load(ImagesKey(dataset_id, threshold, count, last_id)) is None:
+            _read_stable_columns(session, dataset_id=dataset_id, threshold=threshold, store=store)
 
 
 def _previous(session: Session, split_id: int) -> PreviousAssignment:
@@ -114,11 +152,18 @@ def summary_to_preview(summary: SplitSummary) -> Preview:
     )
 
 
-def preview(session: Session, *, dataset_id: int, params: SplitParams, extend_of: int | None = None) -> Preview:
-    """What a split with these parameters would contain; writes nothing."""
+def preview(
+    session: Session,
+    *,
+    dataset_id: int,
+    params: SplitParams,
+    extend_of: int | None = None,
+    store: SplitInputStore | None = None,
+) -> Preview:
+    """What a split with these parameters would contain; writes nothing to the database."""
     _dataset(session, dataset_id)
     check_params(params)
-    data = split_input(session, dataset_id=dataset_id, params=params)
+    data = split_input(session, dataset_id=dataset_id, params=params, store=store)
     if data.image_ids.size == 0:
         raise Invalid("the dataset has no images yet; upload some first")
     previous = _previous(session, extend_of) if extend_of else None

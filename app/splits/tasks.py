@@ -8,6 +8,7 @@ from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.splitting import compute_split, extend_split
 from app.splits import service
+from app.splits.input_store import SplitInputStore
 from app.splits.logic import params_from_dict
 
 
@@ -22,8 +23,10 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
         params = params_from_dict(split.params)
         dataset_id, parent_id = split.dataset_id, split.parent_id
     ctx.progress(0.05, "reading the dataset")
-    with ctx.transaction() as session:
-        data = service.split_input(session, dataset_id=dataset_id, params=params)
+    with ctx.reading() as session:
+        data = service.split_input(
+            session, dataset_id=dataset_id, params=params, store=SplitInputStore(ctx.settings.split_input_dir)
+        )
         previous = service.previous_assignment(session, split_id=parent_id) if parent_id else None
     if data.image_ids.size == 0:
         with ctx.transaction() as session:

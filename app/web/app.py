@@ -19,6 +19,7 @@ from app.datasets.router import router as datasets_router
 from app.errors.router import router as errors_router
 from app.jobs.router import router as jobs_router
 from app.review.router import router as review_router
+from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
 from app.training.router import router as training_router
 from app.web import errors
@@ -57,19 +58,16 @@ def api_operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def create_app(
-    settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None) -> FastAPI:
     settings = settings or get_settings()
     # FastAPI's own docs pages load scripts from a CDN and run inline script, which our CSP (rightly) blocks and
     # an offline install cannot reach: /api/docs is a plain page of ours instead.
-    app = FastAPI(
-        title="Errorbook", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
-    )
+    app = FastAPI(title="Errorbook", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.settings = settings
     app.state.session_maker = session_maker or session_factory(get_engine(settings))
     app.state.secret_key = settings.secret_key()
     app.state.blobs = LocalBlobStore(settings.blob_dir)
+    app.state.split_inputs = SplitInputStore(settings.split_input_dir)
     app.state.login_throttle = LoginThrottle(settings.login_attempts_per_minute)
 
     errors.install(app)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import make_engine
 from app.core.migrate import upgrade_to_head
-from app.core.settings import Settings, normalise_database_url
+from app.core.settings import Settings, get_settings, normalise_database_url
 
 POSTGRES_URL = os.environ.get("ERRORBOOK_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", "postgres"]
@@ -102,6 +102,16 @@ def db(session_maker: sessionmaker[Session]) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Code that reads the settings from the environment (jobs run inline, the CLI) writes under the test's
+    tmp dir, never into an ``errorbook-data`` beside the checkout."""
+    monkeypatch.setenv("ERRORBOOK_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     job_cancel_grace_seconds: float = 10.0
     job_shutdown_grace_seconds: float = 60.0
     job_memory_limit_mb: int = 12_000
+    # Temp files of blob writes older than this are a killed writer's; each worker sweeps them when it starts.
+    blob_temp_max_age_hours: float = 24.0
     training_queue: str = "gpu"
     # Split assignments written per transaction (a crash mid-write is undone by the retry).
     split_write_rows: int = 100_000

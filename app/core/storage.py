@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -71,6 +73,18 @@ class LocalBlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def sweep_abandoned(self, *, older_than_seconds: float) -> int:
+        """Delete temp files a killed writer left (a write in progress unlinks its own on any other exit);
+        returns how many went. Only old ones: a slow upload may still be streaming into a young one."""
+        cutoff = time.time() - older_than_seconds
+        swept = 0
+        for path in self._tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    swept += 1
+        return swept
 
     def _publish(self, tmp: Path, digest: str) -> None:
         # rename is atomic on one file system: a reader sees the whole blob or none.

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.core.db import session_factory
 from app.core.settings import Settings
+from app.core.storage import LocalBlobStore
 from app.jobs import repository
 from app.jobs.repository import ClaimedJob, LeaseLost
 from app.jobs.retry import retry_transient
@@ -75,6 +76,11 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s started (queues: %s)", self.worker_id, ",".join(self.queues or ["all"]))
+        swept = LocalBlobStore(self.settings.blob_dir).sweep_abandoned(
+            older_than_seconds=self.settings.blob_temp_max_age_hours * 3600
+        )
+        if swept:
+            log.info("removed %d temp file(s) that killed blob writes left behind", swept)
         self._start_runner()
         try:
             while not self._stop.is_set():

@@ -60,3 +60,15 @@ def test_secret_key_is_generated_once_and_private(tmp_path) -> None:
     assert first == Settings(data_dir=tmp_path).secret_key()
     mode = stat.S_IMODE(os.stat(tmp_path / "secret_key").st_mode)
     assert mode == 0o600
+
+
+def test_sweeping_removes_only_old_temp_files(tmp_path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    kept_blob = store.put_bytes(b"published")
+    abandoned, in_progress = tmp_path / "blobs" / "tmp" / "old", tmp_path / "blobs" / "tmp" / "young"
+    abandoned.write_bytes(b"half a file")
+    in_progress.write_bytes(b"still streaming")
+    two_days_ago = abandoned.stat().st_mtime - 2 * 86400
+    os.utime(abandoned, (two_days_ago, two_days_ago))
+    assert store.sweep_abandoned(older_than_seconds=86400) == 1
+    assert not abandoned.exists() and in_progress.exists() and store.exists(kept_blob)

@@ -8,6 +8,7 @@ next worker's reaper takes the job back by itself, as it would in production.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 
@@ -331,3 +332,17 @@ def test_workers_reconnect_when_postgres_drops_their_connections(fresh_database,
     finally:
         pool.stop_all()
         admin.dispose()
+
+
+def test_a_starting_worker_sweeps_the_temp_files_killed_blob_writes_left(workers) -> None:  # type: ignore[no-untyped-def]
+    temp = workers.data_dir / "blobs" / "tmp"
+    temp.mkdir(parents=True)
+    abandoned, in_progress = temp / "tmpkilled", temp / "tmpstreaming"
+    abandoned.write_bytes(b"a write cut off by SIGKILL")
+    in_progress.write_bytes(b"an upload still arriving")
+    long_ago = abandoned.stat().st_mtime - 3 * 86400
+    os.utime(abandoned, (long_ago, long_ago))
+    workers.start()
+    wait_until(lambda: "removed 1 temp file" in workers.logs(), timeout=60)
+    assert not abandoned.exists()
+    assert in_progress.exists()

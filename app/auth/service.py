@@ -16,6 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.orm import Session
 
 from app.auth import repository
+from app.core.db import prepare_to_write
 from app.core.errors import Conflict, Forbidden, Invalid, NotAuthenticated, NotFound, RateLimited
 from app.models import ApiToken, User, UserSession, utcnow
 from app.models.user import ROLES
@@ -23,6 +24,8 @@ from app.models.user import ROLES
 _hasher = PasswordHasher()
 # Verifying against this keeps the time of "no such user" equal to "wrong password".
 _DUMMY_HASH = _hasher.hash("errorbook-dummy-password")
+
+TOKEN_USE_RESOLUTION = timedelta(minutes=5)
 
 
 def _has_control_characters(text: str) -> bool:
@@ -121,10 +124,16 @@ def create_token(session: Session, *, user: User, name: str) -> tuple[ApiToken, 
 
 
 def resolve_token(session: Session, *, secret: str) -> User | None:
+    """The token's user; records when the token was last used, at most once per TOKEN_USE_RESOLUTION (a write
+    per API call would serialise every read on SQLite)."""
     row = repository.active_token(session, _digest(secret))
     if row is None:
         return None
-    user = repository.user_by_id(session, row.user_id)
+    user_id, token_id, last_used, now = row.user_id, row.id, row.last_used_at, utcnow()
+    if last_used is None or now - last_used >= TOKEN_USE_RESOLUTION:
+        prepare_to_write(session)  # most API calls are GETs, which begin as reads
+        repository.touch_token(session, token_id, now)
+    user = repository.user_by_id(session, user_id)
     if user is None or not user.is_active:
         return None
     return user

@@ -17,7 +17,7 @@ from app.models import Split
 from app.splits import service
 from app.splits.logic import export_path, params_from_dict, stream_zip
 from app.splits.schemas import PreviewOut, SplitCreated, SplitIn, SplitOut
-from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import DB, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
@@ -172,6 +172,7 @@ def splits_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Resp
 
 
 @router.post("/datasets/{dataset_id}/splits/preview", include_in_schema=False)
+@reads_only
 def splits_preview(
     request: Request, dataset_id: int, form: Annotated[SplitForm, Form()], db: DB, user: Reviewer
 ) -> Response:

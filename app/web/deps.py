@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -18,6 +18,8 @@ from app.core.settings import Settings
 from app.models import User
 
 SESSION_COOKIE = "eb_session"
+_READS_ONLY = "errorbook_reads_only"
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,18 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+def reads_only(endpoint: Endpoint) -> Endpoint:
+    """Mark a POST route that writes nothing (a live preview): its transaction begins as a read, so on SQLite
+    it does not hold the write lock that every relabel and tag waits for."""
+    setattr(endpoint, _READS_ONLY, True)  # noqa: B010  (an attribute on a function)
+    return endpoint
+
+
 def _get_db(request: Request) -> Iterator[Session]:
     """The one commit point: commit when the route returns, roll back when it raises."""
     session: Session = request.app.state.session_maker()
-    if request.method in SAFE_METHODS:
+    route = request.scope.get("route")
+    if request.method in SAFE_METHODS or getattr(getattr(route, "endpoint", None), _READS_ONLY, False):
         session.connection(execution_options={READ_MOSTLY_OPTION: True})
     try:
         yield session

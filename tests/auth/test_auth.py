@@ -154,3 +154,19 @@ def test_admin_users_page_lists_users_and_escapes_names(app, people, db) -> None
         assert page.status_code == 200
         assert "<script>alert(1)</script>" not in page.text
         assert "&lt;script&gt;" in page.text
+
+
+def test_a_token_records_when_it_was_last_used_without_a_write_per_call(app, as_viewer) -> None:
+    created = as_viewer.post("/api/tokens", json={"name": "script"}).json()
+
+    def last_used() -> str | None:
+        listed = as_viewer.get("/api/tokens").json()
+        return next(token for token in listed if token["id"] == created["id"])["last_used_at"]
+
+    assert last_used() is None
+    with api_client(app, created["token"]) as client:
+        assert client.get("/api/me").status_code == 200
+        first = last_used()
+        assert first is not None
+        assert client.get("/api/me").status_code == 200
+        assert last_used() == first

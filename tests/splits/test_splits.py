@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import zipfile
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth
@@ -232,3 +233,17 @@ def test_split_pages_render_preview_and_escape_labels(app, people, db) -> None:
         assert preview.status_code == 200, preview.text
         assert "<script>x</script>" not in preview.text and "&lt;script&gt;" in preview.text
         assert "<svg" in preview.text
+
+
+def test_the_live_preview_does_not_wait_for_the_sqlite_write_lock(client_and_engine) -> None:
+    client, engine, _app = client_and_engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite has one write lock")
+    dataset_id = _dataset(engine, count=30)
+    assert client.get("/api/me").status_code == 200  # the token's last use is recorded now, not below
+    with engine.begin() as writer:  # another request mid-write holds the lock throughout
+        writer.execute(update(Dataset).where(Dataset.id == dataset_id).values(description="busy"))
+        started = time.monotonic()
+        preview = client.post(f"/datasets/{dataset_id}/splits/preview", data={"seed": "0"})
+        assert preview.status_code == 200, preview.text
+        assert time.monotonic() - started < 10  # a writer would wait for busy_timeout (30 s), then fail

@@ -21,6 +21,8 @@ from app.review.schemas import (
     ReviewCreated,
     ReviewIn,
     ReviewOut,
+    ReviewStatusIn,
+    ReviewStatusOut,
     SuspicionOut,
 )
 from app.web.deps import DB, Reviewer, Viewer
@@ -57,6 +59,12 @@ def api_create_review(dataset_id: int, body: ReviewIn, db: DB, user: Reviewer) -
 @router.get("/api/reviews/{review_id}", response_model=ReviewOut)
 def api_review(review_id: int, db: DB, user: Viewer) -> ReviewOut:
     return ReviewOut.of(service.review_view(db, review_id=review_id))
+
+
+@router.patch("/api/reviews/{review_id}", response_model=ReviewStatusOut)
+def api_set_review_status(review_id: int, body: ReviewStatusIn, db: DB, user: Reviewer) -> ReviewStatusOut:
+    review = service.set_review_status(db, review_id=review_id, status=body.status)
+    return ReviewStatusOut(id=review.id, status=review.status)
 
 
 @router.post("/api/reviews/{review_id}/claim", response_model=list[ItemOut])
@@ -183,7 +191,13 @@ def run_review_start(
 def review_page(request: Request, review_id: int, db: DB, user: Viewer, view: str = "mine") -> Response:
     which = view if view in VIEWS and _can_review(user) else "all"
     loaded = service.review_view(db, review_id=review_id, only_for=user if which == "mine" else None)
-    context = {"view": loaded, "status": loaded.status, "which": which, "can_review": _can_review(user)}
+    context = {
+        "view": loaded,
+        "status": loaded.status,
+        "which": which,
+        "can_review": _can_review(user),
+        "can_decide": _can_review(user) and loaded.review.status == service.OPEN,
+    }
     return render(request, "review/campaign.html", context)
 
 
@@ -192,6 +206,12 @@ def review_progress(request: Request, review_id: int, db: DB, user: Viewer) -> R
     """Progress for dev and test side by side (and the run re-scored), polled and refreshed after each change."""
     status = service.progress_view(db, review_id=review_id)
     return render(request, "review/campaign.html", {"status": status}, block="progress")
+
+
+@router.post("/reviews/{review_id}/status", include_in_schema=False)
+def review_set_status(review_id: int, db: DB, user: Reviewer, status: Annotated[str, Form()]) -> Response:
+    service.set_review_status(db, review_id=review_id, status=status)
+    return RedirectResponse(f"/reviews/{review_id}", status_code=303)
 
 
 @router.post("/reviews/{review_id}/claim", include_in_schema=False)
@@ -205,6 +225,10 @@ def review_claim(
 @router.get("/reviews/{review_id}/items/{image_id}", include_in_schema=False)
 def review_item(request: Request, review_id: int, image_id: int, db: DB, user: Viewer) -> Response:
     detail = service.item_detail(db, review_id=review_id, image_id=image_id)
-    return render(
-        request, "review/_item.html", {"detail": detail, "item": detail.item, "can_review": _can_review(user)}
-    )
+    context = {
+        "detail": detail,
+        "item": detail.item,
+        "can_review": _can_review(user),
+        "can_decide": _can_review(user) and detail.review.status == service.OPEN,
+    }
+    return render(request, "review/_item.html", context)

@@ -76,6 +76,7 @@ class ReviewOut(BaseModel):
     suspicious_per_subset: int
     correct_per_subset: int
     seed: int
+    status: str
     items: list[ItemOut]
     progress: dict[str, ProgressOut]
     drift: str | None
@@ -92,11 +93,21 @@ class ReviewOut(BaseModel):
             suspicious_per_subset=review.suspicious_per_subset,
             correct_per_subset=review.correct_per_subset,
             seed=review.seed,
+            status=review.status,
             items=[ItemOut.of(item) for item in view.items],
             progress={row.subset: ProgressOut.of(row) for row in view.status.progress},
             drift=view.status.drift,
             rescored=view.status.rescored,
         )
+
+
+class ReviewStatusIn(BaseModel):
+    status: str
+
+
+class ReviewStatusOut(BaseModel):
+    id: int
+    status: str
 
 
 class ClaimIn(BaseModel):

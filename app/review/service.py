@@ -35,6 +35,8 @@ DEFAULT_CLAIM_SIZE = 20
 MAX_CLAIM_SIZE = 200
 CLAIM_ROUNDS = 5  # rounds of claiming when other reviewers keep winning the same items
 DECISIONS = (logic.KEPT, logic.PENDING)
+OPEN, CLOSED = "open", "closed"
+REVIEW_STATUSES = (OPEN, CLOSED)
 
 
 class CampaignRuleError(DomainError):
@@ -295,7 +297,7 @@ def create_review(
         suspicious_per_subset=suspicious_per_subset,
         correct_per_subset=correct_per_subset,
         seed=seed,
-        status="open",
+        status=OPEN,
         created_by_id=actor.id,
     )
     return repository.add_review(session, review=review, items=items)
@@ -305,6 +307,24 @@ def _review(session: Session, review_id: int) -> Review:
     review = repository.get_review(session, review_id)
     if review is None:
         raise NotFound(f"review {review_id} does not exist")
+    return review
+
+
+def _open_review(session: Session, review_id: int) -> Review:
+    review = _review(session, review_id)
+    if review.status != OPEN:
+        raise Conflict(f"review {review.id} is closed; reopen it to claim or decide its items")
+    return review
+
+
+def set_review_status(session: Session, *, review_id: int, status: str) -> Review:
+    """Close a finished campaign (its items can no longer be claimed or decided in it; changes made in it stay
+    revertible) or reopen it."""
+    if status not in REVIEW_STATUSES:
+        raise Invalid(f"a review is {' or '.join(REVIEW_STATUSES)}; got {status!r}")
+    review = _review(session, review_id)
+    review.status = status
+    session.flush()
     return review
 
 
@@ -383,7 +403,7 @@ def claim_items(session: Session, *, review_id: int, actor: User, count: int = D
     an item cannot both get it; the loser simply takes the next free one."""
     if not 1 <= count <= MAX_CLAIM_SIZE:
         raise Invalid(f"claim between 1 and {MAX_CLAIM_SIZE} items at a time; got {count}")
-    review = _review(session, review_id)
+    review = _open_review(session, review_id)
     now = utcnow()
     expires_at = now + timedelta(seconds=CLAIM_SECONDS)
     repository.renew_claims(session, review_id=review.id, user_id=actor.id, expires_at=expires_at)
@@ -461,7 +481,7 @@ def _clean_reason(reason: str, *, required: bool = False) -> str:
 def _campaign_item(session: Session, *, review_id: int | None, image: Image) -> ReviewItem | None:
     if review_id is None:
         return None
-    review = _review(session, review_id)
+    review = _open_review(session, review_id)
     item = repository.review_item(session, review_id=review.id, image_id=image.id)
     if review.dataset_id != image.dataset_id or item is None:
         raise Invalid(f"image {image.id} is not part of review {review.id}")

@@ -196,6 +196,41 @@ def test_within_a_campaign_decisions_set_item_status_and_undo_resets_it(as_revie
     assert not_in_campaign.status_code == 422
 
 
+def test_a_closed_campaign_takes_no_claims_or_decisions_until_reopened(as_reviewer, run) -> None:
+    review_id = start_campaign(as_reviewer, run)
+    item = as_reviewer.post(f"/api/reviews/{review_id}/claim", json={"count": 1}).json()[0]
+    other = next(label.name for label in run.labels if label.name != item["label"])
+    relabeled = as_reviewer.post(
+        f"/api/images/{item['image_id']}/label",
+        json={"label": other, "expected_version": item["label_version"], "review_id": review_id},
+    ).json()
+    closed = as_reviewer.patch(f"/api/reviews/{review_id}", json={"status": "closed"})
+    assert closed.status_code == 200 and closed.json() == {"id": review_id, "status": "closed"}
+    assert as_reviewer.get(f"/api/reviews/{review_id}").json()["status"] == "closed"
+
+    pending = next(i for i in as_reviewer.get(f"/api/reviews/{review_id}").json()["items"] if i["status"] == "pending")
+    refused = [
+        as_reviewer.post(f"/api/reviews/{review_id}/claim"),
+        as_reviewer.post(
+            f"/api/reviews/{review_id}/items/{pending['image_id']}/decision",
+            json={"decision": "kept", "expected_version": pending["label_version"]},
+        ),
+        as_reviewer.post(
+            f"/api/images/{pending['image_id']}/label",
+            json={"label": other, "expected_version": pending["label_version"], "review_id": review_id},
+        ),
+    ]
+    assert [r.status_code for r in refused] == [409, 409, 409]
+    assert all("closed" in r.json()["detail"] for r in refused)
+    # What was done in it stays revertible, and its items stay labelable outside it.
+    assert as_reviewer.post(f"/api/label-changes/{relabeled['change_id']}/revert").status_code == 200
+    assert as_reviewer.get(f"/api/images/{pending['image_id']}/label").json()["label_version"] == 1
+    assert as_reviewer.patch(f"/api/reviews/{review_id}", json={"status": "done"}).status_code == 422
+
+    assert as_reviewer.patch(f"/api/reviews/{review_id}", json={"status": "open"}).json()["status"] == "open"
+    assert as_reviewer.post(f"/api/reviews/{review_id}/claim").status_code == 200
+
+
 def test_ambiguous_items_are_excluded_with_a_reason_and_can_be_included_again(as_reviewer, run) -> None:
     image = run.images["dev"][1]
     before = as_reviewer.get(f"/api/runs/{run.run.id}/rescored").json()["dev"]
@@ -309,6 +344,7 @@ def test_viewers_read_but_cannot_change_labels(as_viewer, as_reviewer, run, db) 
         as_viewer.post(f"/api/images/{image.id}/exclude", json={"reason": "x", "expected_version": 1}),
         as_viewer.post(f"/api/label-changes/{change_id}/revert"),
         as_viewer.post(f"/api/reviews/{review_id}/claim"),
+        as_viewer.patch(f"/api/reviews/{review_id}", json={"status": "closed"}),
         as_viewer.post(
             f"/api/reviews/{review_id}/items/{image.id}/decision", json={"decision": "kept", "expected_version": 1}
         ),

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.errors import service as errors_service
 from app.ml.error_analysis import format_percent
 from app.models import User
-from tests.conftest import browser_login
+from tests.conftest import api_client, browser_login
 from tests.factories import RunFixture, make_run
 from tests.review.conftest import start_campaign
 
@@ -92,6 +92,25 @@ def test_a_reviewer_starts_a_campaign_from_the_form_and_takes_items(app, people,
         progress = client.get(f"/reviews/{review_id}/progress").text
         assert progress.lstrip().startswith('<div id="review-progress"')
         assert re.search(r'data-progress="dev".*?<span data-total>8</span>', progress, re.S)
+
+
+def test_a_reviewer_closes_a_finished_campaign_from_its_page_and_reopens_it(app, people, run) -> None:
+    with TestClient(app, follow_redirects=False) as client:
+        token = browser_login(client, people["reviewer"])
+        review_id = start_campaign(api_client(app, people["reviewer"].token), run)
+        page = client.get(f"/reviews/{review_id}").text
+        assert "data-close-review" in page and "data-claim" in page and "data-review-closed" not in page
+        closed = client.post(f"/reviews/{review_id}/status", data={"csrf_token": token, "status": "closed"})
+        assert closed.status_code == 303
+        page = client.get(f"/reviews/{review_id}").text
+        assert "data-review-closed" in page and "data-reopen-review" in page
+        assert "data-claim" not in page and 'data-action="keep"' not in page and 'data-can-review="0"' in page
+        assert re.search(
+            rf'href="/reviews/{review_id}">Review {review_id}</a> <span class="badge">closed',
+            client.get(f"/runs/{run.run.id}/review").text,
+        )
+        client.post(f"/reviews/{review_id}/status", data={"csrf_token": token, "status": "open"})
+        assert "data-claim" in client.get(f"/reviews/{review_id}").text
 
 
 def test_progress_flags_dev_and_test_drifting_apart(as_reviewer, run) -> None:

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import ApiToken, User, UserSession
+from app.models import ApiToken, LoginFailure, User, UserSession
 
 
 def user_by_name(session: Session, name: str) -> User | None:
@@ -59,3 +59,22 @@ def delete_sessions_of(session: Session, user_id: int) -> None:
 
 def touch_token(session: Session, token_id: int, now: datetime) -> None:
     session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+def recent_failures(session: Session, key_hash: str, since: datetime) -> tuple[int, datetime | None]:
+    """(how many, the oldest) failed logins of this key since ``since``."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(LoginFailure.failed_at)).where(
+            LoginFailure.key_hash == key_hash, LoginFailure.failed_at >= since
+        )
+    ).one()
+    return int(count), oldest
+
+
+def add_failure(session: Session, key_hash: str, now: datetime) -> None:
+    session.add(LoginFailure(key_hash=key_hash, failed_at=now))
+    session.flush()
+
+
+def forget_failures_before(session: Session, cutoff: datetime) -> None:
+    session.execute(delete(LoginFailure).where(LoginFailure.failed_at < cutoff))

@@ -59,13 +59,13 @@ def login(
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(expected, csrf_token):
         raise Forbidden("the login form expired; reload the page and try again")
-    throttle: service.LoginThrottle = request.app.state.login_throttle
-    key = f"{request.client.host if request.client else '?'}:{name.strip().lower()}"
-    throttle.check(key)
+    client = request.client.host if request.client else "?"
+    per_minute = request.app.state.settings.login_attempts_per_minute
+    service.check_login_allowed(db, client=client, name=name, per_minute=per_minute)
     try:
         user = service.authenticate(db, name=name, password=password)
     except NotAuthenticated:
-        throttle.failed(key)
+        service.record_login_failure(db, client=client, name=name)
         return render(
             request,
             "login.html",

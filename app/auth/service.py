@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-import time
 import unicodedata
-from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -174,28 +171,25 @@ def ensure_initial_admin(session: Session) -> tuple[str, str] | None:
     return "admin", password
 
 
-class LoginThrottle:
-    """At most N failed logins per minute for one (client, user name); in memory, per process."""
+LOGIN_WINDOW = timedelta(minutes=1)
 
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def check(self, key: str) -> None:
-        with self._lock:
-            recent = self._recent(key)
-            if len(recent) >= self.per_minute:
-                wait = int(60 - (time.monotonic() - recent[0])) + 1
-                raise RateLimited(f"too many failed logins; try again in {wait} s")
+def _throttle_key(client: str, name: str) -> str:
+    # Hashed: the table need not keep who tried which account from where.
+    return _digest(f"{client}:{name.strip().lower()}")
 
-    def failed(self, key: str) -> None:
-        with self._lock:
-            self._recent(key).append(time.monotonic())
 
-    def _recent(self, key: str) -> deque[float]:
-        queue = self._failures.setdefault(key, deque())
-        cutoff = time.monotonic() - 60
-        while queue and queue[0] < cutoff:
-            queue.popleft()
-        return queue
+def check_login_allowed(session: Session, *, client: str, name: str, per_minute: int) -> None:
+    """At most ``per_minute`` failed logins per minute for one (client, user name), counted in the database so
+    that every web process sees the same count; over it, even the right password is refused until one expires."""
+    now = utcnow()
+    count, oldest = repository.recent_failures(session, _throttle_key(client, name), now - LOGIN_WINDOW)
+    if count >= per_minute and oldest is not None:
+        wait = int((oldest + LOGIN_WINDOW - now).total_seconds()) + 1
+        raise RateLimited(f"too many failed logins; try again in {wait} s")
+
+
+def record_login_failure(session: Session, *, client: str, name: str) -> None:
+    now = utcnow()
+    repository.forget_failures_before(session, now - LOGIN_WINDOW)  # keeps the table as small as one minute
+    repository.add_failure(session, _throttle_key(client, name), now)

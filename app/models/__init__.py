@@ -14,7 +14,7 @@ from app.models.dataset import Dataset, Image, Label, LabelChange, LabelEvent, U
 from app.models.job import Job, JobExecution
 from app.models.run import Prediction, Run
 from app.models.split import Split, SplitAssignment
-from app.models.user import ApiToken, User, UserSession
+from app.models.user import ApiToken, LoginFailure, User, UserSession
 
 __all__ = [
     "ApiToken",
@@ -28,6 +28,7 @@ __all__ = [
     "Job",
     "JobExecution",
     "Label",
+    "LoginFailure",
     "LabelChange",
     "LabelEvent",
     "Prediction",

@@ -11,7 +11,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.router import router as auth_router
-from app.auth.service import LoginThrottle
 from app.core.db import get_engine, session_factory
 from app.core.settings import PROJECT_ROOT, Settings, get_settings
 from app.core.storage import LocalBlobStore
@@ -68,7 +67,6 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
     app.state.secret_key = settings.secret_key()
     app.state.blobs = LocalBlobStore(settings.blob_dir)
     app.state.split_inputs = SplitInputStore(settings.split_input_dir)
-    app.state.login_throttle = LoginThrottle(settings.login_attempts_per_minute)
 
     errors.install(app)
     app.include_router(auth_router)

@@ -580,7 +580,7 @@ def _login_form(client: TestClient) -> str:
     return found.group(1)
 
 
-def test_login_attempts_are_throttled_even_for_the_right_password(strict_app, people) -> None:  # type: ignore[no-untyped-def]
+def test_login_attempts_are_throttled_even_for_the_right_password(strict_app, session_maker, people) -> None:  # type: ignore[no-untyped-def]
     victim, other = people["reviewer"], people["viewer"]
     with TestClient(strict_app, follow_redirects=False) as client:
         csrf = _login_form(client)
@@ -598,6 +598,11 @@ def test_login_attempts_are_throttled_even_for_the_right_password(strict_app, pe
         # Another account is not locked out by someone guessing at this one.
         fine = client.post("/login", data={"name": other.name, "password": other.password, "csrf_token": csrf})
         assert fine.status_code == 303
+    # Another web process (a second replica on the same database) counts the same failures.
+    with TestClient(create_app(strict_app.state.settings, session_maker=session_maker)) as replica:
+        csrf = _login_form(replica)
+        elsewhere = replica.post("/login", data={"name": victim.name, "password": victim.password, "csrf_token": csrf})
+        assert elsewhere.status_code == 429
 
 
 def test_a_session_cookie_planted_before_login_is_replaced_and_dies(app, people) -> None:  # type: ignore[no-untyped-def]

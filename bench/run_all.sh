@@ -2,7 +2,7 @@
 # Rerun every benchmark behind the README's table, one after the other (they compete for the CPU otherwise),
 # and keep each script's printed figures under bench/out/. Needs `pip install -e '.[test,bench]'` and, for the
 # Postgres halves, a server at ERRORBOOK_BENCH_POSTGRES_URL / postgresql://postgres@127.0.0.1:5432/test.
-# Takes about an hour on a 2-core machine.
+# Takes about 12 minutes on a quiet 2-core machine (much longer when other programs share the cores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/out

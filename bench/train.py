@@ -7,9 +7,10 @@ Generates 400 two-class 500x375 JPEGs (circles vs squares) with a fixed 60/20/20
       epoch through a DataLoader of batch 4 with the tutorial's transforms, same number of epochs,
   (d) feature extraction throughput against a naive loop (one image at a time: PIL open, full decode,
       transform, forward).
-Run from the repository root: `.venv/bin/python bench/train.py [--epochs N]` (default 5; the tutorial itself
-trains 25, where recomputing the backbone every epoch costs five times as much). Targets on 2 CPU cores: (a) at least 10x
-faster than (c) at equal or better dev accuracy, (b) under 5 s, extraction at least 1.5x the naive loop.
+Run from the repository root: `.venv/bin/python bench/train.py [--epochs N] [--precision bfloat16]` (epochs
+default 5; the tutorial itself trains 25, where recomputing the backbone every epoch costs five times as much).
+Targets on 2 CPU cores: (a) at least 10x faster than (c) at equal or better dev accuracy, (b) under 5 s,
+extraction at least 1.5x the naive loop.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from app.ml.backbones import load_backbone, load_imagenet_classifier
-from app.ml.features import available_cores, extract_features, file_sha256
+from app.ml.features import PRECISIONS, available_cores, extract_features, file_sha256
 from app.ml.metrics import subset_metrics
 from app.ml.training import TrainingConfig, TrainingMode, predict_from_features, train_linear_head
 
@@ -94,13 +95,15 @@ class RunOutcome:
     extracted: int
 
 
-def errorbook_linear_run(split: Split, cache_dir: Path, learning_rate: float, epochs: int) -> RunOutcome:
+def errorbook_linear_run(
+    split: Split, cache_dir: Path, learning_rate: float, epochs: int, precision: str
+) -> RunOutcome:
     """What a training job does: load the backbone, get features (cache), train the head, predict dev/test."""
     started = time.perf_counter()
     backbone = load_backbone(BACKBONE)
     subsets = list(split.paths)
     all_paths = [path for subset in subsets for path in split.paths[subset]]
-    extraction = extract_features(backbone=backbone, image_paths=all_paths, cache_dir=cache_dir)
+    extraction = extract_features(backbone=backbone, image_paths=all_paths, cache_dir=cache_dir, precision=precision)
     offsets = np.cumsum([0] + [len(split.paths[subset]) for subset in subsets])
     features = {subset: extraction.features[offsets[i] : offsets[i + 1]] for i, subset in enumerate(subsets)}
     config = TrainingConfig(mode=TrainingMode.LINEAR, epochs=epochs, learning_rate=learning_rate, seed=0)
@@ -202,11 +205,11 @@ def naive_extraction_rate(paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def errorbook_extraction_rate(paths: list[Path]) -> float:
+def errorbook_extraction_rate(paths: list[Path], precision: str) -> float:
     backbone = load_backbone(BACKBONE)
     sha256s = [file_sha256(path) for path in paths]
     started = time.perf_counter()
-    extract_features(backbone=backbone, image_paths=paths, cache_dir=None, image_sha256s=sha256s)
+    extract_features(backbone=backbone, image_paths=paths, cache_dir=None, image_sha256s=sha256s, precision=precision)
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -222,9 +225,16 @@ def warm_up() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of (a), (b) and (c) alike")
-    epochs = parser.parse_args().epochs
+    parser.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="float32", help="Errorbook's extraction arithmetic"
+    )
+    args = parser.parse_args()
+    epochs, precision = args.epochs, args.precision
     torch.set_num_threads(available_cores())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {available_cores()} cores")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {available_cores()} cores, "
+        f"Errorbook extracting in {precision}"
+    )
     warm_up()
     with tempfile.TemporaryDirectory(prefix="errorbook-bench-") as temporary:
         root = Path(temporary)
@@ -233,17 +243,23 @@ def main() -> None:
         # Other programs on a shared machine slow some phases more than others, so (a) and our extraction
         # run before and after the slow baselines, and the slower of the two counts.
         print("running (a) first linear run ...", flush=True)
-        first = errorbook_linear_run(split, root / "feature-cache", learning_rate=3e-3, epochs=epochs)
+        first = errorbook_linear_run(
+            split, root / "feature-cache", learning_rate=3e-3, epochs=epochs, precision=precision
+        )
         print("running (b) second run with another learning rate ...", flush=True)
-        second = errorbook_linear_run(split, root / "feature-cache", learning_rate=1e-2, epochs=epochs)
+        second = errorbook_linear_run(
+            split, root / "feature-cache", learning_rate=1e-2, epochs=epochs, precision=precision
+        )
         print("running (c) the tutorial's loop ...", flush=True)
         tutorial = tutorial_run(root / "images", epochs)
         print("running (a) again with an empty cache ...", flush=True)
-        first_again = errorbook_linear_run(split, root / "feature-cache-2", learning_rate=3e-3, epochs=epochs)
+        first_again = errorbook_linear_run(
+            split, root / "feature-cache-2", learning_rate=3e-3, epochs=epochs, precision=precision
+        )
         print("running (d) extraction throughput ...", flush=True)
-        ours_rates = [errorbook_extraction_rate(all_paths)]
+        ours_rates = [errorbook_extraction_rate(all_paths, precision)]
         naive_rate = naive_extraction_rate(all_paths)
-        ours_rates.append(errorbook_extraction_rate(all_paths))
+        ours_rates.append(errorbook_extraction_rate(all_paths, precision))
     slower_first = max(first, first_again, key=lambda outcome: outcome.seconds)
     print()
     print(f"{'run':<46} {'seconds':>8} {'dev acc':>8} {'backbone passes':>16}")

@@ -7,6 +7,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,9 @@ class Settings(BaseSettings):
     thumbnail_side: int = 256
 
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    # Arithmetic of frozen-backbone feature extraction (linear runs): bfloat16 is faster only on CPUs with native
+    # bf16 (AVX512-BF16, AMX) or GPUs, and moves features slightly; see app/ml/features.py.
+    feature_precision: Literal["float32", "bfloat16"] = "float32"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -140,6 +140,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
                     include_flipped=subset == "train",
                     progress=_scaled(ctx, low, high),
                     should_stop=ctx.should_stop,
+                    precision=ctx.settings.feature_precision,
                 )
                 features[subset] = result.features
                 if subset == "train":
@@ -147,6 +148,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
                 timings[f"extracted_{subset}"] = result.extracted
                 done += len(paths[subset])
             timings["features_s"] = time.perf_counter() - t0
+            timings["feature_precision"] = ctx.settings.feature_precision
             t0 = time.perf_counter()
             fit = training.train_linear_head(
                 train_features=features["train"],

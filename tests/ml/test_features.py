@@ -122,6 +122,28 @@ def test_worker_processes_and_this_process_compute_the_same_features(
     assert np.allclose(here.flipped_features, in_workers.flipped_features, atol=1e-5)
 
 
+def test_bfloat16_features_are_close_to_float32_and_cached_apart(
+    backbone: Any, image_paths: list[Path], tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    exact = extract_features(backbone=backbone, image_paths=image_paths, cache_dir=cache_dir)
+    for num_workers in (0, 2):  # in this process and in worker processes alike
+        reduced = extract_features(
+            backbone=backbone, image_paths=image_paths, cache_dir=None, precision="bfloat16", num_workers=num_workers
+        )
+        similarity = torch.nn.functional.cosine_similarity(
+            torch.from_numpy(exact.features), torch.from_numpy(reduced.features)
+        )
+        assert float(similarity.min()) > 0.98
+        assert not np.array_equal(exact.features, reduced.features)  # really computed in bfloat16
+    cached = extract_features(backbone=backbone, image_paths=image_paths, cache_dir=cache_dir, precision="bfloat16")
+    assert (cached.extracted, cached.cache_hits) == (10, 0)  # float32 features are not served for bfloat16
+    again = extract_features(backbone=backbone, image_paths=image_paths, cache_dir=cache_dir, precision="bfloat16")
+    assert (again.extracted, again.cache_hits) == (0, 10)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        extract_features(backbone=backbone, image_paths=image_paths, cache_dir=None, precision="float16")
+
+
 def test_only_new_images_are_extracted(backbone: Any, image_paths: list[Path], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     extract_features(backbone=backbone, image_paths=image_paths[:6], cache_dir=cache_dir)

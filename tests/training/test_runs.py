@@ -84,6 +84,17 @@ def test_linear_run_learns_caches_features_and_transfers(trained) -> None:
     assert client.post(f"/api/runs/{first['id']}/baseline").json()["is_baseline"] is True
 
 
+def test_a_worker_set_to_bfloat16_extracts_in_it_and_keeps_those_features_apart(trained, monkeypatch) -> None:
+    client, engine, dataset_id, split_id = trained
+    exact = _train(client, engine, dataset_id, split_id)
+    monkeypatch.setenv("ERRORBOOK_FEATURE_PRECISION", "bfloat16")
+    get_settings.cache_clear()  # the inline job runner reads its settings from the environment
+    reduced = _train(client, engine, dataset_id, split_id)
+    assert (exact["timings"]["feature_precision"], reduced["timings"]["feature_precision"]) == ("float32", "bfloat16")
+    assert reduced["timings"]["extracted_train"] > 0  # the float32 features were not reused
+    assert reduced["metrics"]["dev"]["accuracy"] >= 0.8
+
+
 def test_unknown_backbones_and_unfinished_runs_are_refused(trained) -> None:
     client, _engine, dataset_id, split_id = trained
     body = {"dataset_id": dataset_id, "split_id": split_id}

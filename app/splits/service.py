@@ -157,7 +157,6 @@ def preview(
     *,
     dataset_id: int,
     params: SplitParams,
-    extend_of: int | None = None,
     store: SplitInputStore | None = None,
 ) -> Preview:
     """What a split with these parameters would contain; writes nothing to the database."""
@@ -166,8 +165,7 @@ def preview(
     data = split_input(session, dataset_id=dataset_id, params=params, store=store)
     if data.image_ids.size == 0:
         raise Invalid("the dataset has no images yet; upload some first")
-    previous = _previous(session, extend_of) if extend_of else None
-    return summary_to_preview(preview_split(data, params, previous=previous))
+    return summary_to_preview(preview_split(data, params))
 
 
 def create_split(

@@ -707,7 +707,7 @@ def report(
     training = (
         "no training job (--no-training)"
         if job is None
-        else f"training job {job['status']} at {100 * job['progress']:.0f}% when the load stopped"
+        else f"training job {job['status']} at {100 * job['progress']:.0f}% ({job['message']!r}) when the load stopped"
     )
     lines = [
         f"{backend}: {args.images:,} images seeded through the API ({seeding}); {args.clients} clients for "

@@ -8,14 +8,16 @@ preview's cost; labels, which do change, are read fresh every time.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from app.core.storage import atomic_write_bytes
 
 FORMAT_VERSION = 1
 
@@ -75,17 +77,10 @@ class SplitInputStore:
         }
         if columns.imported_subsets is not None:
             arrays["imported_subsets"] = columns.imported_subsets
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, **arrays)  # type: ignore[arg-type]
-                os.replace(tmp, self._path(key))
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-        except OSError:
-            return
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(self._path(key), buffer.getvalue())
 
 
 def _meta(key: ImagesKey) -> dict[str, int]:

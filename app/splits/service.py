@@ -104,36 +104,47 @@ def split_input(
     return data
 
 
-def _read_stable_columns(
-    session: Session, *, dataset_id: int, threshold: int, store: SplitInputStore | None
-) -> tuple[StableColumns, np.ndarray]:
-    """Every image's columns from the database, near-duplicates grouped; stored under what was actually read."""
-    columns = repository.image_columns(session, dataset_id)
+def _stable_columns(columns: repository.ImageColumns, threshold: int) -> StableColumns:
     source_codes, source_names = _source_codes(columns.sources)
-    stable = StableColumns(
+    return StableColumns(
         image_ids=columns.image_ids,
         source_codes=source_codes,
         source_names=source_names,
         group_ids=group_near_duplicates(columns.phashes, threshold=threshold, missing=columns.phash_missing).group_ids,
         imported_subsets=imported_subset_codes(columns.imported_subsets) if any(columns.imported_subsets) else None,
     )
+
+
+def _key_of_read(dataset_id: int, threshold: int, columns: repository.ImageColumns) -> ImagesKey:
+    """Keyed by what was actually read (not by an earlier fingerprint, which concurrent ingests may outdate)."""
+    return ImagesKey(dataset_id, threshold, int(columns.image_ids.size), int(columns.image_ids[-1]))
+
+
+def _read_stable_columns(
+    session: Session, *, dataset_id: int, threshold: int, store: SplitInputStore | None
+) -> tuple[StableColumns, np.ndarray]:
+    """Every image's columns from the database, near-duplicates grouped, and stored."""
+    columns = repository.image_columns(session, dataset_id)
+    stable = _stable_columns(columns, threshold)
     if store is not None and columns.image_ids.size:
-        key = ImagesKey(dataset_id, threshold, int(columns.image_ids.size), int(columns.image_ids[-1]))
-        store.save(key, stable)
+        store.save(_key_of_read(dataset_id, threshold, columns), stable)
     return stable, columns.label_ids
 
 
 def warm_split_input(session: Session, *, dataset_id: int, store: SplitInputStore) -> None:
     """Fill the store for the default threshold and each threshold this dataset's splits used, so the first
-    preview after an upload reads a file instead of grouping a million hashes."""
+    preview after an upload reads a file instead of grouping a million hashes. The rows are read once."""
     thresholds = {SplitParams().near_duplicate_threshold}
     thresholds.update(
         params_from_dict(split.params).near_duplicate_threshold for split in repository.splits_of(session, dataset_id)
     )
-    for threshold in sorted(thresholds):
-        count, last_id, _change, _label = repository.images_fingerprint(session, dataset_id)
-        if count and store.load(ImagesKey(dataset_id, threshold, count, last_id)) is None:
-            _read_stable_columns(session, dataset_id=dataset_id, threshold=threshold, store=store)
+    count, last_id, _change, _label = repository.images_fingerprint(session, dataset_id)
+    missing = [t for t in sorted(thresholds) if store.load(ImagesKey(dataset_id, t, count, last_id)) is None]
+    if not count or not missing:
+        return
+    columns = repository.image_columns(session, dataset_id)
+    for threshold in missing:
+        store.save(_key_of_read(dataset_id, threshold, columns), _stable_columns(columns, threshold))
 
 
 def _previous(session: Session, split_id: int) -> PreviousAssignment:

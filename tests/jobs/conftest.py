@@ -11,6 +11,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from app.models import JobExecution
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +25,17 @@ FAST_QUEUE = {
     "ERRORBOOK_JOB_LEASE_SECONDS": "30",
     "ERRORBOOK_JOB_CANCEL_GRACE_SECONDS": "1",
 }
+
+
+def successes_per_job(engine: Engine) -> dict[int, int]:
+    """Job id -> how many of its executions succeeded (a job must finish exactly once, whatever happened)."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(JobExecution.job_id, func.count())
+            .where(JobExecution.outcome == "succeeded")
+            .group_by(JobExecution.job_id)
+        )
+        return {job_id: count for job_id, count in rows}
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.05) -> object:
@@ -41,9 +56,7 @@ class WorkerProcesses:
         self.data_dir = data_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(
-        self, count: int = 1, *, args: tuple[str, ...] = (), **env: str
-    ) -> list[subprocess.Popen[bytes]]:
+    def start(self, count: int = 1, *, args: tuple[str, ...] = (), **env: str) -> list[subprocess.Popen[bytes]]:
         started = []
         for _ in range(count):
             environment = {

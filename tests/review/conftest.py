@@ -16,6 +16,8 @@ def start_campaign(client: TestClient, fixture: RunFixture, **overrides: Any) ->
         "suspicious_per_subset": 4,
         "correct_per_subset": 2,
         "seed": 7,
+        # One reviewer's relabel applies at once here; the two-reviewer path has its own tests (test_agreement_*).
+        "require_agreement": False,
         **overrides,
     }
     response = client.post(f"/api/datasets/{fixture.dataset.id}/reviews", json=body)

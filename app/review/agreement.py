@@ -10,7 +10,6 @@ outside the campaign) refuses the confirmation with 409 naming that change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,48 +20,8 @@ from app.review import logic, repository, service
 from app.review.repository import ProposalRow
 from app.review.service import LabelState
 
-
-@dataclass(frozen=True)
-class ProposalView:
-    id: int
-    image_id: int
-    subset: str
-    state: str
-    old_label: str
-    new_label: str
-    base_version: int
-    reason: str
-    proposed_by_id: int | None
-    proposed_by: str | None
-    proposed_at: datetime
-    decided_by: str | None
-    decided_at: datetime | None
-    decision_reason: str
-    change_id: int | None
-    stale: bool  # still open, but the image was relabelled since: confirming it would be refused
-    withdrawn: bool  # rejected by the reviewer who proposed it
-
-    @classmethod
-    def of(cls, row: ProposalRow) -> ProposalView:
-        return cls(
-            id=row.id,
-            image_id=row.image_id,
-            subset=row.subset,
-            state=row.state,
-            old_label=row.old_label,
-            new_label=row.new_label,
-            base_version=row.base_version,
-            reason=row.reason,
-            proposed_by_id=row.proposed_by_id,
-            proposed_by=row.proposed_by,
-            proposed_at=row.proposed_at,
-            decided_by=row.decided_by,
-            decided_at=row.decided_at,
-            decision_reason=row.decision_reason,
-            change_id=row.change_id,
-            stale=row.state == logic.PROPOSED and row.label_version != row.base_version,
-            withdrawn=row.state == logic.REJECTED and row.decided_by_id == row.proposed_by_id,
-        )
+# A proposal with names, and whether it is stale or withdrawn.
+ProposalView = ProposalRow
 
 
 @dataclass(frozen=True)
@@ -92,7 +51,7 @@ def start_campaign(session: Session, *, require_agreement: bool | None, **campai
 
 def _view(session: Session, proposal: LabelProposal) -> ProposalView:
     rows = repository.proposal_rows(session, review_id=proposal.review_id, image_ids=[proposal.image_id])
-    return ProposalView.of(next(row for row in rows if row.id == proposal.id))
+    return next(row for row in rows if row.id == proposal.id)
 
 
 def _describe(proposal: LabelProposal, labels: dict[int, str], who: str | None) -> str:
@@ -295,13 +254,13 @@ def reject(session: Session, *, review_id: int, image_id: int, reason: str = "",
 
 def proposals_by_image(session: Session, *, review_id: int) -> dict[int, ProposalView]:
     """Each item's latest proposal, for the campaign's item list."""
-    return {row.image_id: ProposalView.of(row) for row in repository.proposal_rows(session, review_id=review_id)}
+    return {row.image_id: row for row in repository.proposal_rows(session, review_id=review_id)}
 
 
 def agreement_view(session: Session, *, review_id: int) -> AgreementView:
     review = service._review(session, review_id)
     rows = repository.proposal_rows(session, review_id=review.id)
-    views = [ProposalView.of(row) for row in rows]
+    views = rows
     outcomes = [logic.ProposalOutcome(row.state, row.proposed_by_id, row.decided_by_id) for row in rows]
     return AgreementView(
         review=review,

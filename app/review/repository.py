@@ -235,16 +235,16 @@ def add_change(session: Session, change: LabelChange) -> LabelChange:
     return change
 
 
-def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
-    query = (
-        select(LabelChange, User.name)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .where(LabelChange.image_id == image_id)
-        .order_by(LabelChange.id.desc())
-        .limit(1)
-    )
-    row = session.execute(query).first()
+def _change_and_author(
+    session: Session, *where: ColumnElement[bool], order_by: Sequence[Any]
+) -> tuple[LabelChange, str | None] | None:
+    query = select(LabelChange, User.name).outerjoin(User, User.id == LabelChange.user_id).where(*where)
+    row = session.execute(query.order_by(*order_by).limit(1)).first()
     return None if row is None else (row[0], row[1])
+
+
+def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
+    return _change_and_author(session, LabelChange.image_id == image_id, order_by=[LabelChange.id.desc()])
 
 
 def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
@@ -372,6 +372,16 @@ class ProposalRow:
     change_id: int | None
     label_version: int
 
+    @property
+    def stale(self) -> bool:
+        """Still open, but the image was relabelled since: confirming it would be refused."""
+        return self.state == "proposed" and self.label_version != self.base_version
+
+    @property
+    def withdrawn(self) -> bool:
+        """Rejected by the reviewer who proposed it."""
+        return self.state == "rejected" and self.decided_by_id == self.proposed_by_id
+
 
 def open_proposal(session: Session, *, review_id: int, image_id: int) -> LabelProposal | None:
     query = select(LabelProposal).where(
@@ -448,15 +458,12 @@ def proposal_rows(session: Session, *, review_id: int, image_ids: Sequence[int] 
 
 def first_change_after(session: Session, *, image_id: int, version: int) -> tuple[LabelChange, str | None] | None:
     """The change that moved an image past ``version``, and who made it."""
-    query = (
-        select(LabelChange, User.name)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .where(LabelChange.image_id == image_id, LabelChange.version > version)
-        .order_by(LabelChange.version, LabelChange.id)
-        .limit(1)
+    return _change_and_author(
+        session,
+        LabelChange.image_id == image_id,
+        LabelChange.version > version,
+        order_by=[LabelChange.version, LabelChange.id],
     )
-    row = session.execute(query).first()
-    return None if row is None else (row[0], row[1])
 
 
 def campaign_items(session: Session, *, review_id: int) -> list[tuple[int, str, str, str, float]]:

@@ -64,8 +64,7 @@ class ProposalOut(BaseModel):
 
     @classmethod
     def of(cls, view: ProposalView) -> ProposalOut:
-        fields = {name: getattr(view, name) for name in cls.model_fields}
-        return cls(**fields)
+        return cls.model_validate(view, from_attributes=True)
 
 
 class ItemOut(BaseModel):
@@ -291,14 +290,7 @@ class PrecisionOut(BaseModel):
 
     @classmethod
     def of(cls, row: FlagPrecision) -> PrecisionOut:
-        return cls(
-            subset=row.subset,
-            reviewed=row.reviewed,
-            errors=row.errors,
-            ambiguous=row.ambiguous,
-            awaiting=row.awaiting,
-            precision=row.precision,
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 class ErrorsLeftOut(BaseModel):
@@ -311,14 +303,7 @@ class ErrorsLeftOut(BaseModel):
 
     @classmethod
     def of(cls, row: ErrorsLeft) -> ErrorsLeftOut:
-        return cls(
-            subset=row.subset,
-            unreviewed=row.unreviewed,
-            doubted=row.doubted,
-            flagged=row.flagged,
-            agreeing=row.agreeing,
-            total=row.total,
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 class HonestyOut(BaseModel):

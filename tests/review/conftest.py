@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -27,3 +28,10 @@ def start_campaign(client: TestClient, fixture: RunFixture, **overrides: Any) ->
 
 def label_name(fixture: RunFixture, label_id: int) -> str:
     return next(label.name for label in fixture.labels if label.id == label_id)
+
+
+def element_text(html: str, attribute: str) -> str:
+    """The text inside the first element carrying ``attribute``, tags dropped and spaces collapsed."""
+    found = re.search(rf"<(\w+)[^>]*{attribute}[^>]*>(.*?)</\1>", html, re.S)
+    assert found, attribute
+    return " ".join(re.sub(r"<[^>]+>", "", found.group(2)).split())

@@ -3,7 +3,6 @@ errors left in dev and test (recomputed here from the stored predictions), and t
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Image, Prediction
 from tests.factories import RunFixture, make_run
-from tests.review.conftest import label_name, start_campaign
+from tests.review.conftest import element_text, label_name, start_campaign
 
 
 @pytest.fixture
@@ -20,12 +19,6 @@ def run(db: Session) -> RunFixture:
     fixture = make_run(db, sizes={"dev": 30, "test": 30}, error_rate=0.4, seed=41)
     db.commit()
     return fixture
-
-
-def _text(html: str, attribute: str) -> str:
-    found = re.search(rf"<(\w+)[^>]*{attribute}[^>]*>(.*?)</\1>", html, re.S)
-    assert found, attribute
-    return " ".join(re.sub(r"<[^>]+>", "", found.group(2)).split())
 
 
 def _expected_left(db: Session, run: RunFixture, items: list[dict[str, Any]], subset: str) -> float:
@@ -66,8 +59,8 @@ def test_the_page_says_how_many_flags_were_real_errors_and_estimates_what_is_lef
     }
     assert [row["total"] for row in before["errors_left"]] == [None, None]  # nothing reviewed: not yet known
     page = as_reviewer.get(f"/reviews/{review_id}").text
-    assert _text(page, "data-flag-precision").startswith("0 of 0 reviewed flags were real errors")
-    assert _text(page, 'data-errors-left="dev"') == "not yet known"
+    assert element_text(page, "data-flag-precision").startswith("0 of 0 reviewed flags were real errors")
+    assert element_text(page, 'data-errors-left="dev"') == "not yet known"
 
     items = as_reviewer.get(f"/api/reviews/{review_id}").json()["items"]
     suspicious = [i for i in items if i["selection"] == "suspicious"]
@@ -113,13 +106,15 @@ def test_the_page_says_how_many_flags_were_real_errors_and_estimates_what_is_lef
         )
 
     page = as_reviewer.get(f"/reviews/{review_id}").text
-    assert _text(page, "data-flag-precision").startswith("3 of 6 reviewed flags were real errors (50.0%)")
+    assert element_text(page, "data-flag-precision").startswith("3 of 6 reviewed flags were real errors (50.0%)")
     for row in honesty["errors_left"]:
-        assert _text(page, f'data-errors-left="{row["subset"]}"') == f"≈ {row['total']:.0f}"
-    assert "How this is estimated" in _text(page, "data-estimate-method")
-    assert "1 of 4" in _text(page, "data-estimate-method")  # the sampled correct ones, as counted above
+        assert element_text(page, f'data-errors-left="{row["subset"]}"') == f"≈ {row['total']:.0f}"
+    assert "How this is estimated" in element_text(page, "data-estimate-method")
+    assert "1 of 4" in element_text(page, "data-estimate-method")  # the sampled correct ones, as counted above
     # The polled fragment says the same.
-    assert _text(as_reviewer.get(f"/reviews/{review_id}/checks").text, "data-flag-precision").startswith("3 of 6")
+    assert element_text(as_reviewer.get(f"/reviews/{review_id}/checks").text, "data-flag-precision").startswith(
+        "3 of 6"
+    )
 
 
 def test_the_page_lists_open_proposals_with_confirm_for_others_and_disagreements(
@@ -139,7 +134,7 @@ def test_the_page_lists_open_proposals_with_confirm_for_others_and_disagreements
     assert "data-agreement-keys" in mine and "data-item-proposal" in mine
     theirs = as_admin.get(f"/reviews/{review_id}?view=all").text
     assert f'data-confirm-proposal="{items[0]["image_id"]}"' in theirs
-    assert _text(theirs, "data-agreement-rate") == "0.0%"  # one decided by a second reviewer: rejected
+    assert element_text(theirs, "data-agreement-rate") == "0.0%"  # one decided by a second reviewer: rejected
     assert "no, a cat" in theirs and people["admin"].name in theirs
     detail = as_admin.get(f"/reviews/{review_id}/items/{items[0]['image_id']}").text
     assert "data-detail-proposal" in detail and f'data-confirm-proposal="{items[0]["image_id"]}"' in detail
@@ -147,4 +142,4 @@ def test_the_page_lists_open_proposals_with_confirm_for_others_and_disagreements
     assert as_admin.post(f"/api/reviews/{review_id}/items/{items[0]['image_id']}/confirm").status_code == 200
     detail = as_admin.get(f"/reviews/{review_id}/items/{items[0]['image_id']}").text
     assert f"{people['reviewer'].name}, confirmed by {people['admin'].name}" in detail
-    assert _text(as_admin.get(f"/reviews/{review_id}/checks").text, "data-agreement-rate") == "50.0%"
+    assert element_text(as_admin.get(f"/reviews/{review_id}/checks").text, "data-agreement-rate") == "50.0%"

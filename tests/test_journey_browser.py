@@ -323,6 +323,7 @@ def test_a_user_takes_a_dataset_from_upload_to_fixed_labels_and_export(served: s
         shots(page, "review-start")
         page.fill('input[name="suspicious_per_subset"]', "8")
         page.fill('input[name="correct_per_subset"]', "2")
+        page.uncheck("[data-require-agreement]")  # one reviewer on this journey: relabels apply at once
         page.click('[data-start-review] button[type="submit"]')
         page.wait_for_url(re.compile(r"/reviews/\d+"))
         review_url = page.url.split("?", 1)[0]

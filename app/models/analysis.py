@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TimestampMixin, utcnow
@@ -85,6 +85,8 @@ class Review(TimestampMixin, Base):
     seed: Mapped[int]
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # A relabel in the campaign is a proposal until a second reviewer confirms it.
+    require_agreement: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class ReviewItem(Base):
@@ -104,3 +106,26 @@ class ReviewItem(Base):
     decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     decided_at: Mapped[datetime | None]
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+class LabelProposal(Base):
+    """A relabel proposed in a campaign that requires two reviewers: applied only when another reviewer confirms it
+    (against the label version it was proposed on), or rejected."""
+
+    __tablename__ = "label_proposals"
+    __table_args__ = (Index("ix_label_proposals_review_id_image_id", "review_id", "image_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    old_label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"))
+    new_label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"))
+    base_version: Mapped[int]  # the image's label_version the proposer saw
+    reason: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), default="proposed")  # proposed, confirmed, rejected
+    proposed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str] = mapped_column(Text, default="")
+    change_id: Mapped[int | None] = mapped_column(ForeignKey("label_changes.id", ondelete="SET NULL"))

@@ -116,6 +116,8 @@ class LabelChange(Base):
     review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"))
     reverts_change_id: Mapped[int | None] = mapped_column(ForeignKey("label_changes.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # For a change applied by two-reviewer agreement: user_id proposed it, this reviewer confirmed it.
+    confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -235,3 +235,174 @@ def drift_warning(progress: Sequence[SubsetProgress]) -> str | None:
         f"{ahead.subset} is {ahead.fraction:.0%} reviewed but {behind.subset} only {behind.fraction:.0%}: "
         f"review {behind.subset} items next, so both sets get the same corrections and stay one distribution."
     )
+
+
+# --- two-reviewer agreement ---------------------------------------------------------------------------------------
+
+# An item whose relabel waits for a second reviewer; it is not done yet.
+PROPOSED = "proposed"
+UNDECIDED = (PENDING, PROPOSED)
+# States of a proposal.
+CONFIRMED = "confirmed"
+REJECTED = "rejected"
+PROPOSAL_STATES = (PROPOSED, CONFIRMED, REJECTED)
+
+
+def requires_agreement(subsets: Sequence[str], *, asked: bool | None) -> bool:
+    """Whether a campaign's relabels need a second reviewer: as asked, else whenever it touches test (the set whose
+    labels decide what gets reported)."""
+    return asked if asked is not None else "test" in subsets
+
+
+@dataclass(frozen=True)
+class ProposalOutcome:
+    """A decided or open proposal, as far as agreement is concerned (ids of who proposed and who decided)."""
+
+    state: str
+    proposed_by: int | None
+    decided_by: int | None
+
+
+@dataclass(frozen=True)
+class AgreementStats:
+    open: int
+    confirmed: int
+    disagreements: int  # rejected by another reviewer
+    withdrawn: int  # rejected by the proposer: a change of mind, not a disagreement
+
+    @property
+    def decided(self) -> int:
+        return self.confirmed + self.disagreements
+
+    @property
+    def rate(self) -> float | None:
+        """Share of proposals a second reviewer decided on that they confirmed; None before any."""
+        return self.confirmed / self.decided if self.decided else None
+
+
+def agreement_stats(proposals: Sequence[ProposalOutcome]) -> AgreementStats:
+    counts = {"open": 0, "confirmed": 0, "disagreements": 0, "withdrawn": 0}
+    for proposal in proposals:
+        if proposal.state == PROPOSED:
+            counts["open"] += 1
+        elif proposal.state == CONFIRMED:
+            counts["confirmed"] += 1
+        elif proposal.proposed_by is not None and proposal.proposed_by == proposal.decided_by:
+            counts["withdrawn"] += 1
+        else:
+            counts["disagreements"] += 1
+    return AgreementStats(**counts)
+
+
+# --- campaign honesty: how good the ranking is, and how many label errors are left --------------------------------
+
+REVIEWED = (KEPT, RELABELED)  # items with a verdict on their label (ambiguous ones have none)
+
+
+@dataclass(frozen=True)
+class CampaignItem:
+    """A campaign item as the honesty figures see it: ``suspicion`` is the score it was selected with."""
+
+    subset: str
+    selection: str
+    status: str
+    suspicion: float
+
+
+@dataclass(frozen=True)
+class FlagPrecision:
+    """Among the campaign's suspicious picks: ``errors`` of ``reviewed`` were relabeled (real label errors)."""
+
+    subset: str  # "all" for the campaign as a whole
+    reviewed: int
+    errors: int
+    ambiguous: int
+    awaiting: int  # not reviewed yet, or waiting for a second reviewer
+
+    @property
+    def precision(self) -> float | None:
+        return self.errors / self.reviewed if self.reviewed else None
+
+
+def flag_precision(items: Sequence[CampaignItem], subsets: Sequence[str]) -> list[FlagPrecision]:
+    """Per subset, then "all": the live precision of the suspicion ranking among reviewed suspicious picks."""
+    rows = []
+    for subset in [*subsets, "all"]:
+        picked = [i for i in items if i.selection == SUSPICIOUS and (subset == "all" or i.subset == subset)]
+        rows.append(
+            FlagPrecision(
+                subset=subset,
+                reviewed=sum(i.status in REVIEWED for i in picked),
+                errors=sum(i.status == RELABELED for i in picked),
+                ambiguous=sum(i.status == AMBIGUOUS for i in picked),
+                awaiting=sum(i.status in UNDECIDED for i in picked),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """What reviewers found so far, pooled over the campaign's subsets (one run, one distribution).
+
+    ``calibration`` scales the model's doubt (its suspicion score) of the images it disagrees with into expected
+    label errors: errors found among reviewed suspicious picks over the sum of their suspicion scores.
+    ``agreeing_rate`` is the share of the reviewed random sample of correctly classified images that was wrong.
+    Either is None until reviewers have looked at such items.
+    """
+
+    calibration: float | None
+    flagged_reviewed: int
+    agreeing_rate: float | None
+    agreeing_errors: int
+    agreeing_reviewed: int
+
+
+def error_rates(items: Sequence[CampaignItem]) -> ErrorRates:
+    flagged = [i for i in items if i.selection == SUSPICIOUS and i.status in REVIEWED]
+    sampled = [i for i in items if i.selection == CORRECT_SAMPLE and i.status in REVIEWED]
+    doubt = sum(i.suspicion for i in flagged)
+    found = sum(i.status == RELABELED for i in flagged)
+    wrong_samples = sum(i.status == RELABELED for i in sampled)
+    return ErrorRates(
+        calibration=found / doubt if doubt > 0 else None,
+        flagged_reviewed=len(flagged),
+        agreeing_rate=wrong_samples / len(sampled) if sampled else None,
+        agreeing_errors=wrong_samples,
+        agreeing_reviewed=len(sampled),
+    )
+
+
+@dataclass(frozen=True)
+class ErrorsLeft:
+    """Estimated label errors still in a subset's unreviewed images: ``flagged`` from the images the model doubts
+    (misclassified ones, and the campaign's unreviewed suspicious picks), ``agreeing`` from the rest; a part is
+    None when reviewers have not looked at enough items to estimate it."""
+
+    subset: str
+    unreviewed: int
+    doubted: int  # unreviewed images in the flagged part
+    flagged: float | None
+    agreeing: float | None
+
+    @property
+    def total(self) -> float | None:
+        if self.flagged is None or self.agreeing is None:
+            return None
+        return self.flagged + self.agreeing
+
+
+def errors_left(*, subset: str, suspicion: npt.ArrayLike, doubted: npt.ArrayLike, rates: ErrorRates) -> ErrorsLeft:
+    """Estimate for one subset from its unreviewed images: their suspicion scores and whether each is in the
+    doubted part. An image counts for at most one error, however high its calibrated doubt."""
+    scores = np.asarray(suspicion, dtype=np.float64).ravel()
+    in_doubt = np.asarray(doubted, dtype=bool).ravel()
+    if scores.size != in_doubt.size:
+        raise ValueError("suspicion and doubted must have the same length")
+    flagged = None
+    if rates.calibration is not None:
+        flagged = float(np.minimum(scores[in_doubt] * rates.calibration, 1.0).sum())
+    agreeing = None if rates.agreeing_rate is None else rates.agreeing_rate * int((~in_doubt).sum())
+    return ErrorsLeft(
+        subset=subset, unreviewed=int(scores.size), doubted=int(in_doubt.sum()), flagged=flagged, agreeing=agreeing
+    )

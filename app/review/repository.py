@@ -16,6 +16,7 @@ from app.models import (
     Image,
     Label,
     LabelChange,
+    LabelProposal,
     Prediction,
     Review,
     ReviewItem,
@@ -66,6 +67,7 @@ class HistoryRow:
     reverts_change_id: int | None
     user: str | None
     created_at: datetime
+    confirmed_by: str | None = None  # the second reviewer, for a change applied by agreement
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
@@ -233,16 +235,16 @@ def add_change(session: Session, change: LabelChange) -> LabelChange:
     return change
 
 
-def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
-    query = (
-        select(LabelChange, User.name)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .where(LabelChange.image_id == image_id)
-        .order_by(LabelChange.id.desc())
-        .limit(1)
-    )
-    row = session.execute(query).first()
+def _change_and_author(
+    session: Session, *where: ColumnElement[bool], order_by: Sequence[Any]
+) -> tuple[LabelChange, str | None] | None:
+    query = select(LabelChange, User.name).outerjoin(User, User.id == LabelChange.user_id).where(*where)
+    row = session.execute(query.order_by(*order_by).limit(1)).first()
     return None if row is None else (row[0], row[1])
+
+
+def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
+    return _change_and_author(session, LabelChange.image_id == image_id, order_by=[LabelChange.id.desc()])
 
 
 def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
@@ -251,7 +253,7 @@ def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
 
 
 def history(session: Session, *, image_id: int) -> list[HistoryRow]:
-    old, new = aliased(Label), aliased(Label)
+    old, new, confirmer = aliased(Label), aliased(Label), aliased(User)
     query = (
         select(
             LabelChange.id,
@@ -264,10 +266,12 @@ def history(session: Session, *, image_id: int) -> list[HistoryRow]:
             LabelChange.reverts_change_id,
             User.name,
             LabelChange.created_at,
+            confirmer.name,
         )
         .outerjoin(old, old.id == LabelChange.old_label_id)
         .outerjoin(new, new.id == LabelChange.new_label_id)
         .outerjoin(User, User.id == LabelChange.user_id)
+        .outerjoin(confirmer, confirmer.id == LabelChange.confirmed_by_id)
         .where(LabelChange.image_id == image_id)
         .order_by(LabelChange.id)
     )
@@ -341,3 +345,133 @@ def has_current_error_sample(session: Session, *, run_id: int, subset: str) -> b
         ErrorSample.run_id == run_id, ErrorSample.subset == subset, ErrorSample.is_current
     )
     return session.scalar(query.limit(1)) is not None
+
+
+# --- two-reviewer agreement -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProposalRow:
+    """A proposal with names: labels, who proposed and decided, and the image's current label version."""
+
+    id: int
+    image_id: int
+    subset: str
+    state: str
+    old_label: str
+    new_label: str
+    base_version: int
+    reason: str
+    proposed_by_id: int | None
+    proposed_by: str | None
+    proposed_at: datetime
+    decided_by_id: int | None
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_reason: str
+    change_id: int | None
+    label_version: int
+
+    @property
+    def stale(self) -> bool:
+        """Still open, but the image was relabelled since: confirming it would be refused."""
+        return self.state == "proposed" and self.label_version != self.base_version
+
+    @property
+    def withdrawn(self) -> bool:
+        """Rejected by the reviewer who proposed it."""
+        return self.state == "rejected" and self.decided_by_id == self.proposed_by_id
+
+
+def open_proposal(session: Session, *, review_id: int, image_id: int) -> LabelProposal | None:
+    query = select(LabelProposal).where(
+        LabelProposal.review_id == review_id, LabelProposal.image_id == image_id, LabelProposal.state == "proposed"
+    )
+    return session.scalar(query.order_by(LabelProposal.id.desc()).limit(1))
+
+
+def latest_proposal(session: Session, *, review_id: int, image_id: int) -> LabelProposal | None:
+    query = select(LabelProposal).where(LabelProposal.review_id == review_id, LabelProposal.image_id == image_id)
+    return session.scalar(query.order_by(LabelProposal.id.desc()).limit(1))
+
+
+def add_proposal(session: Session, proposal: LabelProposal) -> LabelProposal:
+    session.add(proposal)
+    session.flush()
+    return proposal
+
+
+def decide_proposal_if_open(
+    session: Session, *, proposal_id: int, state: str, user_id: int, now: datetime, reason: str
+) -> bool:
+    """Move a proposal out of ``proposed``; of two reviewers deciding it at once only one matches the row (Postgres
+    re-checks the WHERE clause after waiting for the other's row lock; SQLite runs writers one at a time)."""
+    statement = (
+        update(LabelProposal)
+        .where(LabelProposal.id == proposal_id, LabelProposal.state == "proposed")
+        .values(state=state, decided_by_id=user_id, decided_at=now, decision_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def proposal_rows(session: Session, *, review_id: int, image_ids: Sequence[int] | None = None) -> list[ProposalRow]:
+    """A campaign's proposals, oldest first."""
+    old, new, proposer, decider = aliased(Label), aliased(Label), aliased(User), aliased(User)
+    query = (
+        select(
+            LabelProposal.id,
+            LabelProposal.image_id,
+            ReviewItem.subset,
+            LabelProposal.state,
+            old.name,
+            new.name,
+            LabelProposal.base_version,
+            LabelProposal.reason,
+            LabelProposal.proposed_by_id,
+            proposer.name,
+            LabelProposal.proposed_at,
+            LabelProposal.decided_by_id,
+            decider.name,
+            LabelProposal.decided_at,
+            LabelProposal.decision_reason,
+            LabelProposal.change_id,
+            Image.label_version,
+        )
+        .join(old, old.id == LabelProposal.old_label_id)
+        .join(new, new.id == LabelProposal.new_label_id)
+        .join(Image, Image.id == LabelProposal.image_id)
+        .join(
+            ReviewItem,
+            and_(ReviewItem.review_id == LabelProposal.review_id, ReviewItem.image_id == LabelProposal.image_id),
+        )
+        .outerjoin(proposer, proposer.id == LabelProposal.proposed_by_id)
+        .outerjoin(decider, decider.id == LabelProposal.decided_by_id)
+        .where(LabelProposal.review_id == review_id)
+        .order_by(LabelProposal.id)
+    )
+    if image_ids is not None:
+        query = query.where(LabelProposal.image_id.in_(list(image_ids)))
+    rows: Sequence[Any] = session.execute(query).all()
+    return [ProposalRow(*row) for row in rows]
+
+
+def first_change_after(session: Session, *, image_id: int, version: int) -> tuple[LabelChange, str | None] | None:
+    """The change that moved an image past ``version``, and who made it."""
+    return _change_and_author(
+        session,
+        LabelChange.image_id == image_id,
+        LabelChange.version > version,
+        order_by=[LabelChange.version, LabelChange.id],
+    )
+
+
+def campaign_items(session: Session, *, review_id: int) -> list[tuple[int, str, str, str, float]]:
+    """(image_id, subset, selection, status, suspicion) of a campaign's items."""
+    query = select(
+        ReviewItem.image_id, ReviewItem.subset, ReviewItem.selection, ReviewItem.status, ReviewItem.suspicion
+    ).where(ReviewItem.review_id == review_id)
+    return [
+        (image_id, subset, selection, status, score)
+        for image_id, subset, selection, status, score in session.execute(query)
+    ]

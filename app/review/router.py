@@ -8,15 +8,18 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from app.ml.error_analysis import format_percent
-from app.review import service
+from app.review import agreement, honesty, service
 from app.review.schemas import (
+    AgreementOut,
     ClaimIn,
     DecisionIn,
     ExcludeIn,
     HistoryOut,
+    HonestyOut,
     ItemOut,
     LabelIn,
     LabelOut,
+    RejectIn,
     RevertIn,
     ReviewCreated,
     ReviewIn,
@@ -42,8 +45,9 @@ def _can_review(user: Any) -> bool:
 
 @router.post("/api/datasets/{dataset_id}/reviews", response_model=ReviewCreated, status_code=201)
 def api_create_review(dataset_id: int, body: ReviewIn, db: DB, user: Reviewer) -> ReviewCreated:
-    review = service.create_review(
+    review = agreement.start_campaign(
         db,
+        require_agreement=body.require_agreement,
         dataset_id=dataset_id,
         run_id=body.run_id,
         subsets=body.subsets,
@@ -58,7 +62,8 @@ def api_create_review(dataset_id: int, body: ReviewIn, db: DB, user: Reviewer) -
 
 @router.get("/api/reviews/{review_id}", response_model=ReviewOut)
 def api_review(review_id: int, db: DB, user: Viewer) -> ReviewOut:
-    return ReviewOut.of(service.review_view(db, review_id=review_id))
+    view = service.review_view(db, review_id=review_id)
+    return ReviewOut.of(view, agreement.proposals_by_image(db, review_id=review_id))
 
 
 @router.patch("/api/reviews/{review_id}", response_model=ReviewStatusOut)
@@ -75,6 +80,7 @@ def api_claim(review_id: int, db: DB, user: Reviewer, body: ClaimIn | None = Non
 
 @router.post("/api/reviews/{review_id}/items/{image_id}/decision", response_model=LabelOut)
 def api_decide(review_id: int, image_id: int, body: DecisionIn, db: DB, user: Reviewer) -> LabelOut:
+    agreement.refuse_if_proposed(db, review_id=review_id, image_id=image_id)
     state = service.decide_item(
         db,
         review_id=review_id,
@@ -93,7 +99,7 @@ def api_label(image_id: int, db: DB, user: Viewer) -> LabelOut:
 
 @router.post("/api/images/{image_id}/label", response_model=LabelOut)
 def api_change_label(image_id: int, body: LabelIn, db: DB, user: Reviewer) -> LabelOut:
-    state = service.change_label(
+    outcome = agreement.change_label(
         db,
         image_id=image_id,
         label=body.label,
@@ -102,11 +108,35 @@ def api_change_label(image_id: int, body: LabelIn, db: DB, user: Reviewer) -> La
         reason=body.reason,
         actor=user,
     )
-    return LabelOut.of(state)
+    return LabelOut.of(outcome.state, outcome.proposal)
+
+
+@router.post("/api/reviews/{review_id}/items/{image_id}/confirm", response_model=LabelOut)
+def api_confirm(review_id: int, image_id: int, db: DB, user: Reviewer) -> LabelOut:
+    outcome = agreement.confirm(db, review_id=review_id, image_id=image_id, actor=user)
+    return LabelOut.of(outcome.state, outcome.proposal)
+
+
+@router.post("/api/reviews/{review_id}/items/{image_id}/reject", response_model=LabelOut)
+def api_reject(review_id: int, image_id: int, db: DB, user: Reviewer, body: RejectIn | None = None) -> LabelOut:
+    reason = body.reason if body is not None else ""
+    outcome = agreement.reject(db, review_id=review_id, image_id=image_id, reason=reason, actor=user)
+    return LabelOut.of(outcome.state, outcome.proposal)
+
+
+@router.get("/api/reviews/{review_id}/agreement", response_model=AgreementOut)
+def api_agreement(review_id: int, db: DB, user: Viewer) -> AgreementOut:
+    return AgreementOut.of(agreement.agreement_view(db, review_id=review_id))
+
+
+@router.get("/api/reviews/{review_id}/honesty", response_model=HonestyOut)
+def api_honesty(review_id: int, db: DB, user: Viewer) -> HonestyOut:
+    return HonestyOut.of(honesty.honesty_view(db, review_id=review_id))
 
 
 @router.post("/api/images/{image_id}/exclude", response_model=LabelOut)
 def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> LabelOut:
+    agreement.refuse_if_proposed(db, review_id=body.review_id, image_id=image_id)
     state = service.mark_ambiguous(
         db,
         image_id=image_id,
@@ -172,9 +202,11 @@ def run_review_start(
     correct_per_subset: Annotated[int, Form()] = 10,
     seed: Annotated[int, Form()] = 0,
     include_train: Annotated[bool, Form()] = False,
+    require_agreement: Annotated[bool, Form()] = False,  # an unticked box sends nothing; the form ticks it
 ) -> Response:
-    review = service.create_review(
+    review = agreement.start_campaign(
         db,
+        require_agreement=require_agreement,
         dataset_id=dataset_id,
         run_id=run_id,
         subsets=subsets,
@@ -197,8 +229,24 @@ def review_page(request: Request, review_id: int, db: DB, user: Viewer, view: st
         "which": which,
         "can_review": _can_review(user),
         "can_decide": _can_review(user) and loaded.review.status == service.OPEN,
+        **_checks(db, review_id),
+        "proposals": agreement.proposals_by_image(db, review_id=review_id),
     }
     return render(request, "review/campaign.html", context)
+
+
+def _checks(db: DB, review_id: int) -> dict[str, Any]:
+    return {
+        "agreement": agreement.agreement_view(db, review_id=review_id),
+        "honesty": honesty.honesty_view(db, review_id=review_id),
+    }
+
+
+@router.get("/reviews/{review_id}/checks", include_in_schema=False)
+def review_checks(request: Request, review_id: int, db: DB, user: Viewer) -> Response:
+    """Open proposals, disagreements, the agreement rate and the honesty figures, polled like the progress."""
+    context = {**_checks(db, review_id), "can_review": _can_review(user)}
+    return render(request, "review/campaign.html", context, block="checks")
 
 
 @router.get("/reviews/{review_id}/progress", include_in_schema=False)
@@ -230,5 +278,6 @@ def review_item(request: Request, review_id: int, image_id: int, db: DB, user: V
         "item": detail.item,
         "can_review": _can_review(user),
         "can_decide": _can_review(user) and detail.review.status == service.OPEN,
+        "proposal": agreement.proposals_by_image(db, review_id=review_id).get(image_id),
     }
     return render(request, "review/_item.html", context)

@@ -5,7 +5,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.review.logic import SubsetProgress
+from app.review.agreement import AgreementView, ProposalView
+from app.review.honesty import HonestyView
+from app.review.logic import ErrorsLeft, FlagPrecision, SubsetProgress
 from app.review.repository import HistoryRow
 from app.review.service import (
     DEFAULT_CLAIM_SIZE,
@@ -23,6 +25,8 @@ class ReviewIn(BaseModel):
     correct_per_subset: int = 10
     seed: int = 0
     include_train: bool = False  # the separate, explicit option to review train as well
+    # A relabel is a proposal until a second reviewer confirms it; unset: on, since every campaign touches test.
+    require_agreement: bool | None = None
 
 
 class ReviewCreated(BaseModel):
@@ -40,6 +44,29 @@ class ProgressOut(BaseModel):
         return cls(done=row.done, total=row.total, relabeled=row.relabeled, ambiguous=row.ambiguous)
 
 
+class ProposalOut(BaseModel):
+    id: int
+    image_id: int
+    subset: str
+    state: str  # proposed, confirmed, rejected
+    old_label: str
+    new_label: str
+    base_version: int
+    reason: str
+    proposed_by: str | None
+    proposed_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_reason: str
+    change_id: int | None
+    stale: bool
+    withdrawn: bool
+
+    @classmethod
+    def of(cls, view: ProposalView) -> ProposalOut:
+        return cls.model_validate(view, from_attributes=True)
+
+
 class ItemOut(BaseModel):
     image_id: int
     subset: str
@@ -51,9 +78,10 @@ class ItemOut(BaseModel):
     status: str
     excluded_reason: str | None
     claimed_by: str | None
+    proposal: ProposalOut | None = None  # the item's latest proposed relabel, in a campaign that requires agreement
 
     @classmethod
-    def of(cls, item: ItemView) -> ItemOut:
+    def of(cls, item: ItemView, proposal: ProposalView | None = None) -> ItemOut:
         return cls(
             image_id=item.image_id,
             subset=item.subset,
@@ -65,6 +93,7 @@ class ItemOut(BaseModel):
             status=item.status,
             excluded_reason=item.excluded_reason,
             claimed_by=item.claimed_by if item.claim_active else None,
+            proposal=ProposalOut.of(proposal) if proposal is not None else None,
         )
 
 
@@ -77,14 +106,16 @@ class ReviewOut(BaseModel):
     correct_per_subset: int
     seed: int
     status: str
+    require_agreement: bool
     items: list[ItemOut]
     progress: dict[str, ProgressOut]
     drift: str | None
     rescored: dict[str, dict[str, Any]]
 
     @classmethod
-    def of(cls, view: ReviewView) -> ReviewOut:
+    def of(cls, view: ReviewView, proposals: dict[int, ProposalView] | None = None) -> ReviewOut:
         review = view.review
+        proposals = proposals or {}
         return cls(
             id=review.id,
             dataset_id=review.dataset_id,
@@ -94,7 +125,8 @@ class ReviewOut(BaseModel):
             correct_per_subset=review.correct_per_subset,
             seed=review.seed,
             status=review.status,
-            items=[ItemOut.of(item) for item in view.items],
+            require_agreement=review.require_agreement,
+            items=[ItemOut.of(item, proposals.get(item.image_id)) for item in view.items],
             progress={row.subset: ProgressOut.of(row) for row in view.status.progress},
             drift=view.status.drift,
             rescored=view.status.rescored,
@@ -143,10 +175,11 @@ class LabelOut(BaseModel):
     label_version: int
     excluded_reason: str | None
     change_id: int | None
-    review_status: str | None
+    review_status: str | None  # "proposed": the relabel waits for a second reviewer and the label is unchanged
+    proposal: ProposalOut | None = None
 
     @classmethod
-    def of(cls, state: LabelState) -> LabelOut:
+    def of(cls, state: LabelState, proposal: ProposalView | None = None) -> LabelOut:
         return cls(
             image_id=state.image_id,
             label=state.label,
@@ -154,6 +187,7 @@ class LabelOut(BaseModel):
             excluded_reason=state.excluded_reason,
             change_id=state.change_id,
             review_status=state.review_status,
+            proposal=ProposalOut.of(proposal) if proposal is not None else None,
         )
 
 
@@ -167,6 +201,7 @@ class HistoryOut(BaseModel):
     review_id: int | None
     reverts_change_id: int | None
     user: str | None
+    confirmed_by: str | None  # the second reviewer, for a relabel applied by agreement
     created_at: datetime
 
     @classmethod
@@ -181,6 +216,7 @@ class HistoryOut(BaseModel):
             review_id=row.review_id,
             reverts_change_id=row.reverts_change_id,
             user=row.user,
+            confirmed_by=row.confirmed_by,
             created_at=row.created_at,
         )
 
@@ -215,4 +251,74 @@ class SuspicionOut(BaseModel):
                 )
                 for row in summary.top
             ],
+        )
+
+
+class RejectIn(BaseModel):
+    reason: str = ""
+
+
+class AgreementOut(BaseModel):
+    required: bool
+    open: list[ProposalOut]
+    disagreements: list[ProposalOut]
+    confirmed: int
+    rejected: int  # by a second reviewer (disagreements)
+    withdrawn: int
+    rate: float | None  # confirmed / (confirmed + rejected); None before any second-reviewer decision
+
+    @classmethod
+    def of(cls, view: AgreementView) -> AgreementOut:
+        return cls(
+            required=view.required,
+            open=[ProposalOut.of(p) for p in view.open],
+            disagreements=[ProposalOut.of(p) for p in view.disagreements],
+            confirmed=view.stats.confirmed,
+            rejected=view.stats.disagreements,
+            withdrawn=view.stats.withdrawn,
+            rate=view.stats.rate,
+        )
+
+
+class PrecisionOut(BaseModel):
+    subset: str
+    reviewed: int
+    errors: int
+    ambiguous: int
+    awaiting: int
+    precision: float | None
+
+    @classmethod
+    def of(cls, row: FlagPrecision) -> PrecisionOut:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class ErrorsLeftOut(BaseModel):
+    subset: str
+    unreviewed: int
+    doubted: int
+    flagged: float | None
+    agreeing: float | None
+    total: float | None
+
+    @classmethod
+    def of(cls, row: ErrorsLeft) -> ErrorsLeftOut:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class HonestyOut(BaseModel):
+    """The live precision of the suspicion ranking, and the estimated label errors left in dev and test."""
+
+    precision: list[PrecisionOut]
+    calibration: float | None
+    agreeing_rate: float | None
+    errors_left: list[ErrorsLeftOut]
+
+    @classmethod
+    def of(cls, view: HonestyView) -> HonestyOut:
+        return cls(
+            precision=[PrecisionOut.of(row) for row in view.precision],
+            calibration=view.rates.calibration,
+            agreeing_rate=view.rates.agreeing_rate,
+            errors_left=[ErrorsLeftOut.of(row) for row in view.left],
         )

@@ -335,7 +335,7 @@ def _progress(session: Session, review: Review) -> list[logic.SubsetProgress]:
     return [
         logic.SubsetProgress(
             subset=subset,
-            done=sum(count for status, count in by_status.items() if status != logic.PENDING),
+            done=sum(count for status, count in by_status.items() if status not in logic.UNDECIDED),
             total=sum(by_status.values()),
             relabeled=by_status.get(logic.RELABELED, 0),
             ambiguous=by_status.get(logic.AMBIGUOUS, 0),

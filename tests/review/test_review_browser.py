@@ -50,6 +50,7 @@ def test_a_reviewer_relabels_dev_and_test_with_the_keyboard(tmp_path: Path) -> N
         page.wait_for_selector("[data-start-review]")
         page.fill('input[name="suspicious_per_subset"]', "4")
         page.fill('input[name="correct_per_subset"]', "1")
+        page.uncheck("[data-require-agreement]")  # one reviewer here; test_agreement_browser has two
         page.click('[data-start-review] button[type="submit"]')
         page.wait_for_selector("[data-claim]")
         assert (_done(page, "dev"), _done(page, "test")) == ("0", "0")

@@ -1,0 +1,271 @@
+"""Two-reviewer agreement: in a campaign that requires it, a relabel is a proposal that leaves the label as it was,
+until another reviewer confirms it (then it is applied through the versioned relabel path, against the version it
+was proposed on, with both names in the history) or rejects it.
+
+A proposal leaves ``proposed`` by one conditional UPDATE, so two reviewers deciding it at once cannot both win; the
+confirmed label is written with ``UPDATE images ... WHERE label_version = :base``, so a relabel made since (in or
+outside the campaign) refuses the confirmation with 409 naming that change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, Forbidden, NotFound
+from app.models import Image, LabelChange, LabelProposal, Review, ReviewItem, User, utcnow
+from app.review import logic, repository, service
+from app.review.repository import ProposalRow
+from app.review.service import LabelState
+
+# A proposal with names, and whether it is stale or withdrawn.
+ProposalView = ProposalRow
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a relabel, confirmation or rejection did: the image's label state, and the proposal it touched."""
+
+    state: LabelState
+    proposal: ProposalView | None = None
+
+
+@dataclass(frozen=True)
+class AgreementView:
+    review: Review
+    required: bool
+    open: list[ProposalView]
+    disagreements: list[ProposalView]  # rejected by a second reviewer
+    stats: logic.AgreementStats
+
+
+def start_campaign(session: Session, *, require_agreement: bool | None, **campaign: Any) -> Review:
+    """``service.create_review`` plus the agreement rule: as asked, else on for campaigns that touch test."""
+    review = service.create_review(session, **campaign)
+    review.require_agreement = logic.requires_agreement(review.subsets.split(","), asked=require_agreement)
+    session.flush()
+    return review
+
+
+def _view(session: Session, proposal: LabelProposal) -> ProposalView:
+    rows = repository.proposal_rows(session, review_id=proposal.review_id, image_ids=[proposal.image_id])
+    return next(row for row in rows if row.id == proposal.id)
+
+
+def _describe(proposal: LabelProposal, labels: dict[int, str], who: str | None) -> str:
+    by = f" by {who}" if who else ""
+    return f"{labels.get(proposal.old_label_id, '?')} → {labels.get(proposal.new_label_id, '?')}{by}"
+
+
+def refuse_if_proposed(session: Session, *, review_id: int | None, image_id: int) -> None:
+    """A campaign decision on an item whose relabel waits for a second reviewer is refused: that comes first."""
+    if review_id is None:
+        return
+    proposal = repository.open_proposal(session, review_id=review_id, image_id=image_id)
+    if proposal is None:
+        return
+    labels = repository.labels_of(session, dataset_id=service._image(session, image_id).dataset_id)
+    proposer = session.get(User, proposal.proposed_by_id) if proposal.proposed_by_id else None
+    raise Conflict(
+        f"image {image_id} has an open proposal in review {review_id} "
+        f"({_describe(proposal, labels, proposer.name if proposer else None)}): "
+        "another reviewer confirms or rejects it first",
+        extra={"proposal_id": proposal.id, "review_status": logic.PROPOSED},
+    )
+
+
+def change_label(
+    session: Session,
+    *,
+    image_id: int,
+    label: str,
+    expected_version: int,
+    review_id: int | None = None,
+    reason: str = "",
+    actor: User,
+) -> Outcome:
+    """A relabel: applied at once (``service.change_label``), or, in a campaign that requires agreement, recorded as
+    a proposal that leaves the label as it was."""
+    review = service._review(session, review_id) if review_id is not None else None
+    direct: dict[str, Any] = {
+        "image_id": image_id,
+        "label": label,
+        "expected_version": expected_version,
+        "reason": reason,
+    }
+    if review is None or not review.require_agreement:
+        return Outcome(service.change_label(session, review_id=review_id, actor=actor, **direct))
+    image = service._image(session, image_id)
+    item = service._campaign_item(session, review_id=review.id, image=image)
+    assert item is not None
+    refuse_if_proposed(session, review_id=review.id, image_id=image.id)
+    by_name = {name: label_id for label_id, name in repository.labels_of(session, dataset_id=image.dataset_id).items()}
+    if by_name.get(label, image.label_id) == image.label_id:
+        # An unknown label is refused there; the label it already has keeps the item, as in any campaign.
+        return Outcome(service.change_label(session, review_id=review.id, actor=actor, **direct))
+    cleaned = service._clean_reason(reason)
+    # Lock the image at the version seen: a concurrent relabel either finished first (409 here) or waits.
+    if not repository.lock_if_version(session, image_id=image.id, expected_version=expected_version):
+        raise service._stale(session, image, expected_version=expected_version)
+    proposal = repository.add_proposal(
+        session,
+        LabelProposal(
+            review_id=review.id,
+            image_id=image.id,
+            old_label_id=image.label_id,
+            new_label_id=by_name[label],
+            base_version=expected_version,
+            reason=cleaned,
+            state=logic.PROPOSED,
+            proposed_by_id=actor.id,
+        ),
+    )
+    _set_item(item, status=logic.PROPOSED, actor=actor)
+    session.flush()
+    return Outcome(service._state(session, image, review_status=logic.PROPOSED), _view(session, proposal))
+
+
+def _set_item(item: ReviewItem, *, status: str, actor: User | None) -> None:
+    item.status = status
+    item.decided_by_id = actor.id if actor is not None else None
+    item.decided_at = utcnow() if actor is not None else None
+
+
+def _open_proposal(session: Session, *, review_id: int, image_id: int) -> tuple[Review, Image, LabelProposal]:
+    review = service._open_review(session, review_id)
+    image = service._image(session, image_id)
+    proposal = repository.open_proposal(session, review_id=review.id, image_id=image.id)
+    if proposal is not None:
+        return review, image, proposal
+    latest = repository.latest_proposal(session, review_id=review.id, image_id=image.id)
+    if latest is None:
+        raise NotFound(f"image {image.id} has no proposed relabel in review {review.id}")
+    raise _already_decided(session, latest)
+
+
+def _already_decided(session: Session, proposal: LabelProposal) -> Conflict:
+    session.refresh(proposal)
+    decider = session.get(User, proposal.decided_by_id) if proposal.decided_by_id else None
+    by = f" by {decider.name}" if decider else ""
+    return Conflict(
+        f"the proposed relabel of image {proposal.image_id} was already {proposal.state}{by}",
+        extra={"proposal_id": proposal.id, "state": proposal.state, "decided_by": decider.name if decider else None},
+    )
+
+
+def _moved_on(session: Session, image: Image, proposal: LabelProposal) -> Conflict:
+    """The 409 for a proposal whose image was relabelled since: which change, by whom, and the label now."""
+    session.refresh(image)
+    labels = repository.labels_of(session, dataset_id=image.dataset_id)
+    current = service._state(session, image)
+    found = repository.first_change_after(session, image_id=image.id, version=proposal.base_version)
+    change, who = found if found is not None else (None, None)
+    what = "a later change"
+    if change is not None:
+        by = f" by {who}" if who else ""
+        what = (
+            f"change #{change.id} ({change.kind}, {labels.get(change.old_label_id or 0, '–')} → "
+            f"{labels.get(change.new_label_id or 0, '–')}{by}, {change.created_at:%Y-%m-%d %H:%M} UTC)"
+        )
+    return Conflict(
+        f"image {image.id} was relabelled since this proposal ({_describe(proposal, labels, None)}, made on version "
+        f"{proposal.base_version}): {what} made it {current.label!r} (version {current.label_version}). "
+        "Reject the proposal, and propose again if the label should still change.",
+        extra={
+            "image_id": image.id,
+            "proposal_id": proposal.id,
+            "label": current.label,
+            "label_version": current.label_version,
+            "change_id": change.id if change is not None else None,
+            "changed_by": who,
+        },
+    )
+
+
+def confirm(session: Session, *, review_id: int, image_id: int, actor: User) -> Outcome:
+    """A second reviewer agrees: the proposed label is applied, as a relabel by the proposer confirmed by them."""
+    review, image, proposal = _open_proposal(session, review_id=review_id, image_id=image_id)
+    if proposal.proposed_by_id == actor.id:
+        raise Forbidden(
+            f"you proposed this relabel of image {image.id}; another reviewer has to confirm it",
+            extra={"proposal_id": proposal.id},
+        )
+    if image.label_version != proposal.base_version:
+        raise _moved_on(session, image, proposal)
+    now = utcnow()
+    if not repository.decide_proposal_if_open(
+        session, proposal_id=proposal.id, state=logic.CONFIRMED, user_id=actor.id, now=now, reason=""
+    ):
+        raise _already_decided(session, proposal)
+    if not repository.set_label_if_version(
+        session, image_id=image.id, expected_version=proposal.base_version, label_id=proposal.new_label_id
+    ):
+        raise _moved_on(session, image, proposal)
+    change = repository.add_change(
+        session,
+        LabelChange(
+            image_id=image.id,
+            kind="relabel",
+            old_label_id=proposal.old_label_id,
+            new_label_id=proposal.new_label_id,
+            version=proposal.base_version + 1,
+            reason=proposal.reason,
+            review_id=review.id,
+            user_id=proposal.proposed_by_id,
+            confirmed_by_id=actor.id,
+        ),
+    )
+    proposal.change_id = change.id
+    session.refresh(image)
+    item = repository.review_item(session, review_id=review.id, image_id=image.id)
+    assert item is not None
+    # As for any relabel: an item already excluded as ambiguous stays counted as such.
+    _set_item(item, status=logic.AMBIGUOUS if image.excluded_reason else logic.RELABELED, actor=actor)
+    session.flush()
+    session.refresh(proposal)
+    state = service._state(session, image, change_id=change.id, review_status=item.status)
+    return Outcome(state, _view(session, proposal))
+
+
+def reject(session: Session, *, review_id: int, image_id: int, reason: str = "", actor: User) -> Outcome:
+    """A second reviewer disagrees: the label stays and the item counts as kept. The proposer rejecting their own
+    proposal withdraws it instead: the item waits for a decision again."""
+    review, image, proposal = _open_proposal(session, review_id=review_id, image_id=image_id)
+    cleaned = service._clean_reason(reason)
+    if not repository.decide_proposal_if_open(
+        session, proposal_id=proposal.id, state=logic.REJECTED, user_id=actor.id, now=utcnow(), reason=cleaned
+    ):
+        raise _already_decided(session, proposal)
+    withdrawn = proposal.proposed_by_id == actor.id
+    item = repository.review_item(session, review_id=review.id, image_id=image.id)
+    assert item is not None
+    if image.excluded_reason:
+        _set_item(item, status=logic.AMBIGUOUS, actor=actor)
+    elif withdrawn:
+        _set_item(item, status=logic.PENDING, actor=None)
+    else:
+        _set_item(item, status=logic.KEPT, actor=actor)
+    session.flush()
+    session.refresh(proposal)
+    return Outcome(service._state(session, image, review_status=item.status), _view(session, proposal))
+
+
+def proposals_by_image(session: Session, *, review_id: int) -> dict[int, ProposalView]:
+    """Each item's latest proposal, for the campaign's item list."""
+    return {row.image_id: row for row in repository.proposal_rows(session, review_id=review_id)}
+
+
+def agreement_view(session: Session, *, review_id: int) -> AgreementView:
+    review = service._review(session, review_id)
+    rows = repository.proposal_rows(session, review_id=review.id)
+    views = rows
+    outcomes = [logic.ProposalOutcome(row.state, row.proposed_by_id, row.decided_by_id) for row in rows]
+    return AgreementView(
+        review=review,
+        required=review.require_agreement,
+        open=[view for view in views if view.state == logic.PROPOSED],
+        disagreements=[view for view in views if view.state == logic.REJECTED and not view.withdrawn],
+        stats=logic.agreement_stats(outcomes),
+    )

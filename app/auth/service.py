@@ -104,6 +104,16 @@ def resolve_session(session: Session, *, token: str) -> tuple[User, UserSession]
     return user, row
 
 
+def credentials_valid(session: Session, *, bearer: str | None, session_token: str | None) -> bool:
+    """Whether an API token or a session token names an active user: read-only, for the request gate that runs
+    before any body is read (the route's own dependency then resolves the user, CSRF and role)."""
+    if bearer is not None:
+        token = repository.active_token(session, _digest(bearer))
+        user = repository.user_by_id(session, token.user_id) if token is not None else None
+        return user is not None and user.is_active
+    return session_token is not None and resolve_session(session, token=session_token) is not None
+
+
 def end_session(session: Session, *, token: str) -> None:
     repository.delete_session(session, _digest(token))
 

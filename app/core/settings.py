@@ -43,12 +43,22 @@ class Settings(BaseSettings):
     session_days: int = 14
     secure_cookies: bool = False
     login_attempts_per_minute: int = 10
+    # Failed logins of one user name from anywhere, per LOGIN_NAME_WINDOW, before each further try waits (a
+    # doubling delay, up to login_max_delay_seconds); a browser that logged in as that user before skips it.
+    login_failures_per_name: int = 20
+    login_max_delay_seconds: int = 300
+    # Addresses (comma-separated IPs, or "*") of reverse proxies whose X-Forwarded-For/-Proto are believed; by
+    # default none, so a client cannot choose the address the login limits count it under.
+    trusted_proxies: str = ""
 
-    # Request limits (bytes / counts), refused early. File bodies (multipart uploads, raw chunks) may be as
-    # large as max_request_bytes; every other body (JSON, urlencoded forms) only max_json_bytes, since it is
-    # parsed in memory.
+    # Request limits (bytes / counts), refused early. Bodies of the upload routes (multipart uploads, raw
+    # chunks) may be as large as max_request_bytes; any other API body only max_json_bytes and a page form
+    # max_form_bytes, whatever its content type, since those are parsed in memory.
     max_request_bytes: int = 4 * 1024**3
     max_json_bytes: int = 16 * 1024**2
+    max_form_bytes: int = 1024**2
+    # What the zips of one upload may expand to, all together (members are also checked one by one).
+    max_upload_expanded_bytes: int = 4 * 1024**3
     max_upload_files: int = 2_000
     max_form_fields: int = 100
     max_part_bytes: int = 1024 * 1024

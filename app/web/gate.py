@@ -74,11 +74,11 @@ class RequestGate:
             return
         request = Request(scope)
         kind = route_kind(request.url.path)
-        if (request.method, request.url.path.rstrip("/") or "/") not in _PUBLIC_BODIES:
-            if not await run_in_threadpool(_credentials_valid, request):
-                response = domain_error_response(request, NotAuthenticated("log in first (the credentials are unknown)"))
-                await response(scope, receive, send)
-                return
+        public = (request.method, request.url.path.rstrip("/") or "/") in _PUBLIC_BODIES
+        if not public and not await run_in_threadpool(_credentials_valid, request):
+            refused = NotAuthenticated("log in first (no valid session or API token)")
+            await domain_error_response(request, refused)(scope, receive, send)
+            return
         given = content_type(scope)
         if given not in ACCEPTED_TYPES[kind]:
             accepted = ", ".join(sorted(ACCEPTED_TYPES[kind]))

@@ -1,6 +1,7 @@
 """Bodies are refused before they are read: a real uvicorn on loopback gets 1 GiB and 300 MB bodies (generated,
 streamed through a raw socket) from clients without valid credentials, with the wrong content type, or over a
-route's limit, and its peak memory (VmHWM) grows by less than 50 MB while it writes (almost) nothing: no temporary file."""
+route's limit, and its peak memory (VmHWM) grows by less than 50 MB while it writes (almost) nothing: no temporary
+file."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def token_create(name: str) -> None:
 
 
 # Each domain adds its own commands (import, demo, ...) from its ``cli`` module.
-DOMAIN_COMMANDS = ("app.datasets.cli",)
+DOMAIN_COMMANDS = ("app.datasets.cli", "app.storage.cli")
 
 
 def _register_domain_commands() -> None:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     job_memory_limit_mb: int = 12_000
     # Temp files of blob writes older than this are a killed writer's; each worker sweeps them when it starts.
     blob_temp_max_age_hours: float = 24.0
+    # Blobs no row refers to are deleted by `errorbook storage gc` and by a worker every blob_gc_every_hours
+    # (0: never), once older than blob_gc_grace_hours (a younger one may belong to an upload in flight).
+    blob_gc_every_hours: float = 6.0
+    blob_gc_grace_hours: float = 1.0
     training_queue: str = "gpu"
     # Split assignments written per transaction (a crash mid-write is undone by the retry).
     split_write_rows: int = 100_000

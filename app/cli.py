@@ -70,7 +70,16 @@ def serve(
     for thread in threads:
         thread.start()
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        proxy_headers, forwarded_allow_ips = settings.proxy_options()
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=10,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
     finally:
         for worker in embedded:
             worker.request_stop()

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     # bf16 (AVX512-BF16, AMX) or GPUs, and moves features slightly; see app/ml/features.py.
     feature_precision: Literal["float32", "bfloat16"] = "float32"
 
+    def proxy_options(self) -> tuple[bool, str]:
+        """(proxy_headers, forwarded_allow_ips) for uvicorn: X-Forwarded-For/-Proto are believed only from the
+        configured proxies. (Uvicorn's own default believes them from 127.0.0.1, so any local client, or a
+        proxy passing the header through, could choose the address the login limits count it under.)"""
+        proxies = [address.strip() for address in self.trusted_proxies.split(",") if address.strip()]
+        return bool(proxies), ",".join(proxies)
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

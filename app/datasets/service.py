@@ -44,6 +44,7 @@ from app.models import Dataset, Image, Job, Label, Split, Upload, UploadEntry, U
 INGEST_KIND = "datasets.ingest"
 MAX_ENTRY_NAME = 1000  # upload_entries.name
 MAX_DATASET_NAME = 200
+MAX_DESCRIPTION = 10_000
 # The browser sends files at least this big in chunks (resumable); smaller ones go in multipart batches.
 CHUNKED_FILE_BYTES = 8 * 2**20
 MAX_CHUNK_BYTES = 16 * 2**20
@@ -76,6 +77,8 @@ def _dataset_name(raw: str) -> str:
 def _description(raw: str) -> str:
     if "\x00" in raw:
         raise Invalid("a description cannot contain NUL characters")
+    if len(raw.strip()) > MAX_DESCRIPTION:
+        raise Invalid(f"a description may have at most {MAX_DESCRIPTION:,} characters")
     return raw.strip()
 
 

@@ -5,38 +5,20 @@ file."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from app.auth import service as auth
-from app.core.db import get_engine, session_scope
-from app.core.migrate import upgrade_to_head
-from app.core.settings import PROJECT_ROOT, Settings
+from tests.live_server import LiveServer, live_server
 
 GiB, MB = 2**30, 10**6
 PIECE = b"\0" * 2**20
-SERVE = (
-    "import sys, uvicorn; from app.core.settings import Settings; from app.web.app import create_app; "
-    "uvicorn.run(create_app(Settings()), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')"
-)
 
 
-@dataclass
-class Server:
-    port: int
-    pid: int
-    token: str
-    tmp_dirs: list[Path]
-
+class Server(LiveServer):
     def peak_rss(self) -> int:
         status = Path(f"/proc/{self.pid}/status").read_text()
         line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
@@ -51,41 +33,10 @@ class Server:
         return [path for folder in self.tmp_dirs if folder.exists() for path in folder.rglob("*") if path.is_file()]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    data, tmp = tmp_path / "data", tmp_path / "tmp"
-    tmp.mkdir()
-    env = {**os.environ, "ERRORBOOK_DATA_DIR": str(data), "TMPDIR": str(tmp), "PYTHONPATH": str(PROJECT_ROOT)}
-    env.pop("ERRORBOOK_DATABASE_URL", None)
-    settings = Settings(data_dir=data)
-    engine = get_engine(settings)
-    upgrade_to_head(engine)
-    with session_scope(engine) as session:
-        user = auth.create_user(session, name="ada", role="admin", password="a-long-password")
-        _, token = auth.create_token(session, user=user, name="t")
-    engine.dispose()
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], env=env, cwd=PROJECT_ROOT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        yield Server(port, process.pid, token, [tmp, data / "blobs" / "tmp", data / "staging"])
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with live_server(tmp_path) as live:
+        yield Server(live.port, live.pid, live.token, live.tmp_dirs)
 
 
 def send(server: Server, method: str, path: str, headers: dict[str, str], size: int, *, chunked: bool) -> int:

@@ -55,7 +55,7 @@ def user_name(raw: str) -> str:
     if not name or len(name) > 100:
         raise Invalid("a user name needs 1 to 100 characters")
     if any(unicodedata.category(character) in _INVISIBLE for character in name):
-        raise Invalid("a user name cannot contain control or invisible characters")
+        raise Invalid("a user name cannot contain control characters or invisible ones")
     return name
 
 

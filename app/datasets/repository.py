@@ -503,8 +503,10 @@ def member_blobs(session: Session, archive_entry_id: int) -> list[str]:
 
 
 def member_bytes(session: Session, upload_id: int) -> int:
+    """The members' bytes of the upload's fully expanded zips (one cut short is expanded again, from the start)."""
+    expanded = select(UploadEntry.id).where(UploadEntry.upload_id == upload_id, UploadEntry.outcome == "expanded")
     query = select(func.coalesce(func.sum(UploadEntry.size), 0)).where(
-        UploadEntry.upload_id == upload_id, UploadEntry.archive_entry_id.is_not(None)
+        UploadEntry.upload_id == upload_id, UploadEntry.archive_entry_id.in_(expanded)
     )
     return int(session.scalar(query) or 0)
 

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # (0: never), once older than blob_gc_grace_hours (a younger one may belong to an upload in flight).
     blob_gc_every_hours: float = 6.0
     blob_gc_grace_hours: float = 1.0
+    # A failed or cancelled upload keeps its files this long for a retry; then the sweep discards it.
+    upload_retry_days: float = 7.0
     training_queue: str = "gpu"
     # Split assignments written per transaction (a crash mid-write is undone by the retry).
     split_write_rows: int = 100_000

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict
 from app.core.settings import Settings
-from app.datasets import repository, service
+from app.datasets import release_repository, repository, service
 from app.datasets.ownership import DISCARDED, check_owner
 from app.models import User
 
@@ -19,9 +21,18 @@ def discard_upload(session: Session, *, upload_id: int, settings: Settings, user
     status = service.upload_status(session, upload)
     if status not in ("open", "failed", "cancelled"):
         raise Conflict(f"upload {upload_id} is {status}; only an open, failed or cancelled upload can be discarded")
-    candidates = repository.staged_blobs_of(session, upload.id)
-    repository.delete_entries_of(session, upload.id)
+    candidates = release_repository.staged_blobs_of(session, upload.id)
+    release_repository.delete_entries_of(session, upload.id)
     upload.status, upload.labels_csv_sha256 = DISCARDED, None
     session.flush()
     service.discard_parts(settings, upload_id=upload_id)
     return [sha for sha in candidates if not repository.blob_in_use(session, sha, except_upload_id=upload.id)]
+
+
+def release_abandoned(session: Session, *, settings: Settings, ended_before: datetime) -> list[str]:
+    """Discard the uploads whose ingest failed or was cancelled before `ended_before` and was not retried since:
+    kept that long for a retry, then their bytes are released. Returns the blobs to delete after the commit."""
+    released: list[str] = []
+    for upload_id in release_repository.abandoned_uploads(session, ended_before=ended_before):
+        released += discard_upload(session, upload_id=upload_id, settings=settings)
+    return released

@@ -436,17 +436,6 @@ def add_upload(session: Session, upload: Upload) -> Upload:
     return upload
 
 
-def staged_blobs_of(session: Session, upload_id: int) -> list[str]:
-    """Every blob an upload's entries and its labels CSV name."""
-    entries = select(UploadEntry.sha256).where(UploadEntry.upload_id == upload_id, UploadEntry.sha256.is_not(None))
-    csv = session.scalar(select(Upload.labels_csv_sha256).where(Upload.id == upload_id))
-    return sorted({sha for sha in session.scalars(entries.distinct()) if sha} | ({csv} if csv else set()))
-
-
-def delete_entries_of(session: Session, upload_id: int) -> None:
-    session.execute(delete(UploadEntry).where(UploadEntry.upload_id == upload_id))
-
-
 def get_job(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id)
 

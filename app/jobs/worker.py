@@ -32,7 +32,7 @@ from app.jobs.repository import ClaimedJob, LeaseLost
 from app.jobs.retry import retry_transient
 from app.jobs.runner import runner_main
 from app.models import utcnow
-from app.storage.service import collect_garbage
+from app.storage.service import collect_garbage, release_abandoned_uploads
 
 log = logging.getLogger("errorbook.worker")
 
@@ -174,11 +174,11 @@ class Worker:
         self._gc_thread.start()
 
     def _collect_garbage(self) -> None:
+        blobs = LocalBlobStore(self.settings.blob_dir)
         try:
+            release_abandoned_uploads(sessions=self._sessions, blobs=blobs, settings=self.settings)
             result = collect_garbage(
-                sessions=self._sessions,
-                blobs=LocalBlobStore(self.settings.blob_dir),
-                grace_seconds=self.settings.blob_gc_grace_hours * 3600,
+                sessions=self._sessions, blobs=blobs, grace_seconds=self.settings.blob_gc_grace_hours * 3600
             )
         except (OSError, OperationalError) as exc:
             log.warning("blob garbage collection failed (%s)", exc)

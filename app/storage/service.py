@@ -12,10 +12,14 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from app.core.settings import Settings
 from app.core.storage import LocalBlobStore, StoredBlob
+from app.datasets import discard
+from app.models import utcnow
 from app.storage import repository
 
 BATCH = 500
@@ -51,6 +55,19 @@ def collect_garbage(
             result.deleted += 1
             result.deleted_bytes += blob.size
     return result
+
+
+def release_abandoned_uploads(*, sessions: Callable[[], Session], blobs: LocalBlobStore, settings: Settings) -> int:
+    """Discard the uploads whose ingest failed or was cancelled more than `upload_retry_days` ago (they were
+    kept for a retry), releasing their bytes; returns how many blobs went."""
+    ended_before = utcnow() - timedelta(days=settings.upload_retry_days)
+    with sessions() as session:
+        released = discard.release_abandoned(session, settings=settings, ended_before=ended_before)
+        session.commit()
+    for sha in released:  # after the commit: a row never names a deleted blob
+        with contextlib.suppress(FileNotFoundError):
+            blobs.path(sha).unlink()
+    return len(released)
 
 
 def _still_old(blobs: LocalBlobStore, sha256: str, cutoff: float) -> bool:

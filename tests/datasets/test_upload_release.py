@@ -8,6 +8,7 @@ import io
 import os
 import time
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from app.auth import service as auth
 from app.cli import cli
 from app.core.settings import get_settings
 from app.core.storage import LocalBlobStore
-from app.models import Job
+from app.models import Job, utcnow
 from tests.conftest import api_client
 from tests.datasets.conftest import Ingest, noisy_jpeg, orphan_blobs, stored_blobs, zip_of
 
@@ -183,3 +184,22 @@ def test_storage_gc_deletes_old_unreferenced_blobs_only(ingest: Ingest) -> None:
     assert CliRunner().invoke(cli, ["storage", "gc", "--grace-hours", "0"]).exit_code == 0
     assert stored_blobs(blob_dir) == kept
     assert orphan_blobs(ingest.engine, blob_dir) == set()
+
+
+def test_a_failed_upload_not_retried_in_time_is_released_by_the_sweep(ingest: Ingest) -> None:
+    dataset = ingest.create_dataset()
+    files = [("files", (f"cat/{i}.jpg", noisy_jpeg(i, (96, 72)), "image/jpeg")) for i in range(6)]
+    started = ingest.reviewer.post(f"/api/datasets/{dataset}/uploads", files=files).json()
+    with Session(ingest.engine) as session:
+        session.execute(update(Job).where(Job.id == started["job_id"]).values(cancel_requested=True))
+        session.commit()
+    ingest.run_jobs()
+    assert CliRunner().invoke(cli, ["storage", "gc"]).exit_code == 0
+    assert _blob_bytes(ingest.settings.blob_dir) > 0  # within the retry window: kept
+    with Session(ingest.engine) as session:  # eight days later
+        session.execute(update(Job).where(Job.id == started["job_id"]).values(finished_at=utcnow() - timedelta(days=8)))
+        session.commit()
+    swept = CliRunner().invoke(cli, ["storage", "gc"])
+    assert swept.exit_code == 0 and "released 6 blobs" in swept.output, swept.output
+    assert ingest.reviewer.get(f"/api/uploads/{started['upload_id']}").status_code == 404
+    assert _blob_bytes(ingest.settings.blob_dir) == 0

@@ -1,4 +1,4 @@
-"""The ``errorbook`` command: serve, worker, db, users, token (and, per domain, import and demo)."""
+"""The ``errorbook`` command: serve, worker, db, users, token (and, per domain, import, demo and storage gc)."""
 
 from __future__ import annotations
 
@@ -74,8 +74,15 @@ def serve(
     for thread in threads:
         thread.start()
     try:
+        proxy_headers, forwarded_allow_ips = settings.proxy_options()
         uvicorn.run(
-            create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=10,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
     finally:
         for worker in embedded:
@@ -141,7 +148,7 @@ def token_create(name: str) -> None:
 
 
 # Each domain adds its own commands (import, demo, ...) from its ``cli`` module.
-DOMAIN_COMMANDS = ("app.datasets.cli",)
+DOMAIN_COMMANDS = ("app.datasets.cli", "app.storage.cli")
 
 
 def _register_domain_commands() -> None:

@@ -61,14 +61,14 @@ def touch_token(session: Session, token_id: int, now: datetime) -> None:
     session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 
 
-def recent_failures(session: Session, key_hash: str, since: datetime) -> tuple[int, datetime | None]:
-    """(how many, the oldest) failed logins of this key since ``since``."""
-    count, oldest = session.execute(
-        select(func.count(), func.min(LoginFailure.failed_at)).where(
+def recent_failures(session: Session, key_hash: str, since: datetime) -> tuple[int, datetime | None, datetime | None]:
+    """(how many, the oldest, the newest) failed logins of this key since ``since``."""
+    count, oldest, newest = session.execute(
+        select(func.count(), func.min(LoginFailure.failed_at), func.max(LoginFailure.failed_at)).where(
             LoginFailure.key_hash == key_hash, LoginFailure.failed_at >= since
         )
     ).one()
-    return int(count), oldest
+    return int(count), oldest, newest
 
 
 def add_failure(session: Session, key_hash: str, now: datetime) -> None:

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
+from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.auth import service
 from app.auth.schemas import TokenCreated, TokenIn, TokenOut, UserIn, UserOut
@@ -30,11 +31,21 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
+# What /login?error=<code> may say: a link can pick a message, never write one.
+LOGIN_MESSAGES = {
+    "expired": "Your session has expired; log in again.",
+    "logged_out": "You are logged out.",
+}
+KNOWN_BROWSER_COOKIE = "eb_known"
+KNOWN_BROWSER_DAYS = 365
+
+
 @router.get("/login", include_in_schema=False)
 def login_page(request: Request, next: str = "/", error: str | None = None) -> Response:
     login_csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
+    message = LOGIN_MESSAGES.get(error or "")
     response = render(
-        request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "error": error}
+        request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "error": message}
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -60,8 +71,14 @@ def login(
     if not expected or not secrets.compare_digest(expected, csrf_token):
         raise Forbidden("the login form expired; reload the page and try again")
     client = request.client.host if request.client else "?"
-    per_minute = request.app.state.settings.login_attempts_per_minute
-    service.check_login_allowed(db, client=client, name=name, per_minute=per_minute)
+    settings = request.app.state.settings
+    limits = service.LoginLimits(
+        per_minute=settings.login_attempts_per_minute,
+        per_name=settings.login_failures_per_name,
+        max_delay_seconds=settings.login_max_delay_seconds,
+    )
+    known = _known_browser_of(request) == service.name_key(name)
+    service.check_login_allowed(db, client=client, name=name, limits=limits, known_browser=known)
     try:
         user = service.authenticate(db, name=name, password=password)
     except NotAuthenticated:
@@ -75,7 +92,7 @@ def login(
     old = read_session_cookie(request)
     if old:
         service.end_session(db, token=old)
-    new = service.start_session(db, user=user, days=request.app.state.settings.session_days)
+    new = service.start_session(db, user=user, days=settings.session_days)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -86,7 +103,30 @@ def login(
         max_age=request.app.state.settings.session_days * 86400,
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE)
+    # This browser has logged in as this user: a stranger's failed guesses at the name do not slow it down.
+    response.set_cookie(
+        KNOWN_BROWSER_COOKIE,
+        _known_signer(request).dumps(service.name_key(user.name)),
+        httponly=True,
+        samesite="lax",
+        secure=settings.secure_cookies,
+        max_age=KNOWN_BROWSER_DAYS * 86400,
+    )
     return response
+
+
+def _known_signer(request: Request) -> URLSafeSerializer:
+    return URLSafeSerializer(request.app.state.secret_key, salt="known-browser")
+
+
+def _known_browser_of(request: Request) -> str | None:
+    raw = request.cookies.get(KNOWN_BROWSER_COOKIE)
+    if not raw:
+        return None
+    try:
+        return str(_known_signer(request).loads(raw))
+    except BadSignature:
+        return None
 
 
 @router.post("/logout", include_in_schema=False)

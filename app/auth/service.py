@@ -37,31 +37,61 @@ def role_at_least(user: User, role: str) -> bool:
     return ROLES.index(user.role) >= ROLES.index(role)
 
 
-def create_user(session: Session, *, name: str, role: str, password: str | None = None) -> User:
-    name = name.strip()
+MIN_PASSWORD = 8
+# Characters that do not show (zero-width spaces and joiners, direction marks, line separators): a name with one
+# would look like another user's.
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp"})
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"a password needs at least {MIN_PASSWORD} characters")
+
+
+def user_name(raw: str) -> str:
+    """A user name as stored: NFKC-normalised (full-width and compatibility forms folded), trimmed, and
+    refused when empty, too long, or carrying characters that do not show."""
+    name = unicodedata.normalize("NFKC", raw).strip()
     if not name or len(name) > 100:
         raise Invalid("a user name needs 1 to 100 characters")
-    if _has_control_characters(name):  # NUL and the like (Postgres refuses NUL in text outright)
-        raise Invalid("a user name cannot contain control characters")
+    if any(unicodedata.category(character) in _INVISIBLE for character in name):
+        raise Invalid("a user name cannot contain control characters or invisible ones")
+    return name
+
+
+def _user_by_name(session: Session, name: str) -> User | None:
+    """The user whose name matches, ignoring case and compatibility forms (a handful of rows: compared here,
+    the same on SQLite and Postgres)."""
+    exact = repository.user_by_name(session, name.strip())
+    if exact is not None:
+        return exact
+    key = name_key(name)
+    return next((user for user in repository.list_users(session) if name_key(user.name) == key), None)
+
+
+def create_user(session: Session, *, name: str, role: str, password: str | None = None) -> User:
+    name = user_name(name)
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
-    if repository.user_by_name(session, name) is not None:
-        raise Conflict(f"a user named {name!r} already exists")
+    if password is not None:
+        _check_password(password)  # one rule for the page, the API and the command line
+    existing = _user_by_name(session, name)
+    if existing is not None:
+        raise Conflict(f"a user named {existing.name!r} already exists (names are compared ignoring case)")
     user = User(name=name, role=role, password_hash=_hasher.hash(password) if password else None)
     repository.add(session, user)
     return user
 
 
 def set_password(session: Session, *, user: User, password: str) -> None:
-    if len(password) < 8:
-        raise Invalid("a password needs at least 8 characters")
+    _check_password(password)
     user.password_hash = _hasher.hash(password)
     repository.delete_sessions_of(session, user.id)
     session.flush()
 
 
 def authenticate(session: Session, *, name: str, password: str) -> User:
-    user = repository.user_by_name(session, name.strip())
+    user = _user_by_name(session, name)
     stored = user.password_hash if user is not None and user.is_active else None
     try:
         _hasher.verify(stored or _DUMMY_HASH, password)
@@ -102,6 +132,16 @@ def resolve_session(session: Session, *, token: str) -> tuple[User, UserSession]
     if user is None or not user.is_active:
         return None
     return user, row
+
+
+def credentials_valid(session: Session, *, bearer: str | None, session_token: str | None) -> bool:
+    """Whether an API token or a session token names an active user: read-only, for the request gate that runs
+    before any body is read (the route's own dependency then resolves the user, CSRF and role)."""
+    if bearer is not None:
+        token = repository.active_token(session, _digest(bearer))
+        user = repository.user_by_id(session, token.user_id) if token is not None else None
+        return user is not None and user.is_active
+    return session_token is not None and resolve_session(session, token=session_token) is not None
 
 
 def end_session(session: Session, *, token: str) -> None:
@@ -156,7 +196,7 @@ def tokens_of(session: Session, *, user: User) -> list[ApiToken]:
 
 
 def get_user_by_name(session: Session, *, name: str) -> User:
-    user = repository.user_by_name(session, name)
+    user = _user_by_name(session, name)
     if user is None:
         raise NotFound(f"no user named {name!r}")
     return user
@@ -172,24 +212,56 @@ def ensure_initial_admin(session: Session) -> tuple[str, str] | None:
 
 
 LOGIN_WINDOW = timedelta(minutes=1)
+# Failures of one user name from anywhere are remembered this long (the per-name backoff's memory).
+LOGIN_NAME_WINDOW = timedelta(minutes=15)
+
+
+def name_key(name: str) -> str:
+    """The form of a user name that look-alikes share (case, width, compatibility forms)."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 def _throttle_key(client: str, name: str) -> str:
     # Hashed: the table need not keep who tried which account from where.
-    return _digest(f"{client}:{name.strip().lower()}")
+    return _digest(f"{client}:{name_key(name)}")
 
 
-def check_login_allowed(session: Session, *, client: str, name: str, per_minute: int) -> None:
-    """At most ``per_minute`` failed logins per minute for one (client, user name), counted in the database so
-    that every web process sees the same count; over it, even the right password is refused until one expires."""
+def _name_throttle_key(name: str) -> str:
+    return _digest(f"name:{name_key(name)}")
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    per_minute: int  # failures per (client, user name) per minute; then even the right password waits
+    per_name: int  # failures of one user name from anywhere per LOGIN_NAME_WINDOW before each try waits
+    max_delay_seconds: int
+
+
+def check_login_allowed(
+    session: Session, *, client: str, name: str, limits: LoginLimits, known_browser: bool = False
+) -> None:
+    """Refuse a login try while it is throttled, counted in the database so that every web process sees the
+    same count. Per (client, user name): at most `per_minute` failures a minute. Per user name, from any
+    address: past `per_name` failures, each try waits a delay that doubles with every further failure (up to
+    `max_delay_seconds`), so rotating addresses buys nothing; a browser that logged in as this user before
+    (`known_browser`) skips that delay, so a stranger's guessing never locks the account's owner out."""
     now = utcnow()
-    count, oldest = repository.recent_failures(session, _throttle_key(client, name), now - LOGIN_WINDOW)
-    if count >= per_minute and oldest is not None:
+    count, oldest, _ = repository.recent_failures(session, _throttle_key(client, name), now - LOGIN_WINDOW)
+    if count >= limits.per_minute and oldest is not None:
         wait = int((oldest + LOGIN_WINDOW - now).total_seconds()) + 1
         raise RateLimited(f"too many failed logins; try again in {wait} s")
+    if known_browser:
+        return
+    count, _, newest = repository.recent_failures(session, _name_throttle_key(name), now - LOGIN_NAME_WINDOW)
+    if count >= limits.per_name and newest is not None:
+        delay = timedelta(seconds=min(2 ** min(count - limits.per_name, 30), limits.max_delay_seconds))
+        if now < newest + delay:
+            wait = int((newest + delay - now).total_seconds()) + 1
+            raise RateLimited(f"too many failed logins for this user; try again in {wait} s")
 
 
 def record_login_failure(session: Session, *, client: str, name: str) -> None:
     now = utcnow()
-    repository.forget_failures_before(session, now - LOGIN_WINDOW)  # keeps the table as small as one minute
+    repository.forget_failures_before(session, now - LOGIN_NAME_WINDOW)  # keeps the table small
     repository.add_failure(session, _throttle_key(client, name), now)
+    repository.add_failure(session, _name_throttle_key(name), now)

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     job_memory_limit_mb: int = 12_000
     # Temp files of blob writes older than this are a killed writer's; each worker sweeps them when it starts.
     blob_temp_max_age_hours: float = 24.0
+    # Blobs no row refers to are deleted by `errorbook storage gc` and by a worker every blob_gc_every_hours
+    # (0: never), once older than blob_gc_grace_hours (a younger one may belong to an upload in flight).
+    blob_gc_every_hours: float = 6.0
+    blob_gc_grace_hours: float = 1.0
+    # A failed or cancelled upload keeps its files this long for a retry; then the sweep discards it.
+    upload_retry_days: float = 7.0
     training_queue: str = "gpu"
     # Split assignments written per transaction (a crash mid-write is undone by the retry).
     split_write_rows: int = 100_000
@@ -43,12 +49,22 @@ class Settings(BaseSettings):
     session_days: int = 14
     secure_cookies: bool = False
     login_attempts_per_minute: int = 10
+    # Failed logins of one user name from anywhere, per LOGIN_NAME_WINDOW, before each further try waits (a
+    # doubling delay, up to login_max_delay_seconds); a browser that logged in as that user before skips it.
+    login_failures_per_name: int = 20
+    login_max_delay_seconds: int = 300
+    # Addresses (comma-separated IPs, or "*") of reverse proxies whose X-Forwarded-For/-Proto are believed; by
+    # default none, so a client cannot choose the address the login limits count it under.
+    trusted_proxies: str = ""
 
-    # Request limits (bytes / counts), refused early. File bodies (multipart uploads, raw chunks) may be as
-    # large as max_request_bytes; every other body (JSON, urlencoded forms) only max_json_bytes, since it is
-    # parsed in memory.
+    # Request limits (bytes / counts), refused early. Bodies of the upload routes (multipart uploads, raw
+    # chunks) may be as large as max_request_bytes; any other API body only max_json_bytes and a page form
+    # max_form_bytes, whatever its content type, since those are parsed in memory.
     max_request_bytes: int = 4 * 1024**3
     max_json_bytes: int = 16 * 1024**2
+    max_form_bytes: int = 1024**2
+    # What the zips of one upload may expand to, all together (members are also checked one by one).
+    max_upload_expanded_bytes: int = 4 * 1024**3
     max_upload_files: int = 2_000
     max_form_fields: int = 100
     max_part_bytes: int = 1024 * 1024
@@ -62,6 +78,13 @@ class Settings(BaseSettings):
     # Arithmetic of frozen-backbone feature extraction (linear runs): bfloat16 is faster only on CPUs with native
     # bf16 (AVX512-BF16, AMX) or GPUs, and moves features slightly; see app/ml/features.py.
     feature_precision: Literal["float32", "bfloat16"] = "float32"
+
+    def proxy_options(self) -> tuple[bool, str]:
+        """(proxy_headers, forwarded_allow_ips) for uvicorn: X-Forwarded-For/-Proto are believed only from the
+        configured proxies. (Uvicorn's own default believes them from 127.0.0.1, so any local client, or a
+        proxy passing the header through, could choose the address the login limits count it under.)"""
+        proxies = [address.strip() for address in self.trusted_proxies.split(",") if address.strip()]
+        return bool(proxies), ",".join(proxies)
 
     @property
     def resolved_data_dir(self) -> Path:

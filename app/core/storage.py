@@ -9,6 +9,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -32,6 +34,13 @@ def _check_digest(sha256: str) -> str:
     return sha256
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    mtime: float
+
+
 class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -47,9 +56,18 @@ class LocalBlobStore:
 
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if self.exists(digest):
+        if self._refresh(digest):
             return digest
         return self.put_file(io.BytesIO(data))
+
+    def _refresh(self, digest: str) -> bool:
+        """Mark an existing blob as just stored (the garbage collector spares young blobs: a request that
+        stored it may not have committed the row naming it yet); False when there is none."""
+        try:
+            os.utime(self.path(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
     def put_file(self, src: BinaryIO) -> str:
         """Stream ``src`` into the store, hashing as it goes; never holds the whole file."""
@@ -90,9 +108,18 @@ class LocalBlobStore:
         # rename is atomic on one file system: a reader sees the whole blob or none.
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
+        if self._refresh(digest):
             return
         os.replace(tmp, final)
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every blob file (its temporary folder aside), shard by shard."""
+        for shard in sorted(self.root.glob("??/??")):
+            for path in shard.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if len(path.name) == 64 and path.is_file():
+                        info = path.stat()
+                        yield StoredBlob(path.name, info.st_size, info.st_mtime)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -365,9 +365,13 @@ def add_to_upload_counts(
 
 
 def blob_in_use(session: Session, sha256: str, *, except_upload_id: int) -> bool:
-    """Whether an image, a thumbnail or another unfinished upload still needs this blob."""
+    """Whether an image, a thumbnail, another upload's labels CSV or another unfinished upload still needs
+    this blob."""
     image = select(Image.id).where((Image.sha256 == sha256) | (Image.thumb_sha256 == sha256)).limit(1)
     if session.scalar(image) is not None:
+        return True
+    csv = select(Upload.id).where(Upload.labels_csv_sha256 == sha256, Upload.id != except_upload_id).limit(1)
+    if session.scalar(csv) is not None:
         return True
     entry = (
         select(UploadEntry.id)
@@ -421,7 +425,8 @@ def open_upload_of(session: Session, *, dataset_id: int, user_id: int | None) ->
 
 
 def uploads_of(session: Session, dataset_id: int, *, limit: int) -> list[Upload]:
-    query = select(Upload).where(Upload.dataset_id == dataset_id).order_by(Upload.id.desc()).limit(limit)
+    query = select(Upload).where(Upload.dataset_id == dataset_id, Upload.status != "discarded")
+    query = query.order_by(Upload.id.desc()).limit(limit)
     return list(session.scalars(query))
 
 
@@ -429,11 +434,6 @@ def add_upload(session: Session, upload: Upload) -> Upload:
     session.add(upload)
     session.flush()
     return upload
-
-
-def delete_upload(session: Session, upload: Upload) -> None:
-    session.delete(upload)
-    session.flush()
 
 
 def get_job(session: Session, job_id: int) -> Job | None:
@@ -484,6 +484,20 @@ def archives_to_expand(session: Session, upload_id: int) -> list[UploadEntry]:
             .order_by(UploadEntry.id)
         )
     )
+
+
+def member_blobs(session: Session, archive_entry_id: int) -> list[str]:
+    query = select(UploadEntry.sha256).where(UploadEntry.archive_entry_id == archive_entry_id).distinct()
+    return [sha for sha in session.scalars(query) if sha]
+
+
+def member_bytes(session: Session, upload_id: int) -> int:
+    """The members' bytes of the upload's fully expanded zips (one cut short is expanded again, from the start)."""
+    expanded = select(UploadEntry.id).where(UploadEntry.upload_id == upload_id, UploadEntry.outcome == "expanded")
+    query = select(func.coalesce(func.sum(UploadEntry.size), 0)).where(
+        UploadEntry.upload_id == upload_id, UploadEntry.archive_entry_id.in_(expanded)
+    )
+    return int(session.scalar(query) or 0)
 
 
 def delete_archive_members(session: Session, archive_entry_id: int) -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, BinaryIO, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +15,7 @@ from starlette.datastructures import FormData, UploadFile
 from app.core.errors import Invalid, NotAuthenticated
 from app.core.settings import Settings
 from app.core.storage import BlobStore
-from app.datasets import service
+from app.datasets import discard, service
 from app.datasets.schemas import (
     ChunkOut,
     ConflictIn,
@@ -40,6 +40,7 @@ from app.datasets.schemas import (
     UploadStarted,
 )
 from app.ml.splitting import SUBSETS
+from app.models import User
 from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer
 from app.web.templating import is_htmx, render
 
@@ -121,13 +122,14 @@ def _file_name(part: UploadFile) -> str:
     return (part.filename or "").replace("%22", '"')
 
 
-def _stage_form_files(db: DB, request: Request, upload_id: int, form: FormData) -> service.StageCounts:
+def _stage_form_files(db: DB, request: Request, upload_id: int, form: FormData, user: User) -> service.StageCounts:
+    service.check_can_add_files(db, upload_id=upload_id, user=user)  # before a byte is stored
     files = [part for part in form.getlist("files") if isinstance(part, UploadFile)]
     stored = service.store_files(
         _blobs(request),
         [(_file_name(part), _opener(part)) for part in files if not service.is_skipped(_file_name(part))],
     )
-    counts = service.stage_files(db, upload_id=upload_id, files=stored)
+    counts = service.stage_files(db, upload_id=upload_id, files=stored, user=user)
     counts.skipped += len(files) - len(stored)
     return counts
 
@@ -293,6 +295,8 @@ def api_report_csv(request: Request, upload_id: int, db: DB, user: Viewer) -> St
 )
 def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user: Reviewer) -> UploadStarted:
     """One request: files (images or .zip), optional label, source and labels_csv; ingested by a job."""
+    labels_csv = _labels_csv(form)
+    service.check_upload_fields(label=_text(form, "label"), labels_csv=labels_csv)  # before storing the files
     upload, _ = service.start_upload(
         db,
         dataset_id=dataset_id,
@@ -301,14 +305,15 @@ def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user
         label=_text(form, "label"),
         resume=False,
     )
-    _stage_form_files(db, request, upload.id, form)
+    _stage_form_files(db, request, upload.id, form, user)
     job = service.finish_upload(
         db,
         upload_id=upload.id,
         user_id=user.id,
         blobs=_blobs(request),
         settings=_settings(request),
-        labels_csv=_labels_csv(form),
+        labels_csv=labels_csv,
+        user=user,
     )
     return UploadStarted(upload_id=upload.id, job_id=job.id)
 
@@ -337,13 +342,14 @@ def api_have(request: Request, upload_id: int, body: HaveIn, db: DB, user: Revie
         files=[(claim.name, claim.sha256, claim.size) for claim in body.files],
         blobs=_blobs(request),
         settings=_settings(request),
+        user=user,
     )
     return HaveOut(**vars(answer))
 
 
 @router.post("/api/uploads/{upload_id}/files", response_model=StagedOut, openapi_extra=_multipart_body())
 def api_stage_files(request: Request, upload_id: int, form: UploadForm, db: DB, user: Reviewer) -> StagedOut:
-    return StagedOut(**vars(_stage_form_files(db, request, upload_id, form)))
+    return StagedOut(**vars(_stage_form_files(db, request, upload_id, form, user)))
 
 
 @router.post("/api/uploads/{upload_id}/chunks", response_model=ChunkOut, openapi_extra=CHUNK_BODY)
@@ -367,6 +373,7 @@ async def api_chunk(
         size=size,
         offset=offset,
         settings=_settings(request),
+        user=user,
     )
     await service.receive_chunk(target, request.stream())
     received = await run_in_threadpool(
@@ -379,6 +386,7 @@ async def api_chunk(
         offset=offset,
         target=target,
         blobs=_blobs(request),
+        user=user,
     )
     return ChunkOut(received=received, complete=received == size)
 
@@ -399,6 +407,7 @@ def api_finish_upload(request: Request, upload_id: int, form: UploadForm, db: DB
         label=_text(form, "label"),
         source=_text(form, "source"),
         labels_csv=_labels_csv(form),
+        user=user,
     )
     return UploadStarted(upload_id=upload_id, job_id=job.id)
 
@@ -410,8 +419,12 @@ def api_retry_upload(upload_id: int, db: DB, user: Reviewer) -> UploadStarted:
 
 
 @router.delete("/api/uploads/{upload_id}", status_code=204)
-def api_discard_upload(request: Request, upload_id: int, db: DB, user: Reviewer) -> Response:
-    service.discard_upload(db, upload_id=upload_id, settings=_settings(request))
+def api_discard_upload(
+    request: Request, upload_id: int, db: DB, user: Reviewer, background: BackgroundTasks
+) -> Response:
+    """Drop an open, failed or cancelled upload and release its bytes (the images it added stay)."""
+    unused = discard.discard_upload(db, upload_id=upload_id, settings=_settings(request), user=user)
+    background.add_task(service.delete_blobs, _blobs(request), unused)  # after the commit, never before
     return Response(status_code=204)
 
 

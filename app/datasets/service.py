@@ -35,14 +35,16 @@ from app.datasets.logic import (
     normalise_name,
     parse_label_csv,
 )
+from app.datasets.ownership import DISCARDED, check_owner
 from app.jobs import service as jobs
 from app.ml.archives import UnsafePathError, is_ignored_path, normalise_relative_path
 from app.ml.images import Rejection
-from app.models import Dataset, Image, Job, Label, Split, Upload, UploadEntry, utcnow
+from app.models import Dataset, Image, Job, Label, Split, Upload, UploadEntry, User, utcnow
 
 INGEST_KIND = "datasets.ingest"
 MAX_ENTRY_NAME = 1000  # upload_entries.name
 MAX_DATASET_NAME = 200
+MAX_DESCRIPTION = 10_000
 # The browser sends files at least this big in chunks (resumable); smaller ones go in multipart batches.
 CHUNKED_FILE_BYTES = 8 * 2**20
 MAX_CHUNK_BYTES = 16 * 2**20
@@ -75,6 +77,8 @@ def _dataset_name(raw: str) -> str:
 def _description(raw: str) -> str:
     if "\x00" in raw:
         raise Invalid("a description cannot contain NUL characters")
+    if len(raw.strip()) > MAX_DESCRIPTION:
+        raise Invalid(f"a description may have at most {MAX_DESCRIPTION:,} characters")
     return raw.strip()
 
 
@@ -489,16 +493,30 @@ def start_upload(
 
 def get_upload(session: Session, *, upload_id: int) -> Upload:
     upload = repository.get_upload(session, upload_id)
-    if upload is None:
+    if upload is None or upload.status == DISCARDED:
         raise NotFound(f"upload {upload_id} does not exist")
     return upload
 
 
-def _open_upload(session: Session, upload_id: int) -> Upload:
+def _open_upload(session: Session, upload_id: int, user: User | None) -> Upload:
     upload = get_upload(session, upload_id=upload_id)
+    check_owner(upload, user)
     if upload.status != "open":
         raise Conflict(f"upload {upload_id} is already {upload.status}; start a new upload to add files")
     return upload
+
+
+def check_can_add_files(session: Session, *, upload_id: int, user: User | None) -> None:
+    """Before any file of a request is stored: the upload exists, is open and is the user's."""
+    _open_upload(session, upload_id, user)
+
+
+def check_upload_fields(*, label: str | None, labels_csv: bytes | None) -> None:
+    """What a one-request upload's fields can be refused for, checked before its files are stored."""
+    if labels_csv is not None:
+        if label is not None and label.strip():
+            raise Invalid("give either one label for every file or a labels CSV, not both")
+        check_labels_csv(labels_csv)
 
 
 def open_upload_of(session: Session, *, dataset_id: int, user_id: int | None) -> Upload | None:
@@ -518,9 +536,11 @@ class StageCounts:
     skipped: int = 0
 
 
-def stage_files(session: Session, *, upload_id: int, files: Sequence[StagedBlob]) -> StageCounts:
+def stage_files(
+    session: Session, *, upload_id: int, files: Sequence[StagedBlob], user: User | None = None
+) -> StageCounts:
     """Record files whose content is already in the blob store; a name sent twice is recorded once."""
-    upload = _open_upload(session, upload_id)
+    upload = _open_upload(session, upload_id, user)
     return _record_entries(session, upload_id=upload.id, files=files, archive=None)
 
 
@@ -534,7 +554,9 @@ def _record_entries(
             counts.skipped += 1
             continue
         name, refusal = entry_name(staged.name)
-        refusal = refusal or staged.refusal
+        # A refusal given with the file comes first: its name may be a printable escape of an unsafe one
+        # (a control character shown as "\x01" would otherwise read as "contains a backslash").
+        refusal = staged.refusal or refusal
         if archive is not None:
             name = archive_member_name(archive[1], name)[:MAX_ENTRY_NAME]
         rows.setdefault(
@@ -580,10 +602,11 @@ def have(
     files: Sequence[tuple[str, str, int]],
     blobs: BlobStore,
     settings: Settings,
+    user: User | None = None,
 ) -> HaveAnswer:
     """Which of (name, sha256, size) the browser must still send: content already stored (this upload or
     any earlier one) is recorded under the new name right away, so a reload or a retry resends nothing."""
-    upload = _open_upload(session, upload_id)
+    upload = _open_upload(session, upload_id, user)
     missing, partial, refused = [], {}, {}
     known: list[StagedBlob] = []
     for raw_name, sha256, size in files:
@@ -717,10 +740,18 @@ class ChunkTarget:
 
 
 def chunk_target(
-    session: Session, *, upload_id: int, name: str, sha256: str, size: int, offset: int, settings: Settings
+    session: Session,
+    *,
+    upload_id: int,
+    name: str,
+    sha256: str,
+    size: int,
+    offset: int,
+    settings: Settings,
+    user: User | None = None,
 ) -> ChunkTarget:
     """Check a chunk request before reading its body: the upload is open, the offset is where we are."""
-    upload = _open_upload(session, upload_id)
+    upload = _open_upload(session, upload_id, user)
     if not _is_sha256(sha256):
         raise Invalid("sha256 must be 64 lowercase hex digits")
     if size <= 0 or size > settings.max_request_bytes:
@@ -763,6 +794,7 @@ def append_chunk(
     offset: int,
     target: ChunkTarget,
     blobs: BlobStore,
+    user: User | None = None,
 ) -> int:
     """Append a received chunk if the part still ends at `offset`; when complete, verify the whole file's
     sha256, store it and record it. Returns the bytes received so far."""
@@ -791,7 +823,7 @@ def append_chunk(
         with disk_space():
             stored, stored_size = store_file(blobs, part)
     target.part.unlink(missing_ok=True)
-    stage_files(session, upload_id=upload_id, files=[StagedBlob(name, stored, stored_size)])
+    stage_files(session, upload_id=upload_id, files=[StagedBlob(name, stored, stored_size)], user=user)
     return received
 
 
@@ -821,12 +853,13 @@ def finish_upload(
     source: str | None = None,
     labels_csv: bytes | None = None,
     source_folders: bool = False,
+    user: User | None = None,
 ) -> Job:
     """Close the upload to new files and queue its ingest job (in the caller's transaction).
 
     `source_folders`: the top folder of each path names the image's source (`source/label/file`, the demo).
     """
-    upload = _open_upload(session, upload_id)
+    upload = _open_upload(session, upload_id, user)
     if label is not None and label.strip():
         upload.label = _label_name(label)
     if source is not None and source.strip():
@@ -868,13 +901,6 @@ def retry_upload(session: Session, *, upload_id: int, user_id: int | None) -> Jo
     upload.status, upload.job_id = "queued", job.id
     session.flush()
     return job
-
-
-def discard_upload(session: Session, *, upload_id: int, settings: Settings) -> None:
-    """Drop an open upload and what it staged (blobs stay: content-addressed, maybe shared)."""
-    upload = _open_upload(session, upload_id)
-    repository.delete_upload(session, upload)
-    discard_parts(settings, upload_id=upload_id)
 
 
 @dataclass(frozen=True)
@@ -1007,7 +1033,7 @@ class IngestSpec:
 def begin_ingest(session: Session, *, upload_id: int) -> IngestSpec | None:
     """Mark the upload as ingesting; None when there is nothing to do (gone, or already done)."""
     upload = repository.get_upload(session, upload_id, lock=True)
-    if upload is None or upload.status == "done":
+    if upload is None or upload.status in ("done", DISCARDED):
         return None
     upload.status = "ingesting"
     session.flush()
@@ -1033,17 +1059,28 @@ def record_members(
     _record_entries(session, upload_id=upload_id, files=members, archive=(archive_entry_id, archive_name))
 
 
-def close_archive(session: Session, *, entry_id: int, refusal: str | None) -> None:
-    """A fully read zip becomes "expanded"; a refused one is rejected as a whole, its members dropped."""
+def close_archive(session: Session, *, entry_id: int, refusal: str | None, unrecorded: Sequence[str] = ()) -> list[str]:
+    """A fully read zip becomes "expanded"; a refused one is rejected as a whole, its members dropped. Returns
+    the blobs of dropped members (and of `unrecorded` ones, written but never recorded) that nothing else
+    needs, to delete once this commits."""
     entry = repository.get_entry(session, entry_id)
     if entry is None:
-        return
+        return []
+    released: list[str] = []
     if refusal is None:
         entry.outcome = "expanded"
     else:
+        members = sorted(set(repository.member_blobs(session, entry_id)) | set(unrecorded))
         repository.delete_archive_members(session, entry_id)
         entry.outcome, entry.reason = "rejected", refusal
+        released = [sha for sha in members if not repository.blob_in_use(session, sha, except_upload_id=-1)]
     session.flush()
+    return released
+
+
+def expanded_bytes(session: Session, *, upload_id: int) -> int:
+    """What the upload's zips expanded to so far (their members' sizes)."""
+    return repository.member_bytes(session, upload_id)
 
 
 def ingest_files(session: Session, *, upload_id: int) -> tuple[list[repository.FileEntry], dict[int, str]]:

@@ -20,6 +20,7 @@ import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,8 +32,8 @@ from app.datasets.logic import DecodedImage, LabelPlan, StagedFile, plan_labels
 from app.datasets.repository import FileEntry
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
-from app.ml.archives import ArchiveEntry, ArchiveError, iter_zip
-from app.ml.images import ImageLimits, Rejection
+from app.ml.archives import DEFAULT_ARCHIVE_LIMITS, ArchiveEntry, ArchiveError, ArchiveLimits, iter_zip
+from app.ml.images import ImageLimits, Rejection, content_refusal
 from app.splits import service as splits_service
 from app.splits.input_store import SplitInputStore
 
@@ -132,15 +133,19 @@ def _staged_file(entry: FileEntry, archive_names: dict[int, str]) -> StagedFile:
 def _expand_archives(ctx: JobContext, spec: service.IngestSpec, blobs: LocalBlobStore) -> None:
     with ctx.transaction() as session:
         archives = service.archives_to_expand(session, upload_id=spec.upload_id)
+        # One budget for all the zips of the upload, less what earlier tries already expanded.
+        budget = ctx.settings.max_upload_expanded_bytes - service.expanded_bytes(session, upload_id=spec.upload_id)
     for index, (entry_id, name, sha256) in enumerate(archives):
-        refusal = None
+        refusal, unrecorded = None, []
         try:
             if sha256 is None or not blobs.exists(sha256):
                 raise ArchiveError("missing", "the uploaded archive is missing from storage; upload it again")
             path = blobs.path(sha256)
             expected = _entry_count(path)
             done = 0
-            for members in _stored_members(blobs, path):
+            limits = replace(DEFAULT_ARCHIVE_LIMITS, max_total_bytes=max(budget, 0))
+            for members in _stored_members(blobs, path, limits):
+                budget -= sum(member.size for member in members)
                 with ctx.transaction() as session:
                     service.record_members(
                         session,
@@ -153,9 +158,10 @@ def _expand_archives(ctx: JobContext, spec: service.IngestSpec, blobs: LocalBlob
                 share = (index + min(done / max(expected, 1), 1.0)) / len(archives)
                 ctx.progress(EXPAND_SHARE * share, f"reading {name}: {done:,} files")
         except ArchiveError as error:
-            refusal = error.reason
+            refusal, unrecorded = error.reason, error.written if isinstance(error, _RefusedPartWay) else []
         with ctx.transaction() as session:
-            service.close_archive(session, entry_id=entry_id, refusal=refusal)
+            released = service.close_archive(session, entry_id=entry_id, refusal=refusal, unrecorded=unrecorded)
+        service.delete_blobs(blobs, released)  # a refused zip's members: stored, now nobody's
 
 
 def _entry_count(path: Path) -> int:
@@ -166,12 +172,36 @@ def _entry_count(path: Path) -> int:
         raise ArchiveError("not_zip", "not a ZIP archive") from error
 
 
-def _stored_members(blobs: LocalBlobStore, path: Path) -> Iterator[list[service.StagedBlob]]:
-    """The zip's members, streamed, in batches whose blobs are already written (several fsyncs at once)."""
+def _stored_members(blobs: LocalBlobStore, path: Path, limits: ArchiveLimits) -> Iterator[list[service.StagedBlob]]:
+    """The zip's members, streamed, in batches whose blobs are already written (several fsyncs at once). A
+    member whose first bytes show it cannot be an image is refused unstored."""
     pending: list[tuple[str, int, Future[str] | None, str | None]] = []
+    try:
+        yield from _member_batches(blobs, path, limits, pending)
+    except ArchiveError as error:
+        # Refused part-way (a bomb, over the upload's budget): the blobs of the batch in hand are written but
+        # not recorded; the caller releases them with the recorded ones.
+        raise _RefusedPartWay(error, [future.result() for _, _, future, _ in pending if future]) from error
+
+
+class _RefusedPartWay(ArchiveError):
+    def __init__(self, error: ArchiveError, written: list[str]) -> None:
+        super().__init__(error.code, error.reason)
+        self.written = written
+
+
+def _member_batches(
+    blobs: LocalBlobStore,
+    path: Path,
+    limits: ArchiveLimits,
+    pending: list[tuple[str, int, Future[str] | None, str | None]],
+) -> Iterator[list[service.StagedBlob]]:
     pending_bytes = 0
-    for member in iter_zip(path):
-        if isinstance(member, ArchiveEntry):
+    for member in iter_zip(path, limits=limits):
+        refusal = content_refusal(member.data[:4096]) if isinstance(member, ArchiveEntry) else None
+        if refusal is not None and isinstance(member, ArchiveEntry):
+            pending.append((member.path, len(member.data), None, refusal.reason))
+        elif isinstance(member, ArchiveEntry):
             future = service.blob_writer().submit(blobs.put_bytes, member.data)
             pending.append((member.path, len(member.data), future, None))
             pending_bytes += len(member.data)
@@ -179,9 +209,11 @@ def _stored_members(blobs: LocalBlobStore, path: Path) -> Iterator[list[service.
             pending.append((member.name, 0, None, member.reason))
         if len(pending) >= MEMBERS_PER_TRANSACTION or pending_bytes >= PENDING_MEMBER_BYTES:
             yield _written(pending)
-            pending, pending_bytes = [], 0
+            pending.clear()
+            pending_bytes = 0
     if pending:
         yield _written(pending)
+        pending.clear()
 
 
 def _written(pending: list[tuple[str, int, Future[str] | None, str | None]]) -> list[service.StagedBlob]:

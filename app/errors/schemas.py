@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.limits import MAX_SEED
 from app.errors.service import ErrorAnalysis, ErrorDetail, ErrorItem, ErrorSampleView
 from app.ml.error_analysis import DEFAULT_SAMPLE_SIZE
 
@@ -61,7 +62,7 @@ class ErrorListOut(BaseModel):
 class NewSampleIn(BaseModel):
     subset: str = "dev"
     size: int = DEFAULT_SAMPLE_SIZE
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     include_correct: int = 0
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobOut(BaseModel):
@@ -24,5 +24,9 @@ class JobOut(BaseModel):
 
 
 class DemoJobIn(BaseModel):
-    seconds: float = 10.0
-    steps: int = 20
+    """A drill job: bounded, so that a request cannot hold a worker for days."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    seconds: float = Field(default=10.0, ge=0, le=600)
+    steps: int = Field(default=20, ge=1, le=1000)

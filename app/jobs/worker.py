@@ -32,6 +32,7 @@ from app.jobs.repository import ClaimedJob, LeaseLost
 from app.jobs.retry import retry_transient
 from app.jobs.runner import runner_main
 from app.models import utcnow
+from app.storage.service import collect_garbage, release_abandoned_uploads
 
 log = logging.getLogger("errorbook.worker")
 
@@ -66,6 +67,8 @@ class Worker:
         self._runner: BaseProcess | None = None
         self._conn: Connection | None = None
         self._last_reap = 0.0
+        self._last_gc: float | None = None
+        self._gc_thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -85,6 +88,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self._maybe_reap()
+                self._maybe_collect_garbage()
                 claimed = self._claim()
                 if claimed is None:
                     self._stop.wait(self.settings.job_poll_seconds)
@@ -156,6 +160,31 @@ class Worker:
                     log.warning("job %s: lease expired, now %s", job_id, status)
         except OperationalError as exc:
             log.warning("reaper failed (%s)", exc.orig)
+
+    def _maybe_collect_garbage(self) -> None:
+        """Every blob_gc_every_hours (and at start), delete unreferenced blobs, in a thread of its own so that
+        jobs are claimed meanwhile."""
+        every = self.settings.blob_gc_every_hours * 3600
+        now = time.monotonic()
+        busy = self._gc_thread is not None and self._gc_thread.is_alive()
+        if every <= 0 or busy or (self._last_gc is not None and now - self._last_gc < every):
+            return
+        self._last_gc = now
+        self._gc_thread = threading.Thread(target=self._collect_garbage, name="blob-gc", daemon=True)
+        self._gc_thread.start()
+
+    def _collect_garbage(self) -> None:
+        blobs = LocalBlobStore(self.settings.blob_dir)
+        try:
+            release_abandoned_uploads(sessions=self._sessions, blobs=blobs, settings=self.settings)
+            result = collect_garbage(
+                sessions=self._sessions, blobs=blobs, grace_seconds=self.settings.blob_gc_grace_hours * 3600
+            )
+        except (OSError, OperationalError) as exc:
+            log.warning("blob garbage collection failed (%s)", exc)
+            return
+        if result.deleted:
+            log.info("deleted %d unreferenced blob(s), %d bytes", result.deleted, result.deleted_bytes)
 
     def _supervise(self, claimed: ClaimedJob) -> None:
         assert self._conn is not None and self._runner is not None

@@ -133,7 +133,7 @@ def iter_zip(
                 f"archive has {len(entries):,} entries (the limit is {limits.max_entries:,})",
             )
         _check_entries_do_not_overlap(entries, central_directory_offset=archive.start_dir)
-        seen_paths: set[str] = set()
+        seen_paths: dict[str, int] = {}  # path -> entries with it so far
         total_bytes = 0
         for entry in entries:
             if entry.is_dir() or stat.S_ISDIR(entry.external_attr >> 16):
@@ -146,13 +146,17 @@ def iter_zip(
                 continue
             if is_ignored_path(path):
                 continue
+            if path in seen_paths:
+                # Named apart, so the report lists it rather than folding it into the first under one name.
+                seen_paths[path] += 1
+                name = f"{path} (duplicate {seen_paths[path]})"
+                yield RejectedEntry(name, "duplicate", f"another entry of the archive is also named {path}")
+                continue
             refusal = _entry_refusal(entry, path)
-            if refusal is None and path in seen_paths:
-                refusal = ("duplicate", "another entry has the same path")
             if refusal is not None:
                 yield RejectedEntry(display_name, *refusal)
                 continue
-            seen_paths.add(path)
+            seen_paths[path] = 1
             data, entry_bytes = _read_entry(archive, entry, limits=limits, total_bytes_before=total_bytes)
             total_bytes += entry_bytes
             if isinstance(data, bytes):

@@ -172,6 +172,19 @@ def inspect_image(
     )
 
 
+def content_refusal(head: bytes) -> Rejection | None:
+    """Why a file cannot be an image we decode, judged from its first bytes alone (as `inspect_image` would
+    answer), or None when it may be one: lets a caller refuse it before storing it."""
+    if not head:
+        return Rejection("empty", "empty file (0 bytes)")
+    refused_format = _refused_format_name(head[:_SNIFF_BYTES])
+    if refused_format is not None:
+        return Rejection("unsupported_format", f"{refused_format} is not supported")
+    if _allowed_format_name(head) is None:
+        return Rejection("not_image", "not an image (content is not JPEG, PNG, WebP, BMP, GIF or TIFF)")
+    return None
+
+
 def load_rgb(data: bytes | Path, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
     """Validated decode straight to RGB, for reading stored originals (training); raises if refused."""
     inspected = inspect_image(data, limits=limits)

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.core.limits import MAX_SEED
 from app.review.agreement import AgreementView, ProposalView
 from app.review.honesty import HonestyView
 from app.review.logic import ErrorsLeft, FlagPrecision, SubsetProgress
@@ -23,7 +24,7 @@ class ReviewIn(BaseModel):
     subsets: list[str] = Field(default_factory=lambda: ["dev", "test"])
     suspicious_per_subset: int = 50
     correct_per_subset: int = 10
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     include_train: bool = False  # the separate, explicit option to review train as well
     # A relabel is a proposal until a second reviewer confirms it; unset: on, since every campaign touches test.
     require_agreement: bool | None = None

@@ -2,15 +2,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.limits import MAX_SEED
 from app.ml.near_duplicates import DEFAULT_HAMMING_THRESHOLD
 
 
 class SplitIn(BaseModel):
     """The split form and API body; defaults are the seed's rules."""
 
-    seed: int = Field(default=0, ge=0)
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN passes no bound check; Infinity means nothing here
+
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     target_source: str | None = None
     target_train_fraction: float = Field(default=0.8, ge=0, le=1)
     train_dev_fraction: float = Field(default=0.0, ge=0, lt=1)

@@ -48,6 +48,16 @@ def check_params(params: SplitParams) -> SplitParams:
     return params
 
 
+def _check_target_source(session: Session, dataset_id: int, params: SplitParams) -> None:
+    """A target source that no image has would leave dev and test empty: a typo, refused rather than run."""
+    if params.target_source is None:
+        return
+    sources = repository.sources_of(session, dataset_id)
+    if params.target_source not in sources:
+        known = ", ".join(repr(source) for source in sources) or "none yet"
+        raise Invalid(f"target source {params.target_source!r} is not a source of this dataset (its sources: {known})")
+
+
 def _codes(values: np.ndarray, names_of: dict[int, str]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Integer ids to dense codes, with names sorted the way encode_categories sorts them."""
     unique_ids, inverse = np.unique(values, return_inverse=True)
@@ -173,6 +183,7 @@ def preview(
     """What a split with these parameters would contain; writes nothing to the database."""
     _dataset(session, dataset_id)
     check_params(params)
+    _check_target_source(session, dataset_id, params)
     data = split_input(session, dataset_id=dataset_id, params=params, store=store)
     if data.image_ids.size == 0:
         raise Invalid("the dataset has no images yet; upload some first")
@@ -184,6 +195,7 @@ def create_split(
 ) -> tuple[Split, Job]:
     dataset = _dataset(session, dataset_id)
     check_params(params)
+    _check_target_source(session, dataset_id, params)
     if params.target_source is not None and params.target_source != dataset.target_source:
         dataset.target_source = params.target_source
     split = Split(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from app.core.errors import Conflict
 from app.jobs import service as jobs
 from app.ml.modes import propose_mode
 from app.models import Run
@@ -111,6 +112,8 @@ def new_run_page(request: Request, db: DB, user: Reviewer, split_id: int | None 
     from app.splits import service as splits
 
     split = splits.get_split(db, split_id=split_id) if split_id else None
+    if split is not None and split.status != "ready":
+        raise Conflict(f"split v{split.version} is {split.status}; pick a ready split to train on")
     train_size = int(split.counts.get("train", {}).get("total", 0)) if split else 0
     proposal = propose_mode(train_size=train_size)
     finished = [

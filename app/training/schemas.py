@@ -2,11 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.limits import MAX_SEED
 
 
 class RunIn(BaseModel):
     """The run form and API body."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN passes no bound check; Infinity means nothing here
 
     dataset_id: int
     split_id: int
@@ -16,7 +20,7 @@ class RunIn(BaseModel):
     lr: float = Field(default=3e-3, gt=0, le=10)
     batch_size: int = Field(default=32, ge=1, le=4096)
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     finetune_blocks: int = Field(default=2, ge=1, le=50)
     human_error: float = Field(default=0.0, ge=0, le=1)
     patience: int = Field(default=8, ge=1, le=1000)

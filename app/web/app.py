@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp
 
 from app.auth.router import router as auth_router
 from app.core.db import get_engine, session_factory
@@ -23,6 +24,7 @@ from app.splits.router import router as splits_router
 from app.training.router import router as training_router
 from app.web import errors
 from app.web.deps import DB, Viewer
+from app.web.gate import BodyLimits, RequestGate
 from app.web.middleware import BodySizeLimit, SecurityHeaders
 from app.web.templating import render
 
@@ -34,6 +36,12 @@ class CachedStatic(StaticFiles):
         response = super().file_response(*args, **kwargs)
         response.headers.setdefault("cache-control", "public, max-age=86400")
         return response
+
+
+class Errorbook(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's server-error middleware, so a 500 carries the security headers too.
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def api_operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -61,7 +69,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
     settings = settings or get_settings()
     # FastAPI's own docs pages load scripts from a CDN and run inline script, which our CSP (rightly) blocks and
     # an offline install cannot reach: /api/docs is a plain page of ours instead.
-    app = FastAPI(title="Errorbook", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app = Errorbook(title="Errorbook", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.settings = settings
     app.state.session_maker = session_maker or session_factory(get_engine(settings))
     app.state.secret_key = settings.secret_key()
@@ -96,6 +104,11 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
             },
         )
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
-    app.add_middleware(SecurityHeaders)
+    limits = BodyLimits(
+        file_bytes=settings.max_request_bytes,
+        json_bytes=min(settings.max_json_bytes, settings.max_request_bytes),
+        form_bytes=min(settings.max_form_bytes, settings.max_request_bytes),
+    )
+    app.add_middleware(BodySizeLimit, limits=limits)
+    app.add_middleware(RequestGate)  # outermost of the two: credentials and content type before any size
     return app

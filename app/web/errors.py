@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from markupsafe import escape
 from sqlalchemy.exc import DataError
@@ -20,9 +25,31 @@ def wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or request.url.path == "/healthz"
 
 
+def _encodable(value: Any) -> Any:
+    """A reply may echo what was sent: NaN and Infinity (which JSON cannot carry) become their names."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(item) for item in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that any input can be echoed in: non-finite numbers named, lone surrogates escaped (ASCII output)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(_encodable(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def json_error(status: int, code: str, detail: str) -> Response:
+    return SafeJSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
 def domain_error_response(request: Request, exc: DomainError) -> Response:
     if wants_json(request):
-        return JSONResponse(
+        return SafeJSONResponse(
             {"error": exc.code, "detail": exc.message, **exc.extra},
             status_code=exc.status_code,
             headers={"www-authenticate": "Bearer"} if exc.status_code == 401 else None,
@@ -61,5 +88,22 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)
     async def _handle_value(request: Request, exc: Exception) -> Response:
-        log.warning("%s %s: refused a value the database cannot hold", request.method, request.url.path, exc_info=exc)
-        return domain_error_response(request, value_error_of(exc))
+        # One line: a client's out-of-range id is not a fault of ours worth a traceback.
+        refused = value_error_of(exc)
+        log.info("%s %s: %s", request.method, request.url.path, refused.message)
+        return domain_error_response(request, refused)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _handle_unencodable(request: Request, exc: UnicodeEncodeError) -> Response:
+        log.info("%s %s: refused text that is not valid Unicode", request.method, request.url.path)
+        return domain_error_response(request, UNENCODABLE_TEXT)
+
+    @app.exception_handler(RequestValidationError)
+    async def _handle_invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own reply would echo NaN or a lone surrogate and fail to encode (a 500).
+        return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+UNENCODABLE_TEXT = Invalid(
+    "text in the request is not valid Unicode (a lone surrogate such as \\ud800); send UTF-8 text"
+)

@@ -7,6 +7,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.web.gate import BodyLimits, content_type, route_kind
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
@@ -41,25 +43,21 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-# Bodies that carry files and are streamed to disk; any other body is parsed in memory, so it gets a far lower cap.
-FILE_BODY_TYPES = frozenset({b"multipart/form-data", b"application/octet-stream"})
-
-
 class BodySizeLimit:
-    """Refuse a body over the cap with 413: early from Content-Length, else as soon as the stream passes it."""
+    """Refuse a body over its route's cap with 413: early from Content-Length, else as soon as the stream passes
+    it. Upload routes take files (streamed to disk); the API takes small JSON and pages small forms, whatever
+    content type is claimed, since those are parsed in memory (or spooled to temp files)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, max_json_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
         self.app = app
-        self.max_file_bytes = max_bytes
-        self.max_json_bytes = max_bytes if max_json_bytes is None else min(max_json_bytes, max_bytes)
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
-        content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        limit = self.max_file_bytes if content_type in FILE_BODY_TYPES else self.max_json_bytes
+        limit = self.limits.limit_for(route_kind(scope.get("path", "")), content_type(scope))
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)

@@ -248,7 +248,9 @@ def test_second_entry_with_the_same_normalised_path_is_rejected(tmp_path: Path) 
     archive = write_zip(tmp_path / "a.zip", [("cat/x.jpg", JPEG_LIKE), ("cat//x.jpg", b"other")])
     first, second = results(archive)
     assert first == ArchiveEntry("cat/x.jpg", JPEG_LIKE)
-    assert second == RejectedEntry("cat//x.jpg", "duplicate", "another entry has the same path")
+    assert second == RejectedEntry(
+        "cat/x.jpg (duplicate 2)", "duplicate", "another entry of the archive is also named cat/x.jpg"
+    )
 
 
 def test_not_a_zip_is_an_archive_error(tmp_path: Path) -> None:

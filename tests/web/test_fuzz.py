@@ -20,6 +20,8 @@ Every failure lists the operation, the status (or exception) and a curl-like rep
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +104,23 @@ def _world(db: Session, app: Any, admin: Person) -> World:
     )
 
 
+ODD_NUMBERS = (math.nan, math.inf, -math.inf)
+
+
+def _oddified(value: Any, draw: st.DrawFn) -> Any:
+    """`value` with some numbers made NaN or ±Infinity and some strings given a lone surrogate: JSON that Python
+    parses but that no schema strategy produces (schemathesis only generates finite numbers and encodable text)."""
+    if isinstance(value, dict):
+        return {key: _oddified(item, draw) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_oddified(item, draw) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool) and draw(st.booleans()):
+        return draw(st.sampled_from(ODD_NUMBERS))
+    if isinstance(value, str) and draw(st.booleans()):
+        return draw(st.sampled_from([value + "\ud800", "\udfff" + value]))
+    return value
+
+
 def _describe(case: Any) -> str:
     try:
         return str(case.as_curl_command(headers={"authorization": "Bearer ***"}))
@@ -130,6 +149,14 @@ def test_no_input_makes_the_api_answer_with_a_server_error(app, db, people) -> N
                 for name in list(case.path_parameters):
                     if name in world.ids:
                         case.path_parameters[name] = world.ids[name]
+            # A third of the JSON bodies carry NaN, Infinity or lone surrogates (sent as raw JSON text: the
+            # client's own encoder refuses NaN).
+            if (
+                isinstance(case.body, dict | list)
+                and case.media_type == "application/json"
+                and draw(st.integers(0, 2)) == 0
+            ):
+                case.body = json.dumps(_oddified(case.body, draw), ensure_ascii=True).encode()
             return case
 
         def keeps_our_credentials(case: Any) -> bool:

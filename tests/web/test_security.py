@@ -542,7 +542,12 @@ def test_an_accepted_image_is_served_as_an_image_that_cannot_run_script(ingest: 
 def strict_app(settings, session_maker) -> FastAPI:  # type: ignore[no-untyped-def]
     """An app with small, configured limits."""
     strict = settings.model_copy(
-        update={"max_request_bytes": 300_000, "max_json_bytes": 20_000, "login_attempts_per_minute": 3}
+        update={
+            "max_request_bytes": 300_000,
+            "max_json_bytes": 20_000,
+            "max_form_bytes": 20_000,
+            "login_attempts_per_minute": 3,
+        }
     )
     return create_app(strict, session_maker=session_maker)
 

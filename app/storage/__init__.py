@@ -1,0 +1,1 @@
+"""Blob storage upkeep: reclaiming blobs that no row refers to."""

@@ -1,0 +1,30 @@
+"""Which blobs the database still refers to."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Image, Upload, UploadEntry
+
+# Uploads whose entries still need their blobs: being filled, queued or ingesting (a failed or cancelled ingest
+# keeps its upload queued/ingesting, so it can be retried, until the upload is discarded).
+UNFINISHED_UPLOADS = ("open", "queued", "ingesting")
+
+
+def referenced(session: Session, shas: Collection[str]) -> set[str]:
+    """Those of `shas` an image, a thumbnail, a labels CSV or an unfinished upload's entry names."""
+    if not shas:
+        return set()
+    found = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(shas))))
+    found |= set(session.scalars(select(Image.thumb_sha256).where(Image.thumb_sha256.in_(shas))))
+    found |= set(session.scalars(select(Upload.labels_csv_sha256).where(Upload.labels_csv_sha256.in_(shas))))
+    entries = (
+        select(UploadEntry.sha256)
+        .join(Upload, Upload.id == UploadEntry.upload_id)
+        .where(UploadEntry.sha256.in_(shas), Upload.status.in_(UNFINISHED_UPLOADS))
+    )
+    found |= set(session.scalars(entries))
+    return {sha for sha in found if sha}

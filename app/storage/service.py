@@ -1,0 +1,89 @@
+"""Garbage collection of blobs: a blob no row refers to is deleted, if it is older than a grace period.
+
+Safe against uploads in flight: a request or an ingest job writes (or re-stores, which refreshes the file's
+time) a blob before it commits the row naming it, and both happen well within the grace period, so a blob
+that is young may still be about to be referred to and is left alone. Each batch of candidates is checked
+against the database right before its blobs are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from app.core.settings import Settings
+from app.core.storage import LocalBlobStore, StoredBlob
+from app.datasets import discard
+from app.models import utcnow
+from app.storage import repository
+
+BATCH = 500
+
+
+@dataclass
+class GcResult:
+    blobs: int = 0  # blob files looked at
+    deleted: int = 0
+    deleted_bytes: int = 0
+    kept_young: int = 0  # unreferenced, but within the grace period
+
+
+def collect_garbage(
+    *, sessions: Callable[[], Session], blobs: LocalBlobStore, grace_seconds: float, dry_run: bool = False
+) -> GcResult:
+    """Delete the blobs no row refers to that are older than `grace_seconds` (with `dry_run`, only count)."""
+    result = GcResult()
+    cutoff = time.time() - grace_seconds
+    for batch in _batches(blobs.iter_blobs()):
+        result.blobs += len(batch)
+        with sessions() as session:
+            used = repository.referenced(session, [blob.sha256 for blob in batch])
+        for blob in batch:
+            if blob.sha256 in used:
+                continue
+            if blob.mtime >= cutoff or not _still_old(blobs, blob.sha256, cutoff):
+                result.kept_young += 1
+                continue
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    blobs.path(blob.sha256).unlink()
+            result.deleted += 1
+            result.deleted_bytes += blob.size
+    return result
+
+
+def release_abandoned_uploads(*, sessions: Callable[[], Session], blobs: LocalBlobStore, settings: Settings) -> int:
+    """Discard the uploads whose ingest failed or was cancelled more than `upload_retry_days` ago (they were
+    kept for a retry), releasing their bytes; returns how many blobs went."""
+    ended_before = utcnow() - timedelta(days=settings.upload_retry_days)
+    with sessions() as session:
+        released = discard.release_abandoned(session, settings=settings, ended_before=ended_before)
+        session.commit()
+    for sha in released:  # after the commit: a row never names a deleted blob
+        with contextlib.suppress(FileNotFoundError):
+            blobs.path(sha).unlink()
+    return len(released)
+
+
+def _still_old(blobs: LocalBlobStore, sha256: str, cutoff: float) -> bool:
+    """Looked at again right before deleting: a request may have re-stored it since the listing."""
+    try:
+        return blobs.path(sha256).stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _batches(items: Iterator[StoredBlob]) -> Iterator[list[StoredBlob]]:
+    batch: list[StoredBlob] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -30,7 +30,11 @@ def errorbook(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 @pytest.fixture
 def cli_env(fresh_database, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     env = {key: value for key, value in os.environ.items() if not key.startswith("ERRORBOOK_")}
-    env.update(ERRORBOOK_DATABASE_URL=fresh_database.url, ERRORBOOK_DATA_DIR=str(tmp_path / "data"))
+    env.update(
+        ERRORBOOK_DATABASE_URL=fresh_database.url,
+        ERRORBOOK_DATA_DIR=str(tmp_path / "data"),
+        ERRORBOOK_STATE_DIR=str(tmp_path / "state"),
+    )
     return env
 
 

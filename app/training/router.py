@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from app.jobs import service as jobs
+from app.ml.backbone_choices import backbone_choices
 from app.ml.modes import propose_mode
 from app.models import Run
 from app.training import service
@@ -123,7 +124,8 @@ def new_run_page(request: Request, db: DB, user: Reviewer, split_id: int | None 
             "split": split,
             "splits": service.split_choices(db, dataset_id=split.dataset_id) if split else [],
             "proposal": proposal,
-            "backbones": service.BUILTIN_BACKBONES,
+            "backbones": backbone_choices(),
+            "dataset": service.dataset_of(db, dataset_id=split.dataset_id) if split else None,
             "previous_runs": finished,
             "defaults": RunIn(dataset_id=split.dataset_id if split else 0, split_id=split_id or 0, mode=proposal.mode),
         },

@@ -139,6 +139,12 @@ def model_file(session: Session, *, run_id: int, name: str) -> Path:
     return path
 
 
+def dataset_of(session: Session, *, dataset_id: int) -> Any:
+    from app.datasets import repository as datasets
+
+    return datasets.get_dataset(session, dataset_id)
+
+
 def split_choices(session: Session, *, dataset_id: int) -> list[Any]:
     from app.splits import repository as splits
 

@@ -94,11 +94,14 @@ def api_run_file(run_id: int, name: str, db: DB, user: Viewer) -> Response:
 
 @router.get("/runs", include_in_schema=False)
 def runs_page(request: Request, db: DB, user: Viewer, dataset_id: int | None = None) -> Response:
-    runs = service.runs_of(db, dataset_id=dataset_id)
     return render(
         request,
         "training/list.html",
-        {"runs": [(r, service.run_status(db, r), service.is_baseline(db, r)) for r in runs], "dataset_id": dataset_id},
+        {
+            "rows": service.runs_table(db, dataset_id=dataset_id),
+            "dataset_id": dataset_id,
+            "datasets": service.datasets_with_runs(db),
+        },
     )
 
 
@@ -146,6 +149,7 @@ def _run_context(db: DB, run_id: int) -> dict[str, Any]:
         "status": status,
         "job": jobs.get_job(db, job_id=run.job_id) if run.job_id else None,
         "is_baseline": service.is_baseline(db, run),
+        "dataset": service.dataset_of(db, dataset_id=run.dataset_id),
         "rescored": _rescored(db, run),
     }
 

@@ -22,7 +22,9 @@ def _tag_mislabeled(db: Session, fixture: RunFixture, reviewer: User, *, mislabe
     tagged = [(item, "mislabeled") for item in errors[:mislabeled]]
     tagged += [(item, "blurry") for item in errors[mislabeled : mislabeled + other]]
     for item, tag in tagged:
-        errors_service.set_annotation(db, run_id=fixture.run.id, image_id=item.image_id, tags=[tag], note=None, actor=reviewer)
+        errors_service.set_annotation(
+            db, run_id=fixture.run.id, image_id=item.image_id, tags=[tag], note=None, actor=reviewer
+        )
     db.commit()
 
 
@@ -37,7 +39,8 @@ def test_large_avoidable_bias_means_fix_bias_first_whatever_the_mislabeled_share
 def test_the_review_page_of_a_model_that_has_not_learned_says_fix_bias_first_and_why(db, as_viewer, people) -> None:
     fixture = make_run(db, sizes={"train": 30, "dev": 40, "test": 40}, error_rate=0.65, seed=5)
     fixture.run.metrics = {"train": {"error": 0.6}, "dev": {"error": 0.65}}
-    fixture.run.diagnosis = {"human_error": 0.0, "gaps": {"avoidable_bias": 0.6, "variance": 0.05}, "largest": "avoidable_bias"}
+    gaps = {"avoidable_bias": 0.6, "variance": 0.05}
+    fixture.run.diagnosis = {"human_error": 0.0, "gaps": gaps, "largest": "avoidable_bias"}
     db.commit()
     _tag_mislabeled(db, fixture, db.get(User, people["reviewer"].user_id), mislabeled=4, other=4)  # type: ignore[arg-type]
     page = as_viewer.get(f"/runs/{fixture.run.id}/review").text

@@ -189,6 +189,10 @@ def ceiling_table(
 def describe_ceiling(row: CeilingRow, *, subset_error: float, subset: str = "dev") -> str:
     """The sentence a ceiling row stands for, e.g. "Fixing blurry completely brings dev error from 10.0% to at
     best 8.0%."."""
+    if subset_error == 0:
+        return f"No {subset} errors: there is nothing to gain."
+    if row.count == 0:
+        return f"None of the reviewed {subset} errors is {row.tag} so far: no measurable gain yet."
     return (
         f"Fixing {row.tag} completely brings {subset} error from {format_percent(subset_error)} "
         f"to at best {format_percent(row.ceiling_error)}."

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from app.jobs import service as jobs
 from app.ml.backbone_choices import backbone_choices
 from app.ml.modes import propose_mode
+from app.ml.run_wording import gap_note, timing_lines
 from app.models import Run
 from app.training import service
 from app.training.schemas import PredictionsOut, RunCreated, RunIn, RunOut
@@ -151,6 +152,8 @@ def _run_context(db: DB, run_id: int) -> dict[str, Any]:
         "is_baseline": service.is_baseline(db, run),
         "dataset": service.dataset_of(db, dataset_id=run.dataset_id),
         "rescored": _rescored(db, run),
+        "gap_note": lambda gap, value: gap_note(gap, value, has_train_dev="train_dev" in (run.metrics or {})),
+        "timing_lines": timing_lines(run.timings or {}),
     }
 
 

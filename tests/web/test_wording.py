@@ -17,7 +17,8 @@ def _text(html: str) -> str:
 
 def test_counts_are_singular_for_one() -> None:
     counted = env.filters["counted"]
-    assert (counted(1, "source"), counted(2, "source"), counted(1_000, "image")) == ("1 source", "2 sources", "1,000 images")
+    said = (counted(1, "source"), counted(2, "source"), counted(1_000, "image"))
+    assert said == ("1 source", "2 sources", "1,000 images")
 
 
 def test_the_dataset_and_run_pages_say_1_source_and_1_epoch(db, as_viewer) -> None:
@@ -46,7 +47,7 @@ def test_no_checked_label_on_an_unchecked_box_and_seed_means_a_random_seed(db, a
     fixture = make_run(db, sizes={"train": 2, "dev": 2})
     db.commit()
     form = as_reviewer.get(f"/datasets/{fixture.dataset.id}/splits").text
-    box = re.search(r'<label class="checkbox"><input type="checkbox" name="use_imported"(?P<attrs>[^>]*)>(?P<text>[^<]*)', form)
+    box = re.search(r'<input type="checkbox" name="use_imported"(?P<attrs>[^>]*)>(?P<text>[^<]*)', form)
     assert box and "(checked)" not in box.group("text")
     home = _text(as_reviewer.get("/").text)
     assert "seed's" not in home and "seed's" not in _text(form)

@@ -61,9 +61,8 @@ def _torchvision_choice(architecture: str, environ: Mapping[str, str]) -> Backbo
     return BackboneChoice(
         name,
         False,
-        "its ImageNet weights are not on this machine (nothing is downloaded)",
-        f"download {TORCHVISION_WEIGHT_URLS[architecture]} where there is internet and place it at {path} "
-        "(the torch hub cache; set TORCH_HOME to use another folder) on the server and every worker",
+        "ImageNet weights not on this machine (nothing is downloaded)",
+        f"place {TORCHVISION_WEIGHT_URLS[architecture]} at {path}",
     )
 
 

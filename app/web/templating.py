@@ -27,8 +27,10 @@ def _percent(value: float | None, digits: int = 1) -> str:
 env.filters["percent"] = _percent
 
 
-def _counted(count: int, word: str, plural: str | None = None) -> str:
-    """ "1 source", "2 sources" (thousands separated)."""
+def _counted(count: object, word: str, plural: str | None = None) -> str:
+    """ "1 source", "2 sources" (thousands separated); "–" for a count that is not known."""
+    if not isinstance(count, int):
+        return "–"
     return f"{count:,} {word if count == 1 else plural or word + 's'}"
 
 

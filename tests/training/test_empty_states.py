@@ -83,3 +83,12 @@ def test_a_run_with_no_dev_errors_has_no_empty_ceiling_sentence(db, as_viewer) -
     db.commit()
     page = as_viewer.get(f"/runs/{fixture.run.id}/errors?subset=dev").text
     assert "from 0.0% to at best 0.0%" not in page
+
+
+def test_the_image_grid_offers_no_train_dev_filter_when_the_split_has_none(db, as_viewer) -> None:
+    fixture = make_run(db, sizes={"train": 4, "dev": 4, "test": 4})
+    fixture.split.counts = {subset: {"total": 4} for subset in ("train", "dev", "test")}
+    db.commit()
+    page = as_viewer.get(f"/datasets/{fixture.dataset.id}").text
+    select = re.search(r'<select name="subset">(.*?)</select>', page, re.S)
+    assert select and 'value="dev"' in select.group(1) and 'value="train_dev"' not in select.group(1)

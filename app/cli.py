@@ -50,6 +50,7 @@ def serve(
     import uvicorn
 
     from app.auth.service import ensure_initial_admin
+    from app.core import running_server
     from app.jobs.worker import Worker
     from app.web.app import create_app
 
@@ -61,6 +62,11 @@ def serve(
         created = ensure_initial_admin(session)
     host = host or settings.host
     port = port or settings.port
+    typer.echo(
+        f"data dir: {settings.resolved_data_dir}\ndatabase: {running_server.describe_database(settings)}\n"
+        f"This terminal now runs the server (Ctrl+C stops it); run other commands, e.g. `errorbook demo`, in a "
+        f"second terminal."
+    )
     if created:
         name, password = created
         typer.echo(
@@ -73,10 +79,14 @@ def serve(
     ]
     for thread in threads:
         thread.start()
+    app = create_app(settings)
+    running_server.announce(settings, url=settings.base_url or f"http://{host}:{port}")
+    # Withdrawn in the app's shutdown: after a SIGTERM uvicorn re-raises the signal, so no `finally` here runs.
+    running_server.withdraw_on_shutdown(app, settings)
     try:
         proxy_headers, forwarded_allow_ips = settings.proxy_options()
         uvicorn.run(
-            create_app(settings),
+            app,
             host=host,
             port=port,
             log_level="info",
@@ -85,6 +95,7 @@ def serve(
             forwarded_allow_ips=forwarded_allow_ips,
         )
     finally:
+        running_server.withdraw(settings)
         for worker in embedded:
             worker.request_stop()
         for thread in threads:

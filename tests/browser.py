@@ -30,6 +30,7 @@ def server_env(*, data_dir: Path, database_url: str | None = None) -> dict[str, 
     """This process's environment without our own settings, pointed at one data dir (and database)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("ERRORBOOK_")}
     env["ERRORBOOK_DATA_DIR"] = str(data_dir)
+    env["ERRORBOOK_STATE_DIR"] = str(data_dir.parent / "state")  # its running-server note stays in the test's dir
     if database_url:
         env["ERRORBOOK_DATABASE_URL"] = database_url
     return env

@@ -109,6 +109,7 @@ def _own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     """Code that reads the settings from the environment (jobs run inline, the CLI) writes under the test's
     tmp dir, never into an ``errorbook-data`` beside the checkout."""
     monkeypatch.setenv("ERRORBOOK_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ERRORBOOK_STATE_DIR", str(tmp_path / "state"))
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

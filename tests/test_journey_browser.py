@@ -260,7 +260,7 @@ def test_a_user_takes_a_dataset_from_upload_to_fixed_labels_and_export(served: s
         page.fill('input[name="epochs"]', "12")
         page.fill('input[name="lr"]', "0.01")
         page.fill('input[name="patience"]', "12")
-        page.fill('input[name="human_error"]', "0.01")
+        page.fill('input[name="human_error_percent"]', "1")
         shots(page, "run-form")
         page.click("button:has-text('Start training')")
         page.wait_for_url(re.compile(r"/runs/\d+$"))

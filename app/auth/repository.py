@@ -20,6 +20,11 @@ def count_users(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(User)) or 0
 
 
+def count_active_admins(session: Session) -> int:
+    query = select(func.count()).select_from(User).where(User.role == "admin", User.is_active.is_(True))
+    return session.scalar(query) or 0
+
+
 def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.name)))
 

@@ -8,8 +8,10 @@ from fastapi.responses import RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.auth import service
-from app.auth.schemas import TokenCreated, TokenIn, TokenOut, UserIn, UserOut
+from app.auth.schemas import PasswordChange, TokenCreated, TokenIn, TokenOut, UserIn, UserOut, UserPatch
 from app.core.errors import Forbidden, NotAuthenticated
+from app.models import User
+from app.models.user import ROLES
 from app.web.deps import (
     DB,
     LOGIN_CSRF_COOKIE,
@@ -45,7 +47,7 @@ def login_page(request: Request, next: str = "/", error: str | None = None) -> R
     login_csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
     message = LOGIN_MESSAGES.get(error or "")
     response = render(
-        request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "error": message}
+        request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "error": message, "name": ""}
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -86,22 +88,14 @@ def login(
         return render(
             request,
             "login.html",
-            {"login_csrf": expected, "next": _safe_next(next), "error": "Wrong user name or password."},
+            # The name stays filled in: only the password needs typing again.
+            {"login_csrf": expected, "next": _safe_next(next), "error": "Wrong user name or password.", "name": name},
             status_code=401,
         )
     old = read_session_cookie(request)
     if old:
         service.end_session(db, token=old)
-    new = service.start_session(db, user=user, days=settings.session_days)
-    response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie_signer(request).dumps(new.token),
-        httponly=True,
-        samesite="lax",
-        secure=request.app.state.settings.secure_cookies,
-        max_age=request.app.state.settings.session_days * 86400,
-    )
+    response = _with_new_session(request, db, user, _safe_next(next))
     response.delete_cookie(LOGIN_CSRF_COOKIE)
     # This browser has logged in as this user: a stranger's failed guesses at the name do not slow it down.
     response.set_cookie(
@@ -111,6 +105,21 @@ def login(
         samesite="lax",
         secure=settings.secure_cookies,
         max_age=KNOWN_BROWSER_DAYS * 86400,
+    )
+    return response
+
+
+def _with_new_session(request: Request, db: DB, user: User, target: str) -> Response:
+    """A redirect to `target` carrying the cookie of a fresh session for `user`."""
+    new = service.start_session(db, user=user, days=request.app.state.settings.session_days)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie_signer(request).dumps(new.token),
+        httponly=True,
+        samesite="lax",
+        secure=request.app.state.settings.secure_cookies,
+        max_age=request.app.state.settings.session_days * 86400,
     )
     return response
 
@@ -141,11 +150,7 @@ def logout(request: Request, db: DB, user: Viewer) -> Response:
 
 @router.get("/users", include_in_schema=False)
 def users_page(request: Request, db: DB, user: Admin) -> Response:
-    return render(
-        request,
-        "users.html",
-        {"users": service.list_users(db), "tokens": service.tokens_of(db, user=user), "new_token": None},
-    )
+    return render(request, "users.html", {"users": service.list_users(db), "roles": ROLES})
 
 
 @router.post("/users", include_in_schema=False)
@@ -161,16 +166,53 @@ def users_create(
     return RedirectResponse("/users", status_code=303)
 
 
-@router.post("/users/tokens", include_in_schema=False)
-def users_token_create(
-    request: Request, db: DB, user: Admin, name: Annotated[str, Form()] = "api"
+@router.post("/users/{user_id}", include_in_schema=False)
+def users_update(
+    user_id: int,
+    db: DB,
+    user: Admin,
+    role: Annotated[str, Form()],
+    active: Annotated[str | None, Form()] = None,  # a checkbox: absent (or empty) when unticked
+) -> Response:
+    service.update_user(db, actor=user, user_id=user_id, role=role, active=bool(active))
+    return RedirectResponse("/users", status_code=303)
+
+
+def _account(request: Request, db: DB, user: User, **extra: object) -> Response:
+    context = {"tokens": service.tokens_of(db, user=user), "new_token": None, "changed": False, **extra}
+    return render(request, "account.html", context)
+
+
+@router.get("/account", include_in_schema=False)
+def account_page(request: Request, db: DB, user: Viewer, changed: bool = False) -> Response:
+    return _account(request, db, user, changed=changed)
+
+
+@router.post("/account/password", include_in_schema=False)
+def account_password(
+    request: Request,
+    db: DB,
+    user: Viewer,
+    current_password: Annotated[str, Form()],
+    new_password: Annotated[str, Form()],
+) -> Response:
+    service.change_own_password(db, user=user, current_password=current_password, new_password=new_password)
+    # Every session ended with the old password; this browser gets a new one and stays logged in.
+    return _with_new_session(request, db, user, "/account?changed=true")
+
+
+@router.post("/account/tokens", include_in_schema=False)
+def account_token_create(
+    request: Request, db: DB, user: Viewer, name: Annotated[str, Form()] = "api"
 ) -> Response:
     _, secret = service.create_token(db, user=user, name=name)
-    return render(
-        request,
-        "users.html",
-        {"users": service.list_users(db), "tokens": service.tokens_of(db, user=user), "new_token": secret},
-    )
+    return _account(request, db, user, new_token=secret)
+
+
+@router.post("/account/tokens/{token_id}/revoke", include_in_schema=False)
+def account_token_revoke(token_id: int, db: DB, user: Viewer) -> Response:
+    service.revoke_token(db, actor=user, token_id=token_id)
+    return RedirectResponse("/account", status_code=303)
 
 
 @router.get("/api/me", response_model=UserOut)
@@ -188,6 +230,22 @@ def api_users_create(body: UserIn, db: DB, user: Admin) -> UserOut:
     return UserOut.model_validate(
         service.create_user(db, name=body.name, role=body.role, password=body.password)
     )
+
+
+@router.patch("/api/users/{user_id}", response_model=UserOut)
+def api_users_update(user_id: int, body: UserPatch, db: DB, user: Admin) -> UserOut:
+    return UserOut.model_validate(
+        service.update_user(db, actor=user, user_id=user_id, role=body.role, active=body.active)
+    )
+
+
+@router.post("/api/me/password", status_code=204)
+def api_me_password(body: PasswordChange, db: DB, user: Viewer) -> Response:
+    """Change your own password (the current one is needed); every session of yours ends, tokens keep working."""
+    service.change_own_password(
+        db, user=user, current_password=body.current_password, new_password=body.new_password
+    )
+    return Response(status_code=204)
 
 
 @router.get("/api/tokens", response_model=list[TokenOut])

@@ -20,6 +20,16 @@ class UserIn(BaseModel):
     password: str | None = Field(default=None, min_length=8, max_length=200)
 
 
+class UserPatch(BaseModel):
+    role: str | None = None
+    active: bool | None = None
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=200)
+    new_password: str = Field(min_length=8, max_length=200)
+
+
 class TokenIn(BaseModel):
     name: str = Field(default="api", max_length=100)
 

@@ -90,6 +90,41 @@ def set_password(session: Session, *, user: User, password: str) -> None:
     session.flush()
 
 
+def change_own_password(session: Session, *, user: User, current_password: str, new_password: str) -> None:
+    """Needs the current password (a borrowed session must not lock its owner out); ends every session of the
+    user, so the caller starts a new one for the browser that asked."""
+    try:
+        _hasher.verify(user.password_hash or _DUMMY_HASH, current_password)
+    except (VerificationError, InvalidHashError):
+        raise Forbidden("the current password is wrong") from None
+    set_password(session, user=user, password=new_password)
+
+
+def update_user(
+    session: Session, *, actor: User, user_id: int, role: str | None = None, active: bool | None = None
+) -> User:
+    """An admin changes a user's role or (de)activates them; a deactivated user's sessions end at once and their
+    tokens stop resolving (they work again if the user is reactivated)."""
+    user = repository.user_by_id(session, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist")
+    if role is not None and role not in ROLES:
+        raise Invalid(f"role must be one of {', '.join(ROLES)}")
+    loses_admin = user.role == "admin" and user.is_active and (active is False or role not in (None, "admin"))
+    if loses_admin and user.id == actor.id:
+        raise Conflict("you cannot deactivate yourself or drop your own admin role; another admin can")
+    if loses_admin and repository.count_active_admins(session) <= 1:
+        raise Conflict("at least one active admin must remain")
+    if role is not None:
+        user.role = role
+    if active is not None:
+        user.is_active = active
+        if not active:
+            repository.delete_sessions_of(session, user.id)
+    session.flush()
+    return user
+
+
 def authenticate(session: Session, *, name: str, password: str) -> User:
     user = _user_by_name(session, name)
     stored = user.password_hash if user is not None and user.is_active else None

@@ -9,16 +9,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+def default_data_dir() -> Path:
+    """The user's data directory (~/.local/share/errorbook on Linux, as Jupyter and Label Studio do), so every
+    command finds the same data whichever folder it is started from."""
+    return Path(platformdirs.user_data_dir("errorbook", appauthor=False))
+
+
+def default_state_dir() -> Path:
+    return Path(platformdirs.user_state_dir("errorbook", appauthor=False))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ERRORBOOK_", extra="ignore")
 
-    data_dir: Path = Path("errorbook-data")
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Where a running server leaves its address for `errorbook demo` (see app/core/running_server.py).
+    state_dir: Path = Field(default_factory=default_state_dir)
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000

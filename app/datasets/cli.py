@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -12,6 +13,7 @@ import typer
 from rich.progress import Progress, TextColumn
 
 if TYPE_CHECKING:
+    from app.core.running_server import RunningServer
     from app.datasets.service import UploadReport
 
 REPORTED_ITEMS = 20
@@ -80,7 +82,9 @@ def demo_command(
     from app.datasets import service
     from app.ml.demo import DEMO_CLASSES, OTHER_SOURCE, TARGET_SOURCE, generate_demo_dataset, write_demo_zip
 
+    server = _follow_running_server()
     settings = get_settings()
+    typer.echo(f"data dir: {settings.resolved_data_dir}")
     upgrade_to_head(get_engine(settings))
     blobs = LocalBlobStore(settings.blob_dir)
     typer.echo(f"generating {images} images ({', '.join(DEMO_CLASSES)}) ...")
@@ -107,10 +111,42 @@ def demo_command(
         raise typer.Exit(1)
     with session_scope() as session:
         service.update_dataset(session, dataset_id=dataset_id, changes={"target_source": TARGET_SOURCE})
-    typer.echo(
-        f"demo dataset {name!r} is ready (id {dataset_id}, target source {TARGET_SOURCE!r}); "
-        f"open /datasets/{dataset_id} and make a split next."
-    )
+    typer.echo(f"demo dataset {name!r} is ready (id {dataset_id}, target source {TARGET_SOURCE!r}).")
+    if server is not None:
+        typer.echo(f"Open {server.url}/datasets/{dataset_id} and make a split next.")
+    else:
+        typer.echo(
+            f"No server is running on this data dir: start `errorbook serve` (in another terminal), then open "
+            f"http://{settings.host}:{settings.port}/datasets/{dataset_id} and make a split next."
+        )
+
+
+def _follow_running_server() -> RunningServer | None:
+    """The running server whose database the demo goes to. Unless the user chose a data dir or database for
+    this command, a running server's own is used, so the demo shows up where the user looks."""
+    from app.core import running_server
+    from app.core.settings import get_settings
+
+    settings = get_settings()
+    server = running_server.running_server(settings)
+    if server is None:
+        return None
+    if server.data_dir == str(settings.resolved_data_dir) and server.database_url == settings.database_url:
+        typer.echo(f"a server is running at {server.url} on this data dir")
+        return server
+    if any(key in os.environ for key in ("ERRORBOOK_DATA_DIR", "ERRORBOOK_DATABASE_URL")):
+        typer.echo(
+            f"note: the server running at {server.url} uses another data dir ({server.data_dir}); this demo goes "
+            "to the one you set, which that server does not show",
+            err=True,
+        )
+        return None
+    os.environ["ERRORBOOK_DATA_DIR"] = server.data_dir
+    if server.database_url:
+        os.environ["ERRORBOOK_DATABASE_URL"] = server.database_url
+    get_settings.cache_clear()
+    typer.echo(f"a server is running at {server.url}: adding the demo to its database")
+    return server
 
 
 def _file_count(path: Path) -> int:

@@ -465,11 +465,12 @@ def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, 
     def page_url(new_offset: int) -> str:
         return f"/datasets/{dataset_id}?" + urlencode({**filters, "offset": new_offset})
 
+    counts = page.split.counts if page.split else {}
     return {
         "page": page,
         "query": query,
         "filters": filters,
-        "subsets": SUBSETS,
+        "subsets": [s for s in SUBSETS if not counts or counts.get(s, {}).get("total")],  # no empty train-dev
         "splits": service.splits_of(db, dataset_id=dataset_id),
         "previous_url": page_url(max(0, page.offset - page.limit)) if page.offset > 0 else None,
         "next_url": page_url(page.offset + page.limit) if page.offset + page.limit < page.total else None,

@@ -1142,7 +1142,8 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
     for item in todo:
         decoded = item.result
         if item.plan.problem or item.plan.label is None or not isinstance(decoded, DecodedImage):
-            reason = item.plan.problem or (decoded.reason if isinstance(decoded, Rejection) else "could not be read")
+            content = decoded.reason if isinstance(decoded, Rejection) else None  # content first, then the label
+            reason = "; ".join(r for r in (content, item.plan.problem) if r) or "could not be read"
             rejected.append({"id": item.entry_id, "outcome": "rejected", "reason": reason, "label": item.plan.label})
             continue
         if item.plan.label not in labels:

@@ -340,9 +340,8 @@ def _ingest(
             submitted: list[_Submitted] = []
             for entry in batch:
                 plan = plans[entry.id]
-                if plan.problem is not None:
-                    submitted.append((entry, plan, None))  # no label: not worth decoding
-                elif not blobs.exists(entry.sha256):
+                # A file without a label is decoded too: its report names every reason, content checks first.
+                if not blobs.exists(entry.sha256):
                     submitted.append((entry, plan, MISSING_BLOB))
                 else:
                     submitted.append((entry, plan, pool.submit(blobs.path(entry.sha256), entry.name)))
@@ -378,7 +377,7 @@ def _with_thumbnails(blobs: LocalBlobStore, items: list[service.IngestItem]) -> 
     writes = {
         index: service.blob_writer().submit(blobs.put_bytes, item.result.thumbnail)
         for index, item in enumerate(items)
-        if isinstance(item.result, DecodedImage)
+        if isinstance(item.result, DecodedImage) and item.plan.problem is None  # a rejected file keeps no thumbnail
     }
     return [
         service.IngestItem(

@@ -145,6 +145,7 @@ def errors_page(
     predicted: str | None = None,
 ) -> Response:
     page = service.error_page(db, run_id=run_id, subset=subset, label=label or None, predicted=predicted or None)
+    scored = page.sample.run.metrics or service.ANALYSED_SUBSETS
     return render(
         request,
         "errors/page.html",
@@ -155,7 +156,8 @@ def errors_page(
             "analysis": page.analysis,
             "tags": page.tags,
             "can_tag": role_at_least(user, "reviewer"),
-            "subsets": service.ANALYSED_SUBSETS,
+            # Only the subsets this run scored: a split without train-dev gets no train-dev tab.
+            "subsets": [name for name in service.ANALYSED_SUBSETS if name in scored],
             "correct_toggle_count": service.correct_examples_for(page.sample.size),
         },
     )

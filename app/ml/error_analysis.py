@@ -20,6 +20,9 @@ DEFAULT_SAMPLE_SIZE = 100
 
 # Label fixing pays off once mislabeled examples are at least this share of the errors (see decide_label_fix).
 LABEL_SHARE_WORTH_FIXING = 0.30
+# Avoidable bias (train error above human-level) from which labels wait: a model this far from learning its
+# training set makes errors, and suspicion rankings, that say more about the model than about the labels.
+AVOIDABLE_BIAS_FIRST = 0.10
 
 CEILING_CSV_HEADER = (
     "tag",
@@ -186,6 +189,10 @@ def ceiling_table(
 def describe_ceiling(row: CeilingRow, *, subset_error: float, subset: str = "dev") -> str:
     """The sentence a ceiling row stands for, e.g. "Fixing blurry completely brings dev error from 10.0% to at
     best 8.0%."."""
+    if subset_error == 0:
+        return f"No {subset} errors: there is nothing to gain."
+    if row.count == 0:
+        return f"None of the reviewed {subset} errors is {row.tag} so far: no measurable gain yet."
     return (
         f"Fixing {row.tag} completely brings {subset} error from {format_percent(subset_error)} "
         f"to at best {format_percent(row.ceiling_error)}."
@@ -238,6 +245,8 @@ class LabelFixDecision:
     worth_fixing: bool
     settled: bool
     explanation: str
+    avoidable_bias: float | None = None
+    bias_first: bool = False  # avoidable bias is large: reduce it before spending time on labels
 
 
 def decide_label_fix(
@@ -246,6 +255,7 @@ def decide_label_fix(
     mislabeled: int,
     reviewed: int,
     smallest_run_gap: float | None = None,
+    avoidable_bias: float | None = None,
 ) -> LabelFixDecision:
     """Decide whether correcting dev/test labels is worth the effort.
 
@@ -256,7 +266,8 @@ def decide_label_fix(
     better spent on them (neural networks are also fairly robust to a few random label errors).
 
     The verdict uses the point estimate of the share; it is also evaluated at both ends of the share's Wilson
-    95% interval, and ``settled`` says whether all three agree.
+    95% interval, and ``settled`` says whether all three agree. Whatever the share, an ``avoidable_bias`` (train
+    error minus human-level error) of at least AVOIDABLE_BIAS_FIRST means bias comes first (``bias_first``).
     """
     if not 0.0 <= dev_error <= 1.0:
         raise ValueError(f"dev_error must be a rate in [0, 1], got {dev_error}")
@@ -272,8 +283,9 @@ def decide_label_fix(
         gap_below_labels = smallest_run_gap is not None and smallest_run_gap < dev_error * at_share
         return at_share >= LABEL_SHARE_WORTH_FIXING or gap_below_labels
 
-    worth_fixing = reviewed > 0 and (large_share or small_gap)
-    settled = reviewed > 0 and verdict_at(share_low) == worth_fixing == verdict_at(share_high)
+    bias_first = avoidable_bias is not None and avoidable_bias >= AVOIDABLE_BIAS_FIRST
+    worth_fixing = reviewed > 0 and (large_share or small_gap) and not bias_first
+    settled = bias_first or (reviewed > 0 and verdict_at(share_low) == worth_fixing == verdict_at(share_high))
 
     rule = (
         f"Rule: fixing labels is worth it when mislabeled examples are at least "
@@ -282,6 +294,8 @@ def decide_label_fix(
     )
     if reviewed == 0:
         explanation = f"No dev errors have been reviewed yet, so there is no estimate. {rule}"
+        if bias_first:
+            explanation += " " + _bias_first_verdict(avoidable_bias or 0.0)
     else:
         numbers = (
             f"Dev error is {format_percent(dev_error)}. {mislabeled} of {reviewed} reviewed errors are "
@@ -289,7 +303,9 @@ def decide_label_fix(
             f"{format_percent(share_high)}), so wrong labels account for about {format_percent(label_error)} "
             f"of dev error and other causes for {format_percent(dev_error - label_error)}."
         )
-        if large_share:
+        if bias_first:
+            verdict = _bias_first_verdict(avoidable_bias or 0.0)
+        elif large_share:
             verdict = "Worth fixing: label errors are a large part of the remaining error."
         elif small_gap:
             verdict = (
@@ -322,6 +338,17 @@ def decide_label_fix(
         worth_fixing=worth_fixing,
         settled=settled,
         explanation=explanation,
+        avoidable_bias=avoidable_bias,
+        bias_first=bias_first,
+    )
+
+
+def _bias_first_verdict(avoidable_bias: float) -> str:
+    return (
+        f"Fix bias first: train error is {format_percent(avoidable_bias)} above human-level error (avoidable bias, "
+        f"at least {format_percent(AVOIDABLE_BIAS_FIRST)} here), so the model has not learned the training set yet. "
+        "Its dev errors and the suspicion ranking then mostly reflect the model, not wrong labels: train a bigger "
+        "model, train longer or try a better architecture, then come back to the labels."
     )
 
 

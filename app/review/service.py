@@ -134,6 +134,7 @@ class SubsetSuspicionSummary:
     size: int
     flagged: int
     top: list[SuspiciousExample]
+    disagreements: int = 0  # images whose most probable class is not their label
 
 
 @dataclass(frozen=True)
@@ -221,9 +222,8 @@ def suspicious_examples(session: Session, *, run_id: int, subset: str, limit: in
                 flagged=bool(ranked.flagged[row]),
             )
         )
-    return SubsetSuspicionSummary(
-        subset=subset, size=int(ranked.image_ids.size), flagged=int(ranked.flagged.sum()), top=top
-    )
+    size, flagged, agreed = ranked.image_ids.size, int(ranked.flagged.sum()), int(ranked.correctly_classified.sum())
+    return SubsetSuspicionSummary(subset=subset, size=size, flagged=flagged, top=top, disagreements=size - agreed)
 
 
 # --- campaigns -----------------------------------------------------------------------------------------------------
@@ -810,6 +810,7 @@ def label_fix_decision(session: Session, *, run: Run) -> tuple[LabelFixDecision,
         mislabeled=mislabeled,
         reviewed=reviewed,
         smallest_run_gap=_smallest_run_gap(session, run=run, dev_error=dev_error),
+        avoidable_bias=(run.diagnosis or {}).get("gaps", {}).get("avoidable_bias"),
     )
     return decision, sampled
 

@@ -21,6 +21,25 @@ def runs_of(session: Session, dataset_id: int | None) -> list[Run]:
     return list(session.scalars(query))
 
 
+def runs_with_context(session: Session, dataset_id: int | None) -> list[tuple[Run, Dataset, int]]:
+    """(run, its dataset, its split's version), newest first, in one query."""
+    query = (
+        select(Run, Dataset, Split.version)
+        .join(Dataset, Dataset.id == Run.dataset_id)
+        .join(Split, Split.id == Run.split_id)
+        .order_by(Run.id.desc())
+        .limit(200)
+    )
+    if dataset_id is not None:
+        query = query.where(Run.dataset_id == dataset_id)
+    return [(run, dataset, version) for run, dataset, version in session.execute(query)]
+
+
+def datasets_with_runs(session: Session) -> list[Dataset]:
+    runs = select(Run.dataset_id).distinct()
+    return list(session.scalars(select(Dataset).where(Dataset.id.in_(runs)).order_by(Dataset.name)))
+
+
 def get_split(session: Session, split_id: int) -> Split | None:
     return session.get(Split, split_id)
 

@@ -9,7 +9,9 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from app.core.errors import Conflict
 from app.jobs import service as jobs
+from app.ml.backbone_choices import backbone_choices
 from app.ml.modes import propose_mode
+from app.ml.run_wording import gap_note, timing_lines
 from app.models import Run
 from app.training import service
 from app.training.schemas import PredictionsOut, RunCreated, RunIn, RunOut
@@ -94,11 +96,14 @@ def api_run_file(run_id: int, name: str, db: DB, user: Viewer) -> Response:
 
 @router.get("/runs", include_in_schema=False)
 def runs_page(request: Request, db: DB, user: Viewer, dataset_id: int | None = None) -> Response:
-    runs = service.runs_of(db, dataset_id=dataset_id)
     return render(
         request,
         "training/list.html",
-        {"runs": [(r, service.run_status(db, r), service.is_baseline(db, r)) for r in runs], "dataset_id": dataset_id},
+        {
+            "rows": service.runs_table(db, dataset_id=dataset_id),
+            "dataset_id": dataset_id,
+            "datasets": service.datasets_with_runs(db),
+        },
     )
 
 
@@ -126,7 +131,8 @@ def new_run_page(request: Request, db: DB, user: Reviewer, split_id: int | None 
             "split": split,
             "splits": service.split_choices(db, dataset_id=split.dataset_id) if split else [],
             "proposal": proposal,
-            "backbones": service.BUILTIN_BACKBONES,
+            "backbones": backbone_choices(),
+            "dataset": service.dataset_of(db, dataset_id=split.dataset_id) if split else None,
             "previous_runs": finished,
             "defaults": RunIn(dataset_id=split.dataset_id if split else 0, split_id=split_id or 0, mode=proposal.mode),
         },
@@ -147,7 +153,10 @@ def _run_context(db: DB, run_id: int) -> dict[str, Any]:
         "status": status,
         "job": jobs.get_job(db, job_id=run.job_id) if run.job_id else None,
         "is_baseline": service.is_baseline(db, run),
+        "dataset": service.dataset_of(db, dataset_id=run.dataset_id),
         "rescored": _rescored(db, run),
+        "gap_note": lambda gap, value: gap_note(gap, value, has_train_dev="train_dev" in (run.metrics or {})),
+        "timing_lines": timing_lines(run.timings or {}),
     }
 
 

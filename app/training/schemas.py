@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.core.limits import MAX_SEED
 
@@ -22,8 +22,16 @@ class RunIn(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0, le=1)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     finetune_blocks: int = Field(default=2, ge=1, le=50)
-    human_error: float = Field(default=0.0, ge=0, le=1)
+    human_error: float = Field(default=0.0, ge=0, le=1, description="a fraction (0.05 = 5%)")
+    # The form's field: people write human-level error as a percent; it replaces human_error when given.
+    human_error_percent: float | None = Field(default=None, ge=0, le=100, exclude=True)
     patience: int = Field(default=8, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _percent_to_fraction(self) -> RunIn:
+        if self.human_error_percent is not None:
+            self.human_error = self.human_error_percent / 100
+        return self
 
 
 class RunCreated(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,28 @@ def runs_of(session: Session, *, dataset_id: int | None) -> list[Run]:
     return repository.runs_of(session, dataset_id)
 
 
+@dataclass(frozen=True)
+class RunRow:
+    """One line of /runs: the run with the dataset and split version it was trained on."""
+
+    run: Run
+    status: str
+    dataset: Any
+    split_version: int
+    is_baseline: bool
+
+
+def runs_table(session: Session, *, dataset_id: int | None) -> list[RunRow]:
+    return [
+        RunRow(run, run_status(session, run), dataset, version, dataset.baseline_run_id == run.id)
+        for run, dataset, version in repository.runs_with_context(session, dataset_id)
+    ]
+
+
+def datasets_with_runs(session: Session) -> list[Any]:
+    return repository.datasets_with_runs(session)
+
+
 def set_baseline(session: Session, *, run_id: int) -> Run:
     run = get_run(session, run_id=run_id)
     if run.status != "succeeded":
@@ -137,6 +160,12 @@ def model_file(session: Session, *, run_id: int, name: str) -> Path:
     if not path.exists():
         raise NotFound(f"the file {name} of run {run_id} is missing on disk")
     return path
+
+
+def dataset_of(session: Session, *, dataset_id: int) -> Any:
+    from app.datasets import repository as datasets
+
+    return datasets.get_dataset(session, dataset_id)
 
 
 def split_choices(session: Session, *, dataset_id: int) -> list[Any]:

@@ -263,7 +263,8 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
         run.per_class = results["per_class"]
         run.confusion = results["confusion"]
         run.diagnosis = results["diagnosis"]
-        run.history = [dict(vars(r)) for r in fit.history]
+        # "kept" marks the epoch whose weights the subset table, the diagnosis and the downloads describe.
+        run.history = [{**vars(r), "kept": r.epoch == fit.best_epoch} for r in fit.history]
         run.timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
         run.model_path = str(out_dir)
         run.status = "succeeded"

@@ -27,6 +27,25 @@ def _percent(value: float | None, digits: int = 1) -> str:
 env.filters["percent"] = _percent
 
 
+def _counted(count: object, word: str, plural: str | None = None) -> str:
+    """ "1 source", "2 sources" (thousands separated); "–" for a count that is not known."""
+    if not isinstance(count, int):
+        return "–"
+    return f"{count:,} {word if count == 1 else plural or word + 's'}"
+
+
+# A job's message beside its status badge, unless it only repeats it ("queued queued", "succeeded done").
+_STATUS_ECHOES = {"queued", "done", "running", "succeeded", "failed", "cancelled"}
+
+
+def _beyond_status(message: str | None, status: str) -> str:
+    return "" if not message or message.strip().lower() in (_STATUS_ECHOES | {status}) else message
+
+
+env.filters["counted"] = _counted
+env.filters["beyond_status"] = _beyond_status
+
+
 def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 

@@ -158,9 +158,22 @@
     selectionText.textContent = chosen.length
       ? chosen.length.toLocaleString() + " files chosen (" + formatBytes(bytes) + (zips ? ", " + zips + " zip" + (zips > 1 ? "s" : "") : "") + ")."
       : "Nothing chosen yet.";
-    startButton.disabled = busy || chosen.length === 0;
+    var unlabelled = everyFileUnlabelled();
+    noLabelWarning.hidden = !unlabelled;
+    startButton.disabled = busy || chosen.length === 0 || unlabelled;
     clearButton.disabled = busy || chosen.length === 0;
   }
+
+  // Loose files (no class folder, not in a zip) with no typed label and no labels CSV would all be rejected.
+  function everyFileUnlabelled() {
+    if (!chosen.length || form.elements.label.value.trim() || root.querySelector("[data-labels-csv]").files.length) {
+      return false;
+    }
+    return chosen.every(function (item) { return item.path.indexOf("/") < 0 && !/\.zip$/i.test(item.path); });
+  }
+  var noLabelWarning = root.querySelector("[data-no-label-warning]");
+  form.elements.label.addEventListener("input", function () { describe(); });
+  root.querySelector("[data-labels-csv]").addEventListener("change", function () { describe(); });
 
   function formatBytes(bytes) {
     if (bytes < 1024) return bytes + " B";

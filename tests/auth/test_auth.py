@@ -172,15 +172,15 @@ def test_a_token_records_when_it_was_last_used_without_a_write_per_call(app, as_
         assert last_used() == first
 
 
-def test_the_users_page_shows_when_each_token_was_last_used(app, people) -> None:
+def test_my_account_shows_when_each_token_was_last_used(app, people) -> None:
     admin = people["admin"]
     with api_client(app, admin.token) as client:
         assert client.get("/api/me").status_code == 200
     with TestClient(app, follow_redirects=False) as browser:
         browser_login(browser, admin)
-        page = browser.get("/users").text
+        page = browser.get("/account").text
     row = re.search(r"<tr><td>test</td>.*?</tr>", page, re.S)
     assert row, page
     cells = re.findall(r"<td>([^<]*)</td>", row.group(0))
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", cells[-2]), cells  # last used, to the minute
-    assert cells[-1] == "–"  # not revoked
+    assert cells[-1] == "–"  # not revoked (the last cell holds the Revoke button)

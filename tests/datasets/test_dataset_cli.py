@@ -30,7 +30,11 @@ def errorbook(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 @pytest.fixture
 def cli_env(fresh_database, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     env = {key: value for key, value in os.environ.items() if not key.startswith("ERRORBOOK_")}
-    env.update(ERRORBOOK_DATABASE_URL=fresh_database.url, ERRORBOOK_DATA_DIR=str(tmp_path / "data"))
+    env.update(
+        ERRORBOOK_DATABASE_URL=fresh_database.url,
+        ERRORBOOK_DATA_DIR=str(tmp_path / "data"),
+        ERRORBOOK_STATE_DIR=str(tmp_path / "state"),
+    )
     return env
 
 
@@ -62,7 +66,9 @@ def test_import_reads_a_folder_with_a_labels_csv_and_then_a_zip(cli_env, fresh_d
     assert result.returncode == 0, result.stderr
     assert "created dataset 'Shots'" in result.stdout
     assert "7 files: 6 added, 0 duplicates, 0 conflicts, 1 rejected" in result.stdout
-    assert "rejected: inbox/broken.jpg: no label: the labels CSV has no usable row for it" in result.stdout
+    # Every reason that applies, the content first (issue 15 item 6).
+    expected = "rejected: inbox/broken.jpg: truncated or corrupt JPEG data; no label: the labels CSV has no usable row"
+    assert expected in result.stdout
     assert "labels CSV row 8: ghost.jpg is not in the upload" in result.stdout
     found = _labelled(fresh_database.engine, "Shots")
     assert found == {f"inbox/{i}.jpg": ("cat" if i < 3 else "dog", "phone") for i in range(6)}

@@ -117,7 +117,7 @@ def test_new_sample_and_correct_examples_toggle_through_the_forms(app, db, peopl
         second_page = client.get(page_url).text
         second = _cards(second_page)
         assert len(second) == 10 and second != first[:10]
-        assert "Seed 1" in second_page and "Mix in 1 correctly classified examples" in second_page
+        assert "Random seed 1" in second_page and "Mix in 1 correctly classified example<" in second_page
 
         client.post(f"/runs/{fixture.run.id}/errors/sample", data={**form, "seed": "1", "include_correct": "1"})
         mixed_page = client.get(page_url).text

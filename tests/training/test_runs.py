@@ -4,56 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
-from app.auth import service as auth
-from app.core.settings import Settings, get_settings
-from app.models import Dataset, Image, Label
-from app.web.app import create_app
-from tests.factories import COLOURS, colour_jpeg
+from app.core.settings import get_settings
+from tests.factories import COLOURS
 from tests.jobs.inline import drain_jobs
+from tests.training.conftest import colour_split, train
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def trained(fresh_database, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("ERRORBOOK_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("ERRORBOOK_DATABASE_URL", fresh_database.url)
-    get_settings.cache_clear()
-    settings = Settings()
-    app = create_app(settings)
-    engine = fresh_database.engine
-    with Session(engine) as session:
-        user = auth.create_user(session, name="trainer", role="reviewer")
-        _, token = auth.create_token(session, user=user, name="t")
-        dataset = Dataset(name="colours")
-        session.add(dataset)
-        session.flush()
-        for name, colour in COLOURS.items():
-            label = Label(dataset_id=dataset.id, name=name)
-            session.add(label)
-            session.flush()
-            for i in range(20):
-                sha = app.state.blobs.put_bytes(colour_jpeg(colour, seed=hash((name, i)) % 1000))
-                session.add(Image(dataset_id=dataset.id, sha256=sha, filename=f"{name}_{i}.jpg", label_id=label.id))
-        session.commit()
-        dataset_id = dataset.id
-    with TestClient(app, headers={"authorization": f"Bearer {token}"}) as client:
-        split_id = client.post(f"/api/datasets/{dataset_id}/splits", json={"seed": 0}).json()["split_id"]
-        drain_jobs(engine)
-        yield client, engine, dataset_id, split_id
-    get_settings.cache_clear()
+    with colour_split(fresh_database, tmp_path / "data", monkeypatch, per_class=20) as env:
+        yield env
 
 
-def _train(client, engine, dataset_id: int, split_id: int, **config):  # type: ignore[no-untyped-def]
-    body = {"dataset_id": dataset_id, "split_id": split_id, "epochs": 15, "lr": 0.01, **config}
-    created = client.post("/api/runs", json=body)
-    assert created.status_code == 202, created.text
-    (job,) = drain_jobs(engine)
-    assert job.status == "succeeded", job.error
-    return client.get(f"/api/runs/{created.json()['run_id']}").json()
+_train = train
 
 
 def test_linear_run_learns_caches_features_and_transfers(trained) -> None:

@@ -260,8 +260,11 @@ def _min_cosine(network: nn.Module, onnx: OnnxBackbone, images: npt.NDArray[np.u
 
 
 def min_cosine(first: npt.NDArray[np.float32], second: npt.NDArray[np.float32]) -> float:
-    """The smallest row-wise cosine similarity of two [N, D] arrays (1.0 for identical directions)."""
+    """The smallest row-wise cosine similarity of two [N, D] arrays (1.0 for identical directions); -1.0 when
+    any value is not finite (a NaN must fail every comparison, and JSON columns cannot hold it)."""
     a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return -1.0
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cosines = (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
     return float(cosines.min())

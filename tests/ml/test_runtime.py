@@ -117,7 +117,7 @@ def test_the_choice_is_resolved_per_setting_device_and_precision(lite0, tmp_path
 
     torch_runtime = _prepare(lite0, export_dir, choice="torch")
     reduced = _prepare(lite0, export_dir, precision="bfloat16")
-    gpu_without_cuda_provider = _prepare(lite0, export_dir, device_type="cuda")
+    on_gpu = _prepare(lite0, export_dir, device_type="cuda")
 
     assert torch_runtime.onnx is None and torch_runtime.report.runtime == "torch"
     assert torch_runtime.report.fallback_reason is None
@@ -125,8 +125,7 @@ def test_the_choice_is_resolved_per_setting_device_and_precision(lite0, tmp_path
     import onnxruntime
 
     if rt.CUDA_PROVIDER not in onnxruntime.get_available_providers():  # auto keeps PyTorch on the GPU
-        assert gpu_without_cuda_provider.onnx is None
-        assert (gpu_without_cuda_provider.report.runtime, gpu_without_cuda_provider.report.provider) == ("torch", "cuda")
+        assert on_gpu.onnx is None and (on_gpu.report.runtime, on_gpu.report.provider) == ("torch", "cuda")
     assert not list(export_dir.glob("*.onnx"))  # none of these exported anything
     with pytest.raises(ValueError, match="auto, onnxruntime, torch"):
         _prepare(lite0, export_dir, choice="openvino")

@@ -24,9 +24,10 @@ DecodeOne = Callable[[Path], npt.NDArray[np.uint8]]
 def decode_threads(cores: int, *, on_gpu: bool) -> int:
     """How many threads decode while the model computes.
 
-    On a CPU the model's own threads take every core; one decoding thread fills the moments they wait (batch
-    boundaries, memory stalls) and, measured on 2 cores, a second one only competed with the model. On a GPU the
-    cores are free for decoding.
+    On a CPU the model's own threads take every core. Decoding a photo costs a fraction of what the backbone
+    does (about a third for EfficientNet-Lite0 at 500x375), so one thread per four cores (at least one) keeps
+    the next batch ready; on 2 busy cores one and two threads measured within noise of each other (bench/train.py
+    prints the rates). On a GPU the cores are free for decoding.
     """
     if on_gpu:
         return max(1, min(8, cores - 1))

@@ -34,6 +34,7 @@ from app.training.inference import MODEL_ONNX
 from app.training.schemas import LabelProbability, PredictItem, PredictOut, Refusal
 
 TOP_K = 5
+KEPT_MODELS = 4  # models kept loaded per web process (an EfficientNet-Lite0 session holds ~20 MB)
 Opener = Callable[[], BinaryIO]
 
 
@@ -96,6 +97,8 @@ def _scorer(run: Run, settings: Settings) -> _Scorer:
         raise Conflict(f"the model files of run {run.id} are missing on disk") from None
     with _SCORERS_LOCK:
         if key not in _SCORERS:
+            while len(_SCORERS) >= KEPT_MODELS:  # the oldest loaded goes first: memory stays bounded
+                del _SCORERS[next(iter(_SCORERS))]
             _SCORERS[key] = _onnx_scorer(source) if use_onnx else _checkpoint_scorer(source, settings)
         return _SCORERS[key]
 

@@ -278,6 +278,18 @@ def test_a_user_takes_a_dataset_from_upload_to_fixed_labels_and_export(served: s
             for row in page.locator("section:has(h2:text-is('Error by subset')) tbody tr").all()
         }
         assert accuracy["dev"] >= 70, accuracy  # learnable: most of dev is right (chance is a third)
+        # The run says what scored it, and its "try the model" box answers new files (a non-image by name).
+        expect(page.locator("#run-inference")).to_contain_text("ONNX Runtime")
+        red_web = data.folder / "red" / "web_red_00.jpg"
+        notes = tmp_path / "notes.jpg"
+        notes.write_text("not a picture")
+        page.set_input_files("[data-predict-input]", [str(red_web), str(notes)])
+        expect(page.locator("[data-predict-results] .prediction")).to_have_count(2)
+        first_guess = page.locator("[data-predict-results] .prediction").first
+        expect(first_guess.locator(".prediction-row")).to_have_count(3)  # top-5 of three labels
+        expect(first_guess.locator(".prediction-label").first).to_have_text("red")
+        expect(page.locator("[data-predict-results] .prediction-refused")).to_contain_text("refused")
+        expect(page.locator("#onnx-preprocessing")).to_contain_text("centre-crop 224")
         page.goto(f"{base}/runs")
         shots(page, "runs")
 

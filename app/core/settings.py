@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     # Arithmetic of frozen-backbone feature extraction (linear runs): bfloat16 is faster only on CPUs with native
     # bf16 (AVX512-BF16, AMX) or GPUs, and moves features slightly; see app/ml/features.py.
     feature_precision: Literal["float32", "bfloat16"] = "float32"
+    # Where frozen backbones run (linear runs' features, their predictions, the predict endpoint): auto is ONNX
+    # Runtime on a CPU (exported once, verified against PyTorch) and PyTorch on CUDA unless onnxruntime's CUDA
+    # provider is installed; see app/ml/runtime.py.
+    inference_runtime: Literal["auto", "onnxruntime", "torch"] = "auto"
+    # Images one POST /api/runs/{id}/predict may carry; more are refused with 413.
+    predict_max_files: int = Field(default=64, ge=1)
 
     def proxy_options(self) -> tuple[bool, str]:
         """(proxy_headers, forwarded_allow_ips) for uvicorn: X-Forwarded-For/-Proto are believed only from the
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.resolved_data_dir / "cache"
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        return self.cache_dir / "onnx"
 
     @property
     def split_input_dir(self) -> Path:

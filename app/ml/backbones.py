@@ -20,14 +20,14 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-IMAGE_MODALITY = "image"
-RGB_CHANNELS = 3
+from app.ml.input_spec import IMAGE_MODALITY, RGB_CHANNELS, InputSpec, Preprocessing
+
 CHECKPOINT_FORMAT = "errorbook-checkpoint"
 CHECKPOINT_VERSION = 1
 TORCHVISION_PREFIX = "torchvision:"
@@ -47,7 +47,6 @@ _TORCHVISION_FEATURE_SIZES = {
     "convnext_tiny": 768,
 }
 
-Interpolation = Literal["bilinear", "bicubic"]
 # Blocks of a backbone in forward order, each as the submodule paths it consists of.
 Stages = tuple[tuple[str, ...], ...]
 
@@ -58,63 +57,6 @@ class BackboneUnavailable(RuntimeError):
 
 class IncompatibleCheckpoint(ValueError):
     """A saved checkpoint cannot serve as a backbone for this kind of run; the message says why."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side to `resize_size`, centre-crop `crop_size`, then normalise with mean/std."""
-
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: Interpolation = "bilinear"
-
-    @property
-    def preprocessing_id(self) -> str:
-        """Short stable id for cache keys: two specs share cached features only if every field matches."""
-        numbers = ",".join(f"{value:.6f}" for value in (*self.mean, *self.std))
-        text = f"{self.resize_size}|{self.crop_size}|{self.interpolation}|{numbers}"
-        return f"r{self.resize_size}c{self.crop_size}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model consumes: the modality, the channel count and how pictures are prepared."""
-
-    modality: str
-    channels: int
-    preprocessing: Preprocessing
-
-    def to_dict(self) -> dict[str, Any]:
-        prep = self.preprocessing
-        return {
-            "modality": self.modality,
-            "channels": self.channels,
-            "resize_size": prep.resize_size,
-            "crop_size": prep.crop_size,
-            "mean": list(prep.mean),
-            "std": list(prep.std),
-            "interpolation": prep.interpolation,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
-        mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError("mean and std need one value per RGB channel")
-        interpolation = str(data["interpolation"])
-        if interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"unknown interpolation {interpolation!r}")
-        preprocessing = Preprocessing(
-            resize_size=int(data["resize_size"]),
-            crop_size=int(data["crop_size"]),
-            mean=(mean[0], mean[1], mean[2]),
-            std=(std[0], std[1], std[2]),
-            interpolation="bicubic" if interpolation == "bicubic" else "bilinear",
-        )
-        modality, channels = str(data["modality"]), int(data["channels"])
-        return cls(modality=modality, channels=channels, preprocessing=preprocessing)
 
 
 @dataclass(frozen=True)
@@ -422,13 +364,15 @@ class _ConvLeafTracer(fx.Tracer):
         return isinstance(module, nn.Conv2d) or super().is_leaf_module(module, module_qualified_name)
 
 
-def inference_network(backbone: Backbone) -> nn.Module:
-    """Normalisation and features with each batch norm folded into the convolution before it.
+def inference_network(backbone: Backbone, *, normalise: bool = True) -> nn.Module:
+    """Normalisation (unless `normalise` is False: inputs come normalised) and features with each batch norm
+    folded into the convolution before it.
 
     Same outputs (to float rounding) with fewer passes over memory, for frozen-backbone extraction; the
     backbone itself is left untouched. Falls back to the plain modules if the network cannot be traced.
     """
-    network = nn.Sequential(Normalise(backbone.input_spec.preprocessing), backbone.features).eval()
+    first = [Normalise(backbone.input_spec.preprocessing)] if normalise else []
+    network = nn.Sequential(*first, backbone.features).eval()
     try:
         graph_module = fx.GraphModule(network, _ConvLeafTracer().trace(network))
     except Exception:  # tracing is an optimisation only; any untraceable control flow keeps eager modules

@@ -7,7 +7,9 @@ linear head on cached features takes seconds; only images never seen with these 
 backbone. Extraction decodes JPEGs at reduced size through `Image.draft`, folds batch norm into the
 convolutions and runs batches under `torch.inference_mode()` in channels-last layout: on CUDA when available
 (DataLoader worker processes decoding), otherwise in one DataLoader worker process per core, each decoding
-and computing whole batches on one thread (see `_batches_in_processes` for why not threads).
+and computing whole batches on one thread (see `_batches_in_processes` for why not threads). With a
+verified ONNX Runtime session (`app.ml.runtime`), batches go through it instead while threads decode the next
+ones (`app.ml.prefetch`).
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from app.ml.backbones import Backbone, Preprocessing, inference_network
+from app.ml.decoding import decode_array
+from app.ml.prefetch import decode_threads, overlapped
+from app.ml.runtime import InferenceRuntime, OnnxBackbone
 
 ProgressCallback = Callable[[float, str], None]
 StopCheck = Callable[[], bool]
 ViewFeatures = list[npt.NDArray[np.float32]]  # one [batch, feature_size] array per view (plain, flipped)
 
-_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 # Arithmetic of the frozen backbone during extraction. bfloat16 (autocast) ran 2.5x faster on a CPU with native
 # bf16 (AVX512-BF16; AMX too) and moves features by a few percent (cosine >= 0.989 to float32 on bench/train.py);
 # on CPUs without it, it is emulated and slower. Features of each precision are cached apart.
@@ -92,24 +95,8 @@ def decode_image(path: Path, preprocessing: Preprocessing, *, random_crop: bool 
     The crop is centred, or placed at random (from torch's generator, so DataLoader seeding applies) when
     `random_crop` is set for training-time augmentation.
     """
-    with Image.open(path) as opened:
-        width, height = opened.size
-        scale = preprocessing.resize_size / min(width, height)
-        # JPEG can decode at 1/2, 1/4 or 1/8 size directly; draft keeps at least the size we resize to.
-        opened.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        picture = ImageOps.exif_transpose(opened).convert("RGB")
-    width, height = picture.size
-    scale = preprocessing.resize_size / min(width, height)
-    box_side = preprocessing.crop_size / scale
-    slack_x, slack_y = max(width - box_side, 0.0), max(height - box_side, 0.0)
-    if random_crop:
-        left, top = float(torch.rand(()) * slack_x), float(torch.rand(()) * slack_y)
-    else:
-        left, top = slack_x / 2, slack_y / 2
-    box = (left, top, left + min(box_side, width), top + min(box_side, height))
-    size = (preprocessing.crop_size, preprocessing.crop_size)
-    cropped = picture.resize(size, _RESAMPLING[preprocessing.interpolation], box=box)
-    return torch.from_numpy(np.asarray(cropped, dtype=np.uint8).copy()).permute(2, 0, 1)
+    crop_at = (float(torch.rand(())), float(torch.rand(()))) if random_crop else None
+    return torch.from_numpy(decode_array(path, preprocessing, crop_at=crop_at))
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -153,9 +140,12 @@ def decode_workers(device: torch.device, *, image_count: int, batch_size: int) -
     return min(8, cores - 1) if device.type == "cuda" else cores // 8
 
 
-def default_batch_size(device: torch.device) -> int:
-    # Small CPU batches keep activations in cache; larger ones measured slower per image on 2 cores.
-    return 64 if device.type == "cuda" else 4
+def default_batch_size(device: torch.device, *, onnx: bool = False) -> int:
+    # Small CPU batches keep PyTorch's activations in cache; larger ones measured slower per image on 2 cores.
+    # ONNX Runtime's CPU kernels gain from larger batches (fewer thread hand-offs per image).
+    if device.type == "cuda":
+        return 64
+    return 16 if onnx else 4
 
 
 def image_loader(
@@ -211,6 +201,7 @@ def extract_features(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     precision: str = "float32",
+    runtime: InferenceRuntime | None = None,
 ) -> ExtractionResult:
     """Features [N, feature_size] for the images, reusing and filling the cache under `cache_dir`.
 
@@ -218,12 +209,16 @@ def extract_features(
     `include_flipped`, features of the horizontally flipped image are returned (and cached) as well.
     `num_workers`: on a CPU, how many processes decode and compute (default one per core, 0 or 1: all in
     this process); on a GPU, how many processes decode (default `decode_workers`).
-    `precision`: a key of PRECISIONS. Raises `TrainingCancelled` between batches when `should_stop()` turns true.
+    `precision`: a key of PRECISIONS. `runtime` (see `app.ml.runtime.prepare_runtime`): with a verified ONNX
+    session, the images go through it, decoded ahead in threads; None or a PyTorch runtime: PyTorch. A verified
+    export computes the same features (cosine >= MIN_COSINE), so both share one cache.
+    Raises `TrainingCancelled` between batches when `should_stop()` turns true.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if image_sha256s is None:
-        image_sha256s = [file_sha256(path) for path in image_paths]
+        # Without a cache nothing is looked up by content: no need to read every file twice.
+        image_sha256s = [file_sha256(path) if cache_dir is not None else "" for path in image_paths]
     if len(image_sha256s) != len(image_paths):
         raise ValueError("one sha256 per image path is needed")
     views = (False, True) if include_flipped else (False,)
@@ -238,13 +233,15 @@ def extract_features(
             continue
         for view_index, vector in enumerate(cached):
             features[view_index, index] = vector
+    onnx = runtime.onnx if runtime is not None else None
     if missing:
         device = device or default_device()
         _run_backbone(
             backbone=backbone,
             paths=[image_paths[index] for index in missing],
             forward=_Forward(include_flipped=include_flipped, autocast=PRECISIONS[precision]),
-            batch_size=batch_size or default_batch_size(device),
+            onnx=onnx,
+            batch_size=batch_size or default_batch_size(device, onnx=onnx is not None),
             num_workers=num_workers,
             device=device,
             on_batch=lambda positions, batch_features: _keep_batch(
@@ -284,6 +281,7 @@ def _run_backbone(
     backbone: Backbone,
     paths: Sequence[Path],
     forward: _Forward,
+    onnx: OnnxBackbone | None,
     batch_size: int,
     num_workers: int | None,
     device: torch.device,
@@ -293,16 +291,12 @@ def _run_backbone(
     already_done: int,
     total: int,
 ) -> None:
-    network = inference_network(backbone).to(device).to(memory_format=torch.channels_last)
     preprocessing = backbone.input_spec.preprocessing
-    batch_count = math.ceil(len(paths) / batch_size)
-    cpu_processes = min(available_cores(), batch_count) if num_workers is None else num_workers
-    if device.type == "cpu" and cpu_processes > 1:
-        batches = _batches_in_processes(network, paths, preprocessing, batch_size, forward, cpu_processes)
+    batches: Iterator[ViewFeatures]
+    if onnx is not None:
+        batches = _batches_onnx(onnx, paths, preprocessing, batch_size, forward.include_flipped, device)
     else:
-        dataset = ImageDataset(paths, preprocessing)
-        loader = image_loader(dataset, batch_size=batch_size, device=device, num_workers=num_workers)
-        batches = _batches_here(network, loader, device, forward)
+        batches = _batches_torch(backbone, paths, forward, batch_size, num_workers, device)
     done = 0
     for outputs in batches:
         check_stop(should_stop)
@@ -312,6 +306,50 @@ def _run_backbone(
         if progress is not None:
             message = f"extracted features of {done} of {len(paths)} images"
             progress((already_done + done) / total, message)
+
+
+def _batches_torch(
+    backbone: Backbone,
+    paths: Sequence[Path],
+    forward: _Forward,
+    batch_size: int,
+    num_workers: int | None,
+    device: torch.device,
+) -> Iterator[ViewFeatures]:
+    network = inference_network(backbone).to(device).to(memory_format=torch.channels_last)
+    preprocessing = backbone.input_spec.preprocessing
+    batch_count = math.ceil(len(paths) / batch_size)
+    cpu_processes = min(available_cores(), batch_count) if num_workers is None else num_workers
+    if device.type == "cpu" and cpu_processes > 1:
+        return _batches_in_processes(network, paths, preprocessing, batch_size, forward, cpu_processes)
+    dataset = ImageDataset(paths, preprocessing)
+    loader = image_loader(dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    return _batches_here(network, loader, device, forward)
+
+
+def _batches_onnx(
+    onnx: OnnxBackbone,
+    paths: Sequence[Path],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    include_flipped: bool,
+    device: torch.device,
+) -> Iterator[ViewFeatures]:
+    """ONNX Runtime on the batch in hand while threads decode the next ones."""
+
+    def compute(images: npt.NDArray[np.uint8]) -> ViewFeatures:
+        outputs = [onnx(images)]
+        if include_flipped:
+            outputs.append(onnx(np.ascontiguousarray(images[:, :, :, ::-1])))
+        return outputs
+
+    return overlapped(
+        paths,
+        decode=lambda path: decode_array(path, preprocessing),
+        batch_size=batch_size,
+        threads=decode_threads(available_cores(), on_gpu=device.type == "cuda"),
+        compute=compute,
+    )
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ def timing_lines(timings: Mapping[str, object]) -> list[tuple[str, str]]:
     """(label, value) pairs: seconds as "1.3 s", counts as numbers, the rest as they are."""
     lines = []
     for key, value in timings.items():
+        if isinstance(value, Mapping):
+            continue  # structured facts (the inference runtime, the model's input) have lines of their own
         label = TIMING_WORDS.get(key, key.removesuffix("_s").replace("_", " ").capitalize())
         if key.endswith("_s") and isinstance(value, int | float):
             lines.append((label, f"{value:.1f} s"))

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
-from app.core.errors import Conflict
+from app.core.errors import Conflict, NotAuthenticated
+from app.core.settings import Settings
 from app.jobs import service as jobs
 from app.ml.backbone_choices import backbone_choices
 from app.ml.modes import propose_mode
 from app.ml.run_wording import gap_note, timing_lines
 from app.models import Run
-from app.training import service
-from app.training.schemas import PredictionsOut, RunCreated, RunIn, RunOut
-from app.web.deps import DB, Reviewer, Viewer
+from app.training import predict, service
+from app.training.schemas import PredictionsOut, PredictOut, RunCreated, RunIn, RunOut
+from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
+PREDICT_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        }
+    }
+}
 
 
 def _rescored(db: DB, run: Run) -> dict[str, Any] | None:
@@ -85,6 +101,51 @@ def api_baseline(run_id: int, db: DB, user: Reviewer) -> RunOut:
     return _run_out(db, service.set_baseline(db, run_id=run_id))
 
 
+async def _predict_form(request: Request) -> AsyncIterator[FormData]:
+    """The images, parsed under ERRORBOOK_PREDICT_MAX_FILES before the auth dependency would parse them with
+    looser defaults; requests without any credentials are refused before their body is read."""
+    if not request.headers.get("authorization") and SESSION_COOKIE not in request.cookies:
+        raise NotAuthenticated("log in first")
+    settings: Settings = request.app.state.settings
+    try:
+        form = await request.form(
+            max_files=settings.predict_max_files,
+            max_fields=settings.max_form_fields,
+            max_part_size=settings.max_part_bytes,
+        )
+    except HTTPException as error:
+        if "too many files" in str(error.detail).lower():
+            raise predict.too_many_files(settings.predict_max_files) from None
+        raise
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+def _opener(part: UploadFile) -> predict.Opener:
+    def open_file() -> Any:
+        part.file.seek(0)
+        return part.file
+
+    return open_file
+
+
+@router.post("/api/runs/{run_id}/predict", response_model=PredictOut, openapi_extra=PREDICT_BODY)
+@reads_only
+def api_predict(
+    request: Request,
+    run_id: int,
+    form: Annotated[FormData, Depends(_predict_form, scope="function")],
+    db: DB,
+    user: Viewer,
+) -> PredictOut:
+    """Top-5 labels for each image in the multipart field `files`; nothing is stored."""
+    parts = [part for part in form.getlist("files") if isinstance(part, UploadFile)]
+    files = [((part.filename or "").replace("%22", '"'), _opener(part)) for part in parts]
+    return predict.predict(db, run_id=run_id, files=files, settings=request.app.state.settings)
+
+
 @router.get("/api/runs/{run_id}/files/{name}")
 def api_run_file(run_id: int, name: str, db: DB, user: Viewer) -> Response:
     path = service.model_file(db, run_id=run_id, name=name)
@@ -145,10 +206,11 @@ def create_run_form(request: Request, form: Annotated[RunIn, Form()], db: DB, us
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
-def _run_context(db: DB, run_id: int) -> dict[str, Any]:
+def _run_context(request: Request, db: DB, run_id: int) -> dict[str, Any]:
     run = service.get_run(db, run_id=run_id)
     status = service.run_status(db, run)
     return {
+        "predict_max_files": request.app.state.settings.predict_max_files,
         "run": run,
         "status": status,
         "job": jobs.get_job(db, job_id=run.job_id) if run.job_id else None,
@@ -162,13 +224,13 @@ def _run_context(db: DB, run_id: int) -> dict[str, Any]:
 
 @router.get("/runs/{run_id}", include_in_schema=False)
 def run_page(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
-    return render(request, "training/detail.html", _run_context(db, run_id))
+    return render(request, "training/detail.html", _run_context(request, db, run_id))
 
 
 @router.get("/runs/{run_id}/live", include_in_schema=False)
 def run_live(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
     """The part of the run page that updates while it trains (progress, curves)."""
-    context = _run_context(db, run_id)
+    context = _run_context(request, db, run_id)
     response = render(request, "training/detail.html", context, block="live")
     if context["status"] not in ("queued", "running"):
         # Only a page that was polling asks: its header (status, error analysis, review, model links) is stale.

@@ -69,3 +69,26 @@ class PredictionOut(BaseModel):
 class PredictionsOut(BaseModel):
     total: int
     items: list[PredictionOut]
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Refusal(BaseModel):
+    """Why a file was not scored, in the words of the ingest report (`code` as there too)."""
+
+    code: str
+    reason: str
+
+
+class PredictItem(BaseModel):
+    filename: str
+    top: list[LabelProbability]  # the most probable labels, best first (up to 5); empty when refused
+    refused: Refusal | None = None
+
+
+class PredictOut(BaseModel):
+    items: list[PredictItem]  # in the order the files were sent
+    runtime: str  # what computed them, e.g. "onnxruntime (model.onnx)"

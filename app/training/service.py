@@ -27,7 +27,12 @@ BUILTIN_BACKBONES = (
     "torchvision:efficientnet_b0",
     "torchvision:convnext_tiny",
 )
-RUN_FILES = {"model.pt": "model.pt", "labels.json": "labels.json", "model.torchscript.pt": "model.torchscript.pt"}
+RUN_FILES = {
+    "model.pt": "model.pt",
+    "labels.json": "labels.json",
+    "model.torchscript.pt": "model.torchscript.pt",
+    "model.onnx": "model.onnx",
+}
 
 
 def run_dir(run_id: int) -> Path:
@@ -158,6 +163,9 @@ def model_file(session: Session, *, run_id: int, name: str) -> Path:
         raise NotFound(f"run {run_id} has no file {name!r}")
     path = Path(run.model_path) / RUN_FILES[name]
     if not path.exists():
+        why = (run.timings or {}).get("model_onnx", {}).get("reason") if name == "model.onnx" else None
+        if why:
+            raise NotFound(f"run {run_id} has no {name}: {why}")
         raise NotFound(f"the file {name} of run {run_id} is missing on disk")
     return path
 

@@ -13,7 +13,7 @@ import numpy as np
 from app.core.storage import LocalBlobStore
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import task
-from app.training import repository, service
+from app.training import inference, repository, service
 
 SUBSET_ORDER = ("train", "train_dev", "dev", "test")
 
@@ -23,6 +23,18 @@ def _scaled(ctx: JobContext, low: float, high: float) -> Any:
         ctx.progress(low + (high - low) * max(0.0, min(1.0, fraction)), message or None)
 
     return report
+
+
+def _runtime(ctx: JobContext, mode: Any, backbone: Any, probe: Any) -> Any:
+    """Linear runs score through the worker's runtime; finetuned backbones train and score in PyTorch."""
+    from app.ml import features as feats
+    from app.ml.runtime import InferenceRuntime, RuntimeReport
+
+    if mode.value == "linear":
+        return inference.worker_runtime(ctx.settings, backbone, probe=probe)
+    reason = None if ctx.settings.inference_runtime == "torch" else f"{mode.value} runs train and score in PyTorch"
+    report = RuntimeReport("torch", feats.default_device().type, "float32", None, reason)
+    return InferenceRuntime(report)
 
 
 @task(service.RUN_JOB)
@@ -97,6 +109,10 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     labels = {s: np.array([index_of[label] for *_, label in items], dtype=np.int64) for s, items in by_subset.items()}
     cache_dir = ctx.settings.cache_dir / "features"
     history: list[dict[str, float]] = []
+    probe = inference.probe_images(paths["train"], backbone.input_spec.preprocessing)
+    runtime = _runtime(ctx, mode, backbone, probe)
+    timings["inference"] = runtime.report.to_dict()
+    timings["model_input"] = backbone.input_spec.to_dict()
 
     def on_epoch(record: Any) -> None:
         history.append(dict(vars(record)))
@@ -141,6 +157,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
                     progress=_scaled(ctx, low, high),
                     should_stop=ctx.should_stop,
                     precision=ctx.settings.feature_precision,
+                    runtime=runtime,
                 )
                 features[subset] = result.features
                 if subset == "train":
@@ -236,6 +253,14 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     out_dir = service.run_dir(run_id)
     training.export_model(
         backbone=trained_backbone, head_state=fit.head_state, label_names=label_names, directory=out_dir
+    )
+    timings["model_onnx"] = inference.export_run_onnx(
+        settings=ctx.settings,
+        backbone=trained_backbone,
+        head_state=fit.head_state,
+        label_names=label_names,
+        directory=out_dir,
+        probe=probe,
     )
     timings["total_s"] = time.perf_counter() - started
     prediction_rows = []

@@ -19,8 +19,11 @@ from app.web.deps import read_session_cookie
 from app.web.errors import domain_error_response, json_error
 
 RouteKind = Literal["upload", "chunk", "api", "page"]
-# The routes whose bodies are files, streamed to disk (multipart uploads; raw chunks of a big file).
-_UPLOAD_ROUTE = re.compile(r"^/api/(?:datasets/[^/]+/uploads|uploads/[^/]+/(?:files|finish))/?$")
+# The routes whose bodies are files (multipart uploads, streamed to disk; images to score or to search by; raw
+# chunks of a big file).
+_UPLOAD_ROUTE = re.compile(
+    r"^/api/(?:datasets/[^/]+/(?:uploads|similar)|uploads/[^/]+/(?:files|finish)|runs/[^/]+/predict)/?$"
+)
 _CHUNK_ROUTE = re.compile(r"^/api/uploads/[^/]+/chunks/?$")
 # What a body of each kind of route may be: an upload is multipart, a chunk raw bytes, the API JSON, a page a form.
 ACCEPTED_TYPES: dict[RouteKind, frozenset[str]] = {

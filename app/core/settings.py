@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         return self.resolved_data_dir / "cache"
 
     @property
+    def embeddings_dir(self) -> Path:
+        return self.resolved_data_dir / "embeddings"
+
+    @property
     def split_input_dir(self) -> Path:
         return self.cache_dir / "split-inputs"
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from app.core.errors import Invalid
@@ -15,6 +15,7 @@ from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
 from app.web.deps import DB, Reviewer, Viewer
+from app.web.templating import render
 
 router = APIRouter()
 
@@ -70,6 +71,19 @@ def api_similar(
         db, image_id=image_id, k=k, backbone=backbone, root=_settings(request).embeddings_dir
     )
     return SimilarOut(items=[NeighbourOut(**asdict(item)) for item in found])
+
+
+@router.get("/images/{image_id}/similar", include_in_schema=False)
+def similar_strip(request: Request, image_id: int, db: DB, user: Viewer, k: K = 12) -> Response:
+    """The image page's strip (loaded by htmx); without embeddings it says which job to start."""
+    context: dict[str, object] = {"items": [], "missing": None}
+    try:
+        context["items"] = service.similar_to_image(
+            db, image_id=image_id, k=k, backbone=None, root=_settings(request).embeddings_dir
+        )
+    except service.EmbeddingsMissing as missing:
+        context["missing"] = missing.message
+    return render(request, "embeddings/_similar.html", context)
 
 
 @router.post("/api/datasets/{dataset_id}/similar", response_model=SimilarOut, openapi_extra=_FILE_BODY)

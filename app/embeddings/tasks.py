@@ -28,9 +28,10 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
     store = EmbeddingStore(ctx.settings.embeddings_dir, dataset_id=dataset_id, backbone=backbone_name)
     with ctx.reading() as session:
         todo = service.images_to_embed(session, dataset_id=dataset_id, stored_ids=store.ids())
+    cache_hits = 0
     try:
         if todo:
-            _embed(ctx, store, backbone_name, todo)
+            cache_hits = _embed(ctx, store, backbone_name, todo)
         ctx.progress(0.95, "updating the nearest-neighbour index")
         added_to_index = store.refresh_index()
     except (bb.BackboneUnavailable, TrainingCancelled, OSError) as error:
@@ -42,15 +43,23 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
             session, set_id=set_id, count=store.count(), dims=store.dims(), index_kind=store.index_kind
         )
     ctx.progress(1.0, f"{store.count():,} images embedded")
-    return {"set_id": set_id, "embedded": len(todo), "count": store.count(), "indexed": added_to_index}
+    return {
+        "set_id": set_id,
+        "embedded": len(todo),
+        "feature_cache_hits": cache_hits,
+        "count": store.count(),
+        "indexed": added_to_index,
+    }
 
 
-def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> None:
+def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> int:
+    """Embed `todo` chunk by chunk, appending each chunk as it is done; returns how many came from the cache."""
     ctx.progress(0.02, "loading the backbone")
     torch.set_num_threads(ctx.settings.torch_threads)
     backbone = bb.load_backbone(backbone_name, torch_home=service.torch_home())
     blobs = LocalBlobStore(ctx.settings.blob_dir)
     cache_dir = ctx.settings.cache_dir / "features"  # the same cache a run's extraction fills
+    cache_hits = 0
     for start in range(0, len(todo), CHUNK_IMAGES):
         chunk = todo[start : start + CHUNK_IMAGES]
         ctx.progress(0.05 + 0.9 * start / len(todo), f"embedding images {start:,} of {len(todo):,}")
@@ -63,3 +72,5 @@ def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: lis
             precision=ctx.settings.feature_precision,
         )
         store.append([image_id for image_id, _ in chunk], unit_rows(result.features))
+        cache_hits += result.cache_hits
+    return cache_hits

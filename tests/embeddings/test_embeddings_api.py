@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+import shutil
+from typing import Any
 
+import pytest
 from PIL import Image as PILImage
 
+from app.embeddings import tasks
+from app.embeddings.store import EmbeddingStore
 from app.ml.demo import generate_demo_dataset
 from tests.datasets.conftest import Ingest, zip_of
 
@@ -34,6 +39,8 @@ def test_embeddings_job_then_similar_images_then_new_images_only(ingest: Ingest)
     assert missing.status_code == 409, missing.text
     assert missing.json()["error"] == "embeddings_missing"
     assert missing.json()["start"] == f"/api/datasets/{dataset_id}/embeddings"
+    strip = ingest.viewer.get(f"/images/{first}/similar")
+    assert strip.status_code == 200 and "data-similar-missing" in strip.text and "POST /api/datasets" in strip.text
 
     started = ingest.reviewer.post(f"/api/datasets/{dataset_id}/embeddings", json={"backbone": "efficientnet_lite0"})
     assert started.status_code == 202, started.text
@@ -67,6 +74,11 @@ def test_embeddings_job_then_similar_images_then_new_images_only(ingest: Ingest)
     assert all(item["label"] in ("circle", "square", "triangle", "stripes") for item in items)
     assert all(item["subsets"] == [] for item in items)  # no split yet
     assert len(ingest.viewer.get(f"/api/images/{first}/similar", params={"k": 500}).json()["items"]) == 15
+    # The image page's strip shows the same neighbours, in the same order.
+    strip = ingest.viewer.get(f"/images/{first}/similar", params={"k": 5})
+    shown = [int(part.split('"')[0]) for part in strip.text.split('data-image-id="')[1:]]
+    assert shown == [item["image_id"] for item in items]
+    assert 'hx-get="/images/' in ingest.viewer.get(f"/images/{first}").text
 
     # The query picture itself, uploaded (not stored): an exact copy, first with similarity 1.0.
     jpeg = dict(files)[f"{generate_demo_dataset(n_images=16, size=96, seed=4)[3].true_label}/3.jpg"]
@@ -115,3 +127,39 @@ def test_bad_input_gets_specific_errors(ingest: Ingest) -> None:
     assert not_image.status_code == 422 and "notes.txt is not a usable image" in not_image.json()["detail"]
     no_file = ingest.viewer.post(f"/api/datasets/{dataset_id}/similar", data={"x": "1"})
     assert no_file.status_code == 422 and "'file'" in no_file.json()["detail"]
+
+
+def test_a_job_killed_mid_way_resumes_and_the_feature_cache_is_reused(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset_id = ingest.create_dataset()
+    assert ingest.upload(dataset_id, [("batch.zip", zip_of(_demo_files(12)))])["accepted"] == 12
+    monkeypatch.setattr(tasks, "CHUNK_IMAGES", 4)
+    appends: list[int] = []
+    real_append = EmbeddingStore.append
+
+    def dies_after_two_chunks(self: EmbeddingStore, image_ids: Any, vectors: Any) -> None:
+        if len(appends) == 2:
+            raise OSError("worker killed")
+        appends.append(len(image_ids))
+        real_append(self, image_ids, vectors)
+
+    monkeypatch.setattr(EmbeddingStore, "append", dies_after_two_chunks)
+    ingest.reviewer.post(f"/api/datasets/{dataset_id}/embeddings", json={"backbone": "efficientnet_lite0"})
+    failed = ingest.run_jobs()
+    assert failed[-1].status == "failed" and "worker killed" in (failed[-1].error or "")
+    assert ingest.viewer.get(f"/api/datasets/{dataset_id}/embeddings").json()["items"][0]["status"] == "failed"
+
+    monkeypatch.setattr(EmbeddingStore, "append", real_append)
+    ingest.reviewer.post(f"/api/datasets/{dataset_id}/embeddings", json={"backbone": "efficientnet_lite0"})
+    resumed = ingest.run_jobs()[-1]
+    assert resumed.result is not None
+    assert (resumed.result["embedded"], resumed.result["count"]) == (4, 12)  # the 8 stored vectors are kept
+    # The killed run's third chunk reached the feature cache before the append failed: not computed again.
+    assert resumed.result["feature_cache_hits"] == 4
+
+    # Vectors gone (a new data dir, say): the feature cache still answers, nothing goes through the backbone.
+    shutil.rmtree(ingest.settings.embeddings_dir)
+    ingest.reviewer.post(f"/api/datasets/{dataset_id}/embeddings", json={"backbone": "efficientnet_lite0"})
+    rebuilt = ingest.run_jobs()[-1]
+    assert rebuilt.result is not None and rebuilt.result["feature_cache_hits"] == 12

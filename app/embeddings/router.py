@@ -14,7 +14,7 @@ from app.core.settings import Settings
 from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
-from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import DB, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
@@ -87,6 +87,7 @@ def similar_strip(request: Request, image_id: int, db: DB, user: Viewer, k: K = 
 
 
 @router.post("/api/datasets/{dataset_id}/similar", response_model=SimilarOut, openapi_extra=_FILE_BODY)
+@reads_only
 def api_similar_to_upload(
     request: Request,
     dataset_id: int,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from app.ml.backbones import DEFAULT_BACKBONE
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 class EmbeddingsIn(BaseModel):

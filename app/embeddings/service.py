@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -15,13 +16,19 @@ from app.core.errors import Conflict, Invalid, NotFound
 from app.embeddings import repository
 from app.embeddings.store import EmbeddingStore
 from app.jobs import service as jobs
-from app.ml import backbones as bb
-from app.ml.features import extract_features
 from app.ml.images import Rejection, inspect_image
 from app.ml.similarity import unit_rows
 from app.models import EmbeddingSet, Job
+from app.training.service import BUILTIN_BACKBONES
+
+if TYPE_CHECKING:
+    from app.ml.backbones import Backbone
 
 EMBEDDINGS_JOB = "embeddings.build"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+# Random weights (simple_cnn) give vectors that say nothing about the pictures.
+_WITHOUT_PRETRAINED_WEIGHTS = ("simple_cnn",)
+_TORCHVISION_PREFIX = "torchvision:"
 ACTIVE_JOB_STATUSES = ("queued", "running")
 
 
@@ -45,12 +52,15 @@ def torch_home() -> Path | None:
 
 def check_backbone(name: str, *, home: Path | None) -> None:
     """422 unless `name` is a known backbone whose pretrained weights are installed here (no network)."""
-    if name not in bb.BACKBONE_NAMES:
-        raise Invalid(f"unknown backbone {name!r}; known backbones: {', '.join(bb.BACKBONE_NAMES)}")
-    if not bb.backbone_info(name).pretrained:
+    usable = [known for known in BUILTIN_BACKBONES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
+    if name not in BUILTIN_BACKBONES:
+        raise Invalid(f"unknown backbone {name!r}; backbones with pretrained weights: {', '.join(usable)}")
+    if name in _WITHOUT_PRETRAINED_WEIGHTS:
         raise Invalid(f"backbone {name!r} has no pretrained weights, so its embeddings would mean nothing")
-    if name.startswith(bb.TORCHVISION_PREFIX):
-        weights = bb.torchvision_weights_file(name[len(bb.TORCHVISION_PREFIX) :], home)
+    if name.startswith(_TORCHVISION_PREFIX):
+        from app.ml.backbones import torchvision_weights_file  # torch, only for these names
+
+        weights = torchvision_weights_file(name[len(_TORCHVISION_PREFIX) :], home)
         if not weights.exists():
             raise Invalid(f"backbone {name!r} has no offline weights: expected them at {weights}")
 
@@ -101,9 +111,9 @@ def store_of(root: Path, embedding_set: EmbeddingSet) -> EmbeddingStore:
 def _usable_set(session: Session, dataset_id: int, backbone: str | None) -> EmbeddingSet:
     """The set to search: the named backbone's, else the default backbone's, else any with vectors; 409 if none."""
     sets = [s for s in repository.sets_of(session, dataset_id) if s.count > 0]
-    wanted = [s for s in sets if s.backbone == (backbone or bb.DEFAULT_BACKBONE)] or ([] if backbone else sets)
+    wanted = [s for s in sets if s.backbone == (backbone or DEFAULT_BACKBONE)] or ([] if backbone else sets)
     if not wanted:
-        name = backbone or bb.DEFAULT_BACKBONE
+        name = backbone or DEFAULT_BACKBONE
         raise EmbeddingsMissing(
             f"no embeddings of dataset {dataset_id} with {name} yet: start the job with "
             f'POST /api/datasets/{dataset_id}/embeddings {{"backbone": "{name}"}}',
@@ -140,8 +150,11 @@ def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str |
 
 
 @lru_cache(maxsize=2)
-def _loaded_backbone(name: str, home: Path | None) -> bb.Backbone:
-    return bb.load_backbone(name, torch_home=home)
+def _loaded_backbone(name: str, home: Path | None) -> Backbone:
+    """Loaded on the first query by upload (the web process imports torch only then)."""
+    from app.ml.backbones import load_backbone
+
+    return load_backbone(name, torch_home=home)
 
 
 def similar_to_upload(
@@ -164,6 +177,8 @@ def similar_to_upload(
     embedding_set = _usable_set(session, dataset_id, backbone)
     check_backbone(embedding_set.backbone, home=home)
     scratch_dir.mkdir(parents=True, exist_ok=True)
+    from app.ml.features import extract_features
+
     with tempfile.NamedTemporaryFile(dir=scratch_dir, suffix=".img") as temporary:
         temporary.write(data)
         temporary.flush()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,8 +24,25 @@ from app.ml.similarity import Neighbours, Projection, exact_top_k, fit_projectio
 
 DEFAULT_EXACT_LIMIT = 50_000
 INDEX_DIMS = 128
-_PCA_SAMPLE = 20_000
-_RERANK_FACTOR = 4
+_PCA_SAMPLE = 10_000
+_RERANK_FACTOR = 10
+# HNSW breadth while adding and searching: usearch's default 128 for adding took 3x the time of 40 on a small
+# test; recall@10 at these settings is what bench/embeddings.py reports.
+_EXPANSION_ADD = 64
+_EXPANSION_SEARCH = 128
+_LOADED_SIZE = 4
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    stamp: tuple[int, int]
+    ids: npt.NDArray[np.int64]
+    order: npt.NDArray[np.int64]
+    index: Any
+    projection: Projection | None
+
+
+_LOADED: dict[Path, _Loaded] = {}
 
 
 def _safe(name: str) -> str:
@@ -84,8 +103,32 @@ class EmbeddingStore:
         return None if position is None else np.asarray(self.vectors()[position], dtype=np.float32)
 
     def _position(self, image_id: int) -> int | None:
-        matches = np.flatnonzero(self.ids() == image_id)
-        return int(matches[0]) if matches.size else None
+        loaded = self._loaded()
+        place = int(np.searchsorted(loaded.ids, image_id, sorter=loaded.order))
+        if place < loaded.order.size and loaded.ids[loaded.order[place]] == image_id:
+            return int(loaded.order[place])
+        return None
+
+    def _loaded(self) -> _Loaded:
+        """Ids, their sort order and the index, read once per process while the files stay the same."""
+        index_path = self.root / "index.usearch"
+        stamp = (self.count(), index_path.stat().st_mtime_ns if index_path.exists() else 0)
+        cached = _LOADED.get(self.root)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        ids = self.ids()
+        index = None
+        if stamp[1] and self.index_kind == "usearch":
+            from usearch.index import Index
+
+            index = Index.restore(str(index_path), view=True)
+            if index is not None:
+                index.expansion_search = _EXPANSION_SEARCH  # type: ignore[misc]  # settable at run time
+        loaded = _Loaded(stamp, ids, np.argsort(ids, kind="stable"), index, self._projection())
+        if len(_LOADED) >= _LOADED_SIZE:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[self.root] = loaded
+        return loaded
 
     # ---- search -----------------------------------------------------------------------------------------
     @property
@@ -94,22 +137,23 @@ class EmbeddingStore:
 
     def search(self, query: npt.ArrayLike, k: int, *, exclude_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(image ids, similarities) of the `k` rows most similar to the unit vector `query`."""
-        ids, vectors = self.ids(), self.vectors()
+        loaded, vectors = self._loaded(), self.vectors()
+        ids = loaded.ids[: vectors.shape[0]]
         exclude = self._position(exclude_id) if exclude_id is not None else None
-        if self.index_kind == "exact" or not (self.root / "index.usearch").exists():
+        if loaded.index is None or loaded.projection is None:
             found = exact_top_k(vectors, query, k, exclude=exclude)
         else:
-            found = self._approximate(vectors, np.asarray(query, dtype=np.float32), k, exclude)
+            found = self._approximate(loaded, vectors, np.asarray(query, dtype=np.float32), k, exclude)
         return ids[found.positions], found.similarities
 
-    def _approximate(self, vectors: np.ndarray, query: np.ndarray, k: int, exclude: int | None) -> Neighbours:
-        from usearch.index import Index
-
-        projection = self._projection()
-        index = Index.restore(str(self.root / "index.usearch"), view=True)
-        assert projection is not None and index is not None
+    def _approximate(
+        self, loaded: _Loaded, vectors: np.ndarray, query: np.ndarray, k: int, exclude: int | None
+    ) -> Neighbours:
+        index, projection = loaded.index, loaded.projection
+        assert index is not None and projection is not None
         wanted = min(len(index), (k + 1) * _RERANK_FACTOR)
-        candidates = np.asarray(index.search(projection.project(query[None])[0], wanted).keys, dtype=np.int64)
+        found = index.search(projection.project(query[None])[0], wanted, threads=1)
+        candidates = np.asarray(found.keys, dtype=np.int64)
         candidates = candidates[(candidates != exclude) & (candidates < vectors.shape[0])]
         exact = np.asarray(vectors[np.sort(candidates)], dtype=np.float32) @ query
         best = ordered(np.sort(candidates), exact)
@@ -140,7 +184,7 @@ class EmbeddingStore:
         index_path = self.root / "index.usearch"
         index = Index.restore(str(index_path)) if index_path.exists() else None
         if index is None:
-            index = Index(ndim=projection.components.shape[0], metric="cos", dtype="f16")
+            index = Index(ndim=projection.components.shape[0], metric="cos", dtype="f16", expansion_add=_EXPANSION_ADD)
         start = len(index)
         for low in range(start, count, 65_536):
             high = min(count, low + 65_536)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from app.core.storage import LocalBlobStore
 from app.embeddings import service
 from app.embeddings.store import EmbeddingStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
-from app.ml import backbones as bb
-from app.ml.features import TrainingCancelled, extract_features
 from app.ml.similarity import unit_rows
 
 # Vectors are appended after each chunk, so a killed job loses at most one chunk of work.
@@ -28,13 +24,16 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
     store = EmbeddingStore(ctx.settings.embeddings_dir, dataset_id=dataset_id, backbone=backbone_name)
     with ctx.reading() as session:
         todo = service.images_to_embed(session, dataset_id=dataset_id, stored_ids=store.ids())
+    from app.ml.backbones import BackboneUnavailable  # torch: in job runners only
+    from app.ml.features import TrainingCancelled
+
     cache_hits = 0
     try:
         if todo:
             cache_hits = _embed(ctx, store, backbone_name, todo)
         ctx.progress(0.95, "updating the nearest-neighbour index")
         added_to_index = store.refresh_index()
-    except (bb.BackboneUnavailable, TrainingCancelled, OSError) as error:
+    except (BackboneUnavailable, TrainingCancelled, OSError) as error:
         with ctx.transaction() as session:
             service.fail_build(session, set_id=set_id)
         raise TaskError(str(error) or "embedding stopped") from error
@@ -54,9 +53,14 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
 
 def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> int:
     """Embed `todo` chunk by chunk, appending each chunk as it is done; returns how many came from the cache."""
+    import torch
+
+    from app.ml.backbones import load_backbone
+    from app.ml.features import extract_features
+
     ctx.progress(0.02, "loading the backbone")
     torch.set_num_threads(ctx.settings.torch_threads)
-    backbone = bb.load_backbone(backbone_name, torch_home=service.torch_home())
+    backbone = load_backbone(backbone_name, torch_home=service.torch_home())
     blobs = LocalBlobStore(ctx.settings.blob_dir)
     cache_dir = ctx.settings.cache_dir / "features"  # the same cache a run's extraction fills
     cache_hits = 0

@@ -71,11 +71,15 @@ class Projection:
 
 
 def fit_projection(sample: FloatArray, dims: int) -> Projection:
-    """PCA of the sample rows down to `dims` dimensions (at most the sample's rank)."""
+    """PCA of the sample rows down to `dims` dimensions: eigenvectors of the covariance (a features x features
+    matrix, far cheaper than an SVD of the sample itself)."""
     rows = np.asarray(sample, dtype=np.float32)
     mean = rows.mean(axis=0)
-    _, _, right = np.linalg.svd(rows - mean, full_matrices=False)
-    return Projection(mean.astype(np.float32), right[: min(dims, right.shape[0])].astype(np.float32))
+    centred = rows - mean
+    covariance = (centred.T @ centred).astype(np.float64) / max(1, rows.shape[0] - 1)
+    _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
+    keep = min(dims, rows.shape[1])
+    return Projection(mean.astype(np.float32), vectors[:, ::-1][:, :keep].T.astype(np.float32).copy())
 
 
 def recall_at_k(approximate: npt.ArrayLike, exact: npt.ArrayLike) -> float:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.embeddings.store import EmbeddingStore  # noqa: E402
 from app.ml.similarity import exact_top_k, recall_at_k, unit_rows  # noqa: E402
 
-CHUNK = 65_536
+CHUNK = 8_192  # small, so generating does not dominate the peak RSS
 
 
 def peak_rss_mb() -> float:

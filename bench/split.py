@@ -87,6 +87,7 @@ def measure(mode: str, url: str, dataset_id: int) -> None:
     preview in a new process with the store filled, then the split job (as a worker would run it).
     """
     from app.core.settings import get_settings
+    from app.core.storage import LocalBlobStore
     from app.jobs import repository
     from app.jobs.runner import run_job
     from app.models import utcnow
@@ -96,16 +97,17 @@ def measure(mode: str, url: str, dataset_id: int) -> None:
 
     engine = make_engine(url)
     store = SplitInputStore(get_settings().split_input_dir)
+    blobs = LocalBlobStore(get_settings().blob_dir)  # the rows have no thumbnails: dHash is the only check
     params = params_from_dict({"seed": 0, "target_source": "phone"})
     result: dict[str, object] = {}
     with Session(engine) as session:
         start = time.perf_counter()
         if mode == "warm":
-            service.warm_split_input(session, dataset_id=dataset_id, store=store)
+            service.warm_split_input(session, dataset_id=dataset_id, blobs=blobs, store=store)
             result["warm_s"] = time.perf_counter() - start
         else:
             preview = service.preview(
-                session, dataset_id=dataset_id, params=params, store=store if mode == "first" else None
+                session, dataset_id=dataset_id, params=params, blobs=blobs, store=store if mode == "first" else None
             )
             result["preview_s"] = time.perf_counter() - start
             result["preview_totals"] = {k: v["total"] for k, v in preview.counts.items()}

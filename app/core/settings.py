@@ -132,6 +132,10 @@ class Settings(BaseSettings):
         return self.cache_dir / "onnx"
 
     @property
+    def embeddings_dir(self) -> Path:
+        return self.resolved_data_dir / "embeddings"
+
+    @property
     def split_input_dir(self) -> Path:
         return self.cache_dir / "split-inputs"
 

@@ -99,7 +99,7 @@ def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.99, "grouping near-duplicates for the split form", force=True)
         with ctx.reading() as session:
             splits_service.warm_split_input(
-                session, dataset_id=spec.dataset_id, store=SplitInputStore(ctx.settings.split_input_dir)
+                session, dataset_id=spec.dataset_id, blobs=blobs, store=SplitInputStore(ctx.settings.split_input_dir)
             )
     ctx.progress(
         1.0,

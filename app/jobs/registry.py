@@ -16,6 +16,7 @@ TASK_MODULES = (
     "app.datasets.tasks",
     "app.splits.tasks",
     "app.training.tasks",
+    "app.embeddings.tasks",
 )
 
 _handlers: dict[str, TaskHandler] = {}

@@ -1,9 +1,14 @@
 """Group images that are exact or near duplicates, so that a split can keep every group inside one subset.
 
-Exact duplicates share a sha256 digest. Near duplicates have 64-bit dHash values that differ in at most
-`threshold` bits (Hamming distance). The default of 4 bits out of 64 joins re-encodes, resizes, light crops and
-brightness changes of one picture while keeping unrelated pictures apart; from about 10 bits on, unrelated images
-with a similar layout start to merge, so thresholds above `MAX_HAMMING_THRESHOLD` are refused.
+Exact duplicates share a sha256 digest. Near duplicates pass two independent checks: their 64-bit dHash values
+differ in at most `threshold` bits (Hamming distance), and their 32 x 32 greyscale pixel signatures
+(`app.ml.images.pixel_signature`) correlate at least `min_similarity`. The hash alone is not enough: 9 x 8 pixels
+average fine patterns (stripes at any angle) to flat grey, so unrelated pictures can share a hash exactly.
+
+Groups never chain. Joining "within 4 bits" into connected components let a -> b -> c -> ... pull dozens of
+different pictures into one group; here each group has a representative (its first image) and every member passed
+both checks against that representative, so any two members are close too (within 2 x threshold bits, and their
+signatures correlate at least 2 * min_similarity**2 - 1).
 
 Search (multi-index hashing, a pigeonhole argument): cut the 64 bits into `threshold + m` chunks. Two hashes within
 `threshold` bits differ in at most `threshold` chunks, so they agree exactly on at least `m` chunks. For every choice
@@ -11,31 +16,40 @@ of `m` chunks, sort the hashes by those chunks and compare only hashes inside ru
 "threshold + 1 chunks" scheme; m=2 gives keys about twice as long (far fewer chance collisions) for the price of more
 sorts, and wins on large inputs; a small cost model picks m. Identical hashes are collapsed first, so many copies of
 one hash cost nothing. A run longer than `bucket_window + 1` (pathological: thousands of distinct hashes sharing all
-key bits) compares each hash only with its `bucket_window` successors in sort order, which keeps the work bounded;
-`HashGrouping.windowed_buckets` counts such runs, and is 0 when the result is exact.
-Matches are joined into connected components with a vectorised union-find.
+key bits) compares each hash only with its `bucket_window` successors in sort order, and an image is checked against
+at most `MAX_REPRESENTATIVES_CHECKED` representatives, which keeps the work bounded; `HashGrouping.windowed_buckets`
+counts where either bound cut the search, and is 0 when the result is exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import chain, combinations
 from math import comb
 
 import numpy as np
 import numpy.typing as npt
 
+from app.ml.images import SIGNATURE_VIEW_LENGTH
+
 HASH_BITS = 64
 DEFAULT_HAMMING_THRESHOLD = 4
 MAX_HAMMING_THRESHOLD = 16
 DEFAULT_BUCKET_WINDOW = 512
+# Measured by bench/near_duplicates.py: transformed copies of a photo correlate above 0.9 at 32 x 32 pixels.
+DEFAULT_MIN_SIMILARITY = 0.9
+MAX_REPRESENTATIVES_CHECKED = 64
+# A signature whose pixels vary by less than this (standard deviation, grey levels) is flat: correlation means nothing.
+_FLAT_STD = 1.0
 # Relative costs for the cost model, in units of one candidate-pair comparison: one element of one sorted key.
 _SORT_COST_PER_HASH = 4.0
 
 Int64Array = npt.NDArray[np.int64]
 UInt64Array = npt.NDArray[np.uint64]
 ProgressCallback = Callable[[float, str], None]
+SignatureLoader = Callable[[npt.NDArray[np.int64]], tuple[npt.ArrayLike, npt.ArrayLike]]
+Signatures = npt.NDArray[np.uint8] | SignatureLoader
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,29 +70,61 @@ def group_near_duplicates(
     *,
     threshold: int = DEFAULT_HAMMING_THRESHOLD,
     missing: npt.ArrayLike | None = None,
+    signatures: Signatures | None = None,
+    min_similarity: float = DEFAULT_MIN_SIMILARITY,
     bucket_window: int = DEFAULT_BUCKET_WINDOW,
     progress: ProgressCallback | None = None,
 ) -> HashGrouping:
-    """Connected components of "dHash within `threshold` bits"; images whose hash is `missing` stay alone.
+    """Groups of images within `threshold` dHash bits of their group's representative, whose pixel signatures
+    (when given) also correlate at least `min_similarity` with it; images whose hash is `missing` stay alone.
 
     `hashes` is a 1-D int64 or uint64 array (int64 values are read as their 64-bit pattern, as a database BIGINT
-    column stores them); `missing` is an optional boolean mask of images without a hash.
+    column stores them); `missing` is an optional boolean mask of images without a hash. `signatures` is an
+    (images, SIGNATURE_LENGTH) uint8 array, or a function that loads them for the image indices it is given
+    (only images with a possible partner are asked for) and returns them with a mask of those it found. A pair
+    where either image has no signature, and every pair without `signatures`, is checked by its hash only.
     """
     if not 0 <= threshold <= MAX_HAMMING_THRESHOLD:
         raise ValueError(f"threshold must be between 0 and {MAX_HAMMING_THRESHOLD} bits, got {threshold}")
     if bucket_window < 1:
         raise ValueError(f"bucket_window must be at least 1, got {bucket_window}")
+    if not -1.0 <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity must be between -1 and 1, got {min_similarity}")
     values = _as_hash_array(hashes)
     present = np.ones(values.size, dtype=bool) if missing is None else ~np.asarray(missing, dtype=bool)
     if present.shape != values.shape:
         raise ValueError("missing must be a boolean mask of the same length as hashes")
+    present_items = np.flatnonzero(present)
     unique_hashes, inverse = _distinct_values(values[present])
     search = _search_close_pairs(unique_hashes, threshold, bucket_window, progress)
-    roots = _component_roots(unique_hashes.size, search.first, search.second)
-    # Images without a hash get keys above every root, so each one forms its own group.
-    item_keys = np.arange(values.size, dtype=np.int64) + unique_hashes.size
-    item_keys[present] = roots[inverse]
-    return HashGrouping(_number_by_first_appearance(item_keys), search.compared_pairs, search.windowed_buckets)
+    # Only images sharing their hash or with a hash close to another one can have a partner.
+    has_partner = np.bincount(inverse, minlength=unique_hashes.size) > 1
+    has_partner[search.first] = True
+    has_partner[search.second] = True
+    candidates = present_items[has_partner[inverse]]
+    candidate_hashes = inverse[has_partner[inverse]]
+    signature_rows, found = _load_signatures(signatures, candidates, values.size)
+    nodes = _collapse_identical(candidate_hashes, signature_rows, found)
+    neighbours = _Adjacency.of_pairs(unique_hashes.size, search.first, search.second)
+    leaders = _Leaders(unique_hashes, neighbours, threshold, min_similarity)
+    node_rows = None if signature_rows is None else signature_rows[nodes.first_item]
+    leader_node, capped = leaders.assign(candidate_hashes[nodes.first_item], node_rows, found[nodes.first_item])
+    # Every image is its own group unless it is a candidate; a candidate takes its leader's first image's index.
+    item_keys = np.arange(values.size, dtype=np.int64) + values.size
+    item_keys[candidates] = candidates[nodes.first_item[leader_node[nodes.node_of_item]]]
+    windowed = search.windowed_buckets + capped
+    return HashGrouping(_number_by_first_appearance(item_keys), search.compared_pairs + leaders.checked, windowed)
+
+
+def signature_similarity(first: npt.ArrayLike, second: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """How alike two pixel signatures are, row by row: the best Pearson correlation of one's whole view with
+    the other's whole or inner views (`app.ml.images.SIGNATURE_VIEWS`); 1.0 for two flat pictures.
+
+    Correlation ignores brightness and contrast changes, which is what near duplicates often differ by; the inner
+    views catch light crops."""
+    first_rows, first_flat = _normalised(np.atleast_2d(np.asarray(first, dtype=np.uint8)))
+    second_rows, second_flat = _normalised(np.atleast_2d(np.asarray(second, dtype=np.uint8)))
+    return _best_correlation(first_rows, first_flat, second_rows, second_flat)
 
 
 def group_exact_duplicates(digests: Sequence[str | bytes | None]) -> Int64Array:
@@ -124,13 +170,19 @@ def group_duplicates(
     sha256: Sequence[str | bytes | None],
     dhashes: npt.ArrayLike,
     dhash_missing: npt.ArrayLike | None = None,
+    signatures: Signatures | None = None,
     threshold: int = DEFAULT_HAMMING_THRESHOLD,
     bucket_window: int = DEFAULT_BUCKET_WINDOW,
     progress: ProgressCallback | None = None,
 ) -> HashGrouping:
     """Exact (same sha256) and near (dHash) duplicates merged into one grouping."""
     near = group_near_duplicates(
-        dhashes, threshold=threshold, missing=dhash_missing, bucket_window=bucket_window, progress=progress
+        dhashes,
+        threshold=threshold,
+        missing=dhash_missing,
+        signatures=signatures,
+        bucket_window=bucket_window,
+        progress=progress,
     )
     if len(sha256) != near.group_ids.size:
         raise ValueError("sha256 and dhashes must have the same length")
@@ -231,6 +283,150 @@ def _search_close_pairs(
     first = np.concatenate(first_parts) if first_parts else no_pairs
     second = np.concatenate(second_parts) if second_parts else no_pairs
     return _PairSearch(first, second, compared_pairs, windowed_buckets)
+
+
+def _load_signatures(
+    signatures: Signatures | None, items: Int64Array, item_count: int
+) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.bool_]]:
+    if signatures is None:
+        return None, np.ones(items.size, dtype=bool)
+    if callable(signatures):
+        rows, found = signatures(items)
+        rows, found = np.asarray(rows, dtype=np.uint8), np.asarray(found, dtype=bool)
+    else:
+        table = np.asarray(signatures, dtype=np.uint8)
+        if table.ndim != 2 or table.shape[0] != item_count:
+            raise ValueError("signatures must be an (images, length) array with one row per hash")
+        rows, found = table[items], np.ones(items.size, dtype=bool)
+    if rows.ndim != 2 or rows.shape[0] != items.size or found.shape != (items.size,):
+        raise ValueError("the signature loader must return one row and one found flag per image asked for")
+    return rows, found
+
+
+@dataclass(frozen=True, eq=False)
+class _Nodes:
+    """Candidates with the same hash and the same signature (copies) collapsed into one node, in item order."""
+
+    first_item: Int64Array  # per node: position (among the candidates) of its first image
+    node_of_item: Int64Array  # per candidate: its node
+
+
+def _collapse_identical(
+    hash_indices: Int64Array, rows: npt.NDArray[np.uint8] | None, found: npt.NDArray[np.bool_]
+) -> _Nodes:
+    keys = np.concatenate([hash_indices.astype(np.int64).view(np.uint8).reshape(-1, 8), found[:, None]], axis=1)
+    if rows is not None:
+        keys = np.concatenate([keys, rows], axis=1)
+    packed = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).reshape(-1)
+    _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # number nodes by their first image, so leaders come first
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return _Nodes(first[order].astype(np.int64), rank[inverse.reshape(-1)])
+
+
+def _normalised(rows: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Each view of each row centred and scaled to unit length (so a dot product is a correlation), shaped
+    (rows, views, view length), and which rows' whole view is flat."""
+    view_count = max(1, rows.shape[1] // SIGNATURE_VIEW_LENGTH) if rows.shape[1] % SIGNATURE_VIEW_LENGTH == 0 else 1
+    centred = rows.reshape(rows.shape[0], view_count, rows.shape[1] // view_count).astype(np.float32)
+    centred -= centred.mean(axis=2, keepdims=True)
+    norms = np.linalg.norm(centred, axis=2)
+    flat_views = norms < _FLAT_STD * np.sqrt(max(centred.shape[2], 1))
+    centred /= np.where(flat_views, np.float32(1.0), norms)[:, :, None]
+    centred *= ~flat_views[:, :, None]
+    return centred, flat_views[:, 0]
+
+
+def _best_correlation(
+    first: npt.NDArray[np.float32],
+    first_flat: npt.NDArray[np.bool_],
+    second: npt.NDArray[np.float32],
+    second_flat: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.float32]:
+    """Row-wise (broadcasting) best correlation of whole view with whole view, or whole with the other's inner."""
+    best = np.einsum("...j,...j->...", first[..., 0, :], second[..., 0, :])
+    for view in range(1, min(first.shape[-2], second.shape[-2])):
+        best = np.maximum(best, np.einsum("...j,...j->...", first[..., 0, :], second[..., view, :]))
+        best = np.maximum(best, np.einsum("...j,...j->...", first[..., view, :], second[..., 0, :]))
+    return np.where(first_flat & second_flat, np.float32(1.0), best).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class _Adjacency:
+    """Neighbouring distinct hashes (within the threshold) of each distinct hash, as compressed rows."""
+
+    starts: Int64Array
+    targets: Int64Array
+
+    @classmethod
+    def of_pairs(cls, node_count: int, first: Int64Array, second: Int64Array) -> _Adjacency:
+        sources = np.concatenate([first, second])
+        targets = np.concatenate([second, first])
+        order = np.argsort(sources, kind="stable")
+        starts = np.zeros(node_count + 1, dtype=np.int64)
+        np.cumsum(np.bincount(sources, minlength=node_count), out=starts[1:])
+        return cls(starts, targets[order].astype(np.int64))
+
+    def of(self, node: int) -> Int64Array:
+        return self.targets[self.starts[node] : self.starts[node + 1]]
+
+
+class _Leaders:
+    """Leader clustering: each node, in order, joins the best verified leader near its hash or leads a new group."""
+
+    def __init__(self, hashes: UInt64Array, neighbours: _Adjacency, threshold: int, min_similarity: float) -> None:
+        self.hashes = hashes
+        self.neighbours = neighbours
+        self.threshold = threshold
+        self.min_similarity = np.float32(min_similarity)
+        self.checked = 0
+        self.found: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+
+    def assign(
+        self, node_hashes: Int64Array, rows: npt.NDArray[np.uint8] | None, found: npt.NDArray[np.bool_]
+    ) -> tuple[Int64Array, int]:
+        """Per node its leader node (itself when it leads), and how many nodes hit MAX_REPRESENTATIVES_CHECKED."""
+        normed, flat = _normalised(rows) if rows is not None else (None, None)
+        self.found = found
+        leader = np.arange(node_hashes.size, dtype=np.int64)
+        # Per distinct hash, the leaders of groups with a member there (dict as an ordered set).
+        leaders_at: dict[int, dict[int, None]] = {}
+        capped = 0
+        for node, hash_index in enumerate(node_hashes.tolist()):
+            near = [hash_index, *self.neighbours.of(hash_index).tolist()]
+            # Sorted, so that ties go to the oldest group; past the cap, the newest groups are checked.
+            options = sorted(set(chain.from_iterable(leaders_at.get(other, ()) for other in near)))
+            if len(options) > MAX_REPRESENTATIVES_CHECKED:
+                options, capped = options[-MAX_REPRESENTATIVES_CHECKED:], capped + 1
+            chosen = self._best(node, np.asarray(options, dtype=np.int64), node_hashes, normed, flat)
+            leader[node] = node if chosen is None else chosen
+            leaders_at.setdefault(hash_index, {})[int(leader[node])] = None
+        return leader, capped
+
+    def _best(
+        self,
+        node: int,
+        options: Int64Array,
+        node_hashes: Int64Array,
+        normed: npt.NDArray[np.float32] | None,
+        flat: npt.NDArray[np.bool_] | None,
+    ) -> int | None:
+        if options.size == 0:
+            return None
+        self.checked += options.size
+        distances = np.bitwise_count(self.hashes[node_hashes[options]] ^ self.hashes[node_hashes[node]])
+        accepted = distances <= self.threshold
+        score = -distances.astype(np.float32)
+        if normed is not None and flat is not None:
+            verifiable = self.found[options] & self.found[node]
+            correlation = _best_correlation(normed[node][None], flat[node][None], normed[options], flat[options])
+            # Verified partners first; a partner without a signature is ranked by its hash distance after them.
+            score = np.where(verifiable, correlation, score - HASH_BITS)
+            accepted &= ~verifiable | (correlation >= self.min_similarity)
+        if not accepted.any():
+            return None
+        return int(options[accepted][np.argmax(score[accepted])])
 
 
 def _component_roots(node_count: int, first: Int64Array, second: Int64Array) -> Int64Array:

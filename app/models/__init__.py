@@ -12,6 +12,7 @@ from app.models.analysis import (
 )
 from app.models.base import Base, utcnow
 from app.models.dataset import Dataset, Image, Label, LabelChange, LabelEvent, Upload, UploadEntry
+from app.models.embedding import EmbeddingSet
 from app.models.job import Job, JobExecution
 from app.models.run import Prediction, Run
 from app.models.split import Split, SplitAssignment
@@ -21,6 +22,7 @@ __all__ = [
     "ApiToken",
     "Base",
     "Dataset",
+    "EmbeddingSet",
     "ErrorAnnotation",
     "ErrorAnnotationTag",
     "ErrorSample",

@@ -19,7 +19,8 @@ import numpy.typing as npt
 
 from app.core.storage import atomic_write_bytes
 
-FORMAT_VERSION = 1
+# 2: near-duplicate groups are verified on pixel signatures and never chain (issue 16); version 1 groups chained.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, eq=False)

@@ -65,6 +65,16 @@ def image_columns(session: Session, dataset_id: int) -> ImageColumns:
     )
 
 
+def thumbnails_of(session: Session, image_ids: np.ndarray, *, batch: int = 5000) -> list[str | None]:
+    """Each image's thumbnail blob digest (None when it has none), in the order of `image_ids`."""
+    digest_of: dict[int, str | None] = {}
+    ids = [int(image_id) for image_id in image_ids.tolist()]
+    for start in range(0, len(ids), batch):
+        rows = session.execute(select(Image.id, Image.thumb_sha256).where(Image.id.in_(ids[start : start + batch])))
+        digest_of.update({image_id: digest for image_id, digest in rows})
+    return [digest_of.get(image_id) for image_id in ids]
+
+
 def label_ids_up_to(session: Session, dataset_id: int, last_image_id: int) -> np.ndarray:
     """Current label ids of the dataset's images with id <= last_image_id, in id order."""
     rows = _fetch_all(

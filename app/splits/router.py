@@ -54,7 +54,13 @@ def _split_out(db: DB, split: Split) -> SplitOut:
 @router.post("/api/datasets/{dataset_id}/splits", response_model=None)
 def api_create_split(request: Request, dataset_id: int, body: SplitIn, db: DB, user: Reviewer) -> Response:
     if body.dry_run:
-        preview = service.preview(db, dataset_id=dataset_id, params=_params(body), store=request.app.state.split_inputs)
+        preview = service.preview(
+            db,
+            dataset_id=dataset_id,
+            params=_params(body),
+            blobs=request.app.state.blobs,
+            store=request.app.state.split_inputs,
+        )
         out = PreviewOut(counts=preview.counts, warnings=preview.warnings, groups=preview.groups)
         return JSONResponse(out.model_dump(), status_code=200)
     split, job = service.create_split(db, dataset_id=dataset_id, params=_params(body), user_id=user.id)
@@ -177,7 +183,11 @@ def splits_preview(
     request: Request, dataset_id: int, form: Annotated[SplitForm, Form()], db: DB, user: Reviewer
 ) -> Response:
     preview = service.preview(
-        db, dataset_id=dataset_id, params=_params(form.to_split_in()), store=request.app.state.split_inputs
+        db,
+        dataset_id=dataset_id,
+        params=_params(form.to_split_in()),
+        blobs=request.app.state.blobs,
+        store=request.app.state.split_inputs,
     )
     return render(request, "splits/_preview.html", {"preview": preview})
 

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.storage import BlobStore
 from app.jobs import service as jobs
-from app.ml.near_duplicates import group_near_duplicates
+from app.ml.images import SIGNATURE_LENGTH, thumbnail_signature
+from app.ml.near_duplicates import SignatureLoader, group_near_duplicates
 from app.ml.splitting import (
     SUBSETS,
     PreviousAssignment,
@@ -81,9 +82,15 @@ _INPUT_CACHE_SIZE = 2
 
 
 def split_input(
-    session: Session, *, dataset_id: int, params: SplitParams, store: SplitInputStore | None = None
+    session: Session,
+    *,
+    dataset_id: int,
+    params: SplitParams,
+    blobs: BlobStore,
+    store: SplitInputStore | None = None,
 ) -> SplitInput:
-    """The dataset as columns, with duplicate groups (near-duplicates by dHash; sha256 is unique per dataset).
+    """The dataset as columns, with duplicate groups (sha256 is unique per dataset; near duplicates by dHash,
+    verified on pixel signatures of the thumbnails in `blobs`).
 
     The columns that only new images change come from `store` when it holds them for this dataset's images
     (the ingest job fills it), and go into it when it does not; labels are always read fresh."""
@@ -97,7 +104,9 @@ def split_input(
     label_ids = repository.label_ids_up_to(session, dataset_id, last_id) if stable is not None else None
     if stable is None or label_ids is None or label_ids.size != stable.image_ids.size:
         # No stored columns, or images committed out of id order since the fingerprint: read everything.
-        stable, label_ids = _read_stable_columns(session, dataset_id=dataset_id, threshold=threshold, store=store)
+        stable, label_ids = _read_stable_columns(
+            session, dataset_id=dataset_id, threshold=threshold, blobs=blobs, store=store
+        )
     label_codes, label_names = _codes(label_ids, repository.label_names(session, dataset_id))
     data = SplitInput(
         image_ids=stable.image_ids,
@@ -114,13 +123,48 @@ def split_input(
     return data
 
 
-def _stable_columns(columns: repository.ImageColumns, threshold: int) -> StableColumns:
+def _signature_loader(session: Session, image_ids: np.ndarray, blobs: BlobStore) -> SignatureLoader:
+    """Pixel signatures of the thumbnails of the images at the positions asked for (only images whose hash has
+    a close partner are asked for, so a million unrelated images read no thumbnail)."""
+
+    def load(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.zeros((positions.size, SIGNATURE_LENGTH), dtype=np.uint8)
+        found = np.zeros(positions.size, dtype=bool)
+        for row, digest in enumerate(repository.thumbnails_of(session, image_ids[positions])):
+            signature = _thumbnail_signature(blobs, digest)
+            if signature is not None:
+                rows[row], found[row] = signature, True
+        return rows, found
+
+    return load
+
+
+def _thumbnail_signature(blobs: BlobStore, digest: str | None) -> np.ndarray | None:
+    """None for a missing or unreadable thumbnail: that image then joins no near-duplicate group."""
+    if digest is None:
+        return None
+    try:
+        with blobs.open(digest) as file:
+            return thumbnail_signature(file.read())
+    except OSError:
+        return None
+
+
+def _stable_columns(
+    session: Session, columns: repository.ImageColumns, threshold: int, blobs: BlobStore
+) -> StableColumns:
     source_codes, source_names = _source_codes(columns.sources)
+    groups = group_near_duplicates(
+        columns.phashes,
+        threshold=threshold,
+        missing=columns.phash_missing,
+        signatures=_signature_loader(session, columns.image_ids, blobs),
+    )
     return StableColumns(
         image_ids=columns.image_ids,
         source_codes=source_codes,
         source_names=source_names,
-        group_ids=group_near_duplicates(columns.phashes, threshold=threshold, missing=columns.phash_missing).group_ids,
+        group_ids=groups.group_ids,
         imported_subsets=imported_subset_codes(columns.imported_subsets) if any(columns.imported_subsets) else None,
     )
 
@@ -131,17 +175,17 @@ def _key_of_read(dataset_id: int, threshold: int, columns: repository.ImageColum
 
 
 def _read_stable_columns(
-    session: Session, *, dataset_id: int, threshold: int, store: SplitInputStore | None
+    session: Session, *, dataset_id: int, threshold: int, blobs: BlobStore, store: SplitInputStore | None
 ) -> tuple[StableColumns, np.ndarray]:
     """Every image's columns from the database, near-duplicates grouped, and stored."""
     columns = repository.image_columns(session, dataset_id)
-    stable = _stable_columns(columns, threshold)
+    stable = _stable_columns(session, columns, threshold, blobs)
     if store is not None and columns.image_ids.size:
         store.save(_key_of_read(dataset_id, threshold, columns), stable)
     return stable, columns.label_ids
 
 
-def warm_split_input(session: Session, *, dataset_id: int, store: SplitInputStore) -> None:
+def warm_split_input(session: Session, *, dataset_id: int, blobs: BlobStore, store: SplitInputStore) -> None:
     """Fill the store for the default threshold and each threshold this dataset's splits used, so the first
     preview after an upload reads a file instead of grouping a million hashes. The rows are read once."""
     thresholds = {SplitParams().near_duplicate_threshold}
@@ -154,7 +198,7 @@ def warm_split_input(session: Session, *, dataset_id: int, store: SplitInputStor
         return
     columns = repository.image_columns(session, dataset_id)
     for threshold in missing:
-        store.save(_key_of_read(dataset_id, threshold, columns), _stable_columns(columns, threshold))
+        store.save(_key_of_read(dataset_id, threshold, columns), _stable_columns(session, columns, threshold, blobs))
 
 
 def _previous(session: Session, split_id: int) -> PreviousAssignment:
@@ -178,13 +222,14 @@ def preview(
     *,
     dataset_id: int,
     params: SplitParams,
+    blobs: BlobStore,
     store: SplitInputStore | None = None,
 ) -> Preview:
     """What a split with these parameters would contain; writes nothing to the database."""
     _dataset(session, dataset_id)
     check_params(params)
     _check_target_source(session, dataset_id, params)
-    data = split_input(session, dataset_id=dataset_id, params=params, store=store)
+    data = split_input(session, dataset_id=dataset_id, params=params, blobs=blobs, store=store)
     if data.image_ids.size == 0:
         raise Invalid("the dataset has no images yet; upload some first")
     return summary_to_preview(preview_split(data, params))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core.storage import LocalBlobStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.splitting import compute_split, extend_split
@@ -25,7 +26,11 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.05, "reading the dataset")
     with ctx.reading() as session:
         data = service.split_input(
-            session, dataset_id=dataset_id, params=params, store=SplitInputStore(ctx.settings.split_input_dir)
+            session,
+            dataset_id=dataset_id,
+            params=params,
+            blobs=LocalBlobStore(ctx.settings.blob_dir),
+            store=SplitInputStore(ctx.settings.split_input_dir),
         )
         previous = service.previous_assignment(session, split_id=parent_id) if parent_id else None
     if data.image_ids.size == 0:

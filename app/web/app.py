@@ -16,6 +16,7 @@ from app.core.db import get_engine, session_factory
 from app.core.settings import PROJECT_ROOT, Settings, get_settings
 from app.core.storage import LocalBlobStore
 from app.datasets.router import router as datasets_router
+from app.embeddings.router import router as embeddings_router
 from app.errors.router import router as errors_router
 from app.jobs.router import router as jobs_router
 from app.review.router import router as review_router
@@ -78,7 +79,15 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
 
     errors.install(app)
     app.include_router(auth_router)
-    for router in (jobs_router, datasets_router, splits_router, training_router, errors_router, review_router):
+    for router in (
+        jobs_router,
+        datasets_router,
+        splits_router,
+        training_router,
+        errors_router,
+        review_router,
+        embeddings_router,
+    ):
         app.include_router(router)
     app.mount("/static", CachedStatic(directory=PROJECT_ROOT / "static"), name="static")
 

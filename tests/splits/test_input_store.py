@@ -9,6 +9,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.storage import LocalBlobStore
+from app.ml.demo import generate_demo_dataset
+from app.ml.near_duplicates import group_near_duplicates
 from app.ml.splitting import SplitParams
 from app.models import Dataset, Image, Label
 from app.splits import repository, service
@@ -70,13 +73,14 @@ def test_the_preview_reads_stored_columns_and_fresh_labels(
     db.flush()
     images = add_images(db, dataset, count=40, sources=("web", "phone"), phash=_pair_hash)
     store = SplitInputStore(tmp_path / "inputs")
+    blobs = LocalBlobStore(tmp_path / "blobs")
     params = SplitParams(seed=3)
     full_reads = []
     read_columns = repository.image_columns
     monkeypatch.setattr(repository, "image_columns", lambda *a: full_reads.append(1) or read_columns(*a))
 
     service._INPUT_CACHE.clear()
-    first = service.split_input(db, dataset_id=dataset.id, params=params, store=store)
+    first = service.split_input(db, dataset_id=dataset.id, params=params, blobs=blobs, store=store)
     assert len(full_reads) == 1
     assert list(store.root.iterdir())
 
@@ -88,18 +92,18 @@ def test_the_preview_reads_stored_columns_and_fresh_labels(
     cat_image.label_id = dog.id
     db.flush()
     service._INPUT_CACHE.clear()
-    second = service.split_input(db, dataset_id=dataset.id, params=params, store=store)
+    second = service.split_input(db, dataset_id=dataset.id, params=params, blobs=blobs, store=store)
     assert len(full_reads) == 1
     np.testing.assert_array_equal(second.group_ids, first.group_ids)
     assert np.unique(second.group_ids).size == 20  # pairs of equal dHashes
     dog_code = second.label_names.index("dog")
     assert second.label_codes[0] == dog_code != first.label_codes[0]
-    assert service.split_input(db, dataset_id=dataset.id, params=params, store=store) is second
+    assert service.split_input(db, dataset_id=dataset.id, params=params, blobs=blobs, store=store) is second
 
     # New images: read again, in full.
     add_images(db, dataset, count=5, start=40)
     service._INPUT_CACHE.clear()
-    third = service.split_input(db, dataset_id=dataset.id, params=params, store=store)
+    third = service.split_input(db, dataset_id=dataset.id, params=params, blobs=blobs, store=store)
     assert len(full_reads) == 2
     assert third.image_ids.size == 45
 
@@ -120,3 +124,22 @@ def test_an_ingest_fills_the_store_for_the_first_preview(ingest: Ingest) -> None
     response = ingest.reviewer.post(f"/api/datasets/{dataset_id}/splits", json={"seed": 1, "dry_run": True})
     assert response.status_code == 200, response.text
     assert sum(subset["total"] for subset in response.json()["counts"].values()) == 12
+
+
+def test_split_groups_verify_hash_matches_on_the_stored_thumbnails(ingest: Ingest) -> None:
+    # Different demo stripe pictures whose dHashes alone chain into big groups (issue 16).
+    stripes = [item for item in generate_demo_dataset(n_images=240, seed=0) if item.true_label == "stripes"]
+    dataset_id = ingest.create_dataset()
+    report = ingest.upload(dataset_id, [("batch.zip", zip_of([(f"s/{i}.jpg", s.jpeg) for i, s in enumerate(stripes)]))])
+    assert report["accepted"] == len(stripes)
+    with Session(ingest.engine) as session:
+        columns = repository.image_columns(session, dataset_id)
+        count, last_id, _, _ = repository.images_fingerprint(session, dataset_id)
+    hash_only = group_near_duplicates(columns.phashes).group_ids
+    assert np.unique(hash_only, return_counts=True)[1].max() > 2
+
+    stored = SplitInputStore(ingest.settings.split_input_dir).load(
+        ImagesKey(dataset_id, SplitParams().near_duplicate_threshold, count, last_id)
+    )
+    assert stored is not None
+    assert np.unique(stored.group_ids, return_counts=True)[1].max() <= 2

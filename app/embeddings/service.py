@@ -1,0 +1,227 @@
+"""Embeddings: start the job that stores a dataset's vectors for a backbone, list them, find similar images."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, Invalid, NotFound
+from app.embeddings import repository
+from app.embeddings.store import EmbeddingStore
+from app.jobs import service as jobs
+from app.ml.images import Rejection, inspect_image
+from app.ml.similarity import unit_rows
+from app.models import EmbeddingSet, Job
+from app.training.service import BUILTIN_BACKBONES
+
+if TYPE_CHECKING:
+    from app.ml.backbones import Backbone
+
+EMBEDDINGS_JOB = "embeddings.build"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+# Random weights (simple_cnn) give vectors that say nothing about the pictures.
+_WITHOUT_PRETRAINED_WEIGHTS = ("simple_cnn",)
+_TORCHVISION_PREFIX = "torchvision:"
+ACTIVE_JOB_STATUSES = ("queued", "running")
+
+
+class EmbeddingsMissing(Conflict):
+    """409 naming the job to start (its URL and backbone are in the answer)."""
+
+    code = "embeddings_missing"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    image_id: int
+    similarity: float
+    label: str
+    subsets: list[str]
+
+
+def torch_home() -> Path | None:
+    return Path(os.environ["TORCH_HOME"]) if os.environ.get("TORCH_HOME") else None
+
+
+def check_backbone(name: str, *, home: Path | None) -> None:
+    """422 unless `name` is a known backbone whose pretrained weights are installed here (no network)."""
+    usable = [known for known in BUILTIN_BACKBONES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
+    if name not in BUILTIN_BACKBONES:
+        raise Invalid(f"unknown backbone {name!r}; backbones with pretrained weights: {', '.join(usable)}")
+    if name in _WITHOUT_PRETRAINED_WEIGHTS:
+        raise Invalid(f"backbone {name!r} has no pretrained weights, so its embeddings would mean nothing")
+    if name.startswith(_TORCHVISION_PREFIX):
+        from app.ml.backbones import torchvision_weights_file  # torch, only for these names
+
+        weights = torchvision_weights_file(name[len(_TORCHVISION_PREFIX) :], home)
+        if not weights.exists():
+            raise Invalid(f"backbone {name!r} has no offline weights: expected them at {weights}")
+
+
+def _dataset(session: Session, dataset_id: int) -> None:
+    if repository.get_dataset(session, dataset_id) is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+
+
+def start_embeddings(
+    session: Session, *, dataset_id: int, backbone: str, user_id: int | None, home: Path | None
+) -> tuple[EmbeddingSet, Job]:
+    """Queue the job (or return the one already queued or running for this dataset and backbone)."""
+    _dataset(session, dataset_id)
+    check_backbone(backbone, home=home)
+    embedding_set = repository.find_set(session, dataset_id, backbone) or repository.add_set(
+        session, dataset_id=dataset_id, backbone=backbone
+    )
+    if embedding_set.job_id is not None:
+        running = jobs.get_job(session, job_id=embedding_set.job_id)
+        if running.status in ACTIVE_JOB_STATUSES:
+            return embedding_set, running
+    job = jobs.enqueue(session, kind=EMBEDDINGS_JOB, payload={"set_id": embedding_set.id}, created_by_id=user_id)
+    embedding_set.job_id = job.id
+    embedding_set.status = "queued"
+    session.flush()
+    return embedding_set, job
+
+
+def _status(session: Session, embedding_set: EmbeddingSet) -> str:
+    """A set whose job ended without finishing it reads as failed (the job says why)."""
+    unfinished = embedding_set.status in ("queued", "running") and embedding_set.job_id is not None
+    if unfinished and jobs.get_job(session, job_id=embedding_set.job_id or 0).status in ("failed", "cancelled"):
+        return "failed"
+    return embedding_set.status
+
+
+def list_embeddings(session: Session, *, dataset_id: int) -> list[tuple[EmbeddingSet, str]]:
+    """The dataset's embedding sets, each with its live status."""
+    _dataset(session, dataset_id)
+    return [(s, _status(session, s)) for s in repository.sets_of(session, dataset_id)]
+
+
+def store_of(root: Path, embedding_set: EmbeddingSet) -> EmbeddingStore:
+    return EmbeddingStore(root, dataset_id=embedding_set.dataset_id, backbone=embedding_set.backbone)
+
+
+def _usable_set(session: Session, dataset_id: int, backbone: str | None) -> EmbeddingSet:
+    """The set to search: the named backbone's, else the default backbone's, else any with vectors; 409 if none."""
+    sets = [s for s in repository.sets_of(session, dataset_id) if s.count > 0]
+    wanted = [s for s in sets if s.backbone == (backbone or DEFAULT_BACKBONE)] or ([] if backbone else sets)
+    if not wanted:
+        name = backbone or DEFAULT_BACKBONE
+        raise EmbeddingsMissing(
+            f"no embeddings of dataset {dataset_id} with {name} yet: start the job with "
+            f'POST /api/datasets/{dataset_id}/embeddings {{"backbone": "{name}"}}',
+            extra={"start": f"/api/datasets/{dataset_id}/embeddings", "backbone": name},
+        )
+    return wanted[0]
+
+
+def _neighbours(session: Session, image_ids: np.ndarray, similarities: np.ndarray) -> list[Neighbour]:
+    ids = [int(image_id) for image_id in image_ids.tolist()]
+    labels = repository.labels_of(session, ids)
+    subsets = repository.subsets_of(session, ids)
+    return [
+        Neighbour(image_id, round(float(similarity), 6), labels.get(image_id, ""), subsets.get(image_id, []))
+        for image_id, similarity in zip(ids, similarities.tolist(), strict=True)
+    ]
+
+
+def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str | None, root: Path) -> list[Neighbour]:
+    image = repository.get_image(session, image_id)
+    if image is None:
+        raise NotFound(f"image {image_id} not found")
+    embedding_set = _usable_set(session, image.dataset_id, backbone)
+    store = store_of(root, embedding_set)
+    query = store.vector_of(image_id)
+    if query is None:
+        raise EmbeddingsMissing(
+            f"image {image_id} has no {embedding_set.backbone} embedding yet: run the job again with "
+            f'POST /api/datasets/{image.dataset_id}/embeddings {{"backbone": "{embedding_set.backbone}"}}',
+            extra={"start": f"/api/datasets/{image.dataset_id}/embeddings", "backbone": embedding_set.backbone},
+        )
+    found_ids, similarities = store.search(query, k, exclude_id=image_id)
+    return _neighbours(session, found_ids, similarities)
+
+
+@lru_cache(maxsize=2)
+def _loaded_backbone(name: str, home: Path | None) -> Backbone:
+    """Loaded on the first query by upload (the web process imports torch only then)."""
+    from app.ml.backbones import load_backbone
+
+    return load_backbone(name, torch_home=home)
+
+
+def similar_to_upload(
+    session: Session,
+    *,
+    dataset_id: int,
+    data: bytes,
+    filename: str,
+    k: int,
+    backbone: str | None,
+    root: Path,
+    scratch_dir: Path,
+    home: Path | None,
+) -> list[Neighbour]:
+    """Neighbours of an uploaded picture, which is decoded, embedded and forgotten (nothing is stored)."""
+    _dataset(session, dataset_id)
+    inspected = inspect_image(data, filename=filename)
+    if isinstance(inspected, Rejection):
+        raise Invalid(f"{filename or 'the file'} is not a usable image: {inspected.reason}")
+    embedding_set = _usable_set(session, dataset_id, backbone)
+    check_backbone(embedding_set.backbone, home=home)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    from app.ml.features import extract_features
+
+    with tempfile.NamedTemporaryFile(dir=scratch_dir, suffix=".img") as temporary:
+        temporary.write(data)
+        temporary.flush()
+        result = extract_features(
+            backbone=_loaded_backbone(embedding_set.backbone, home),
+            image_paths=[Path(temporary.name)],
+            image_sha256s=["upload"],
+            cache_dir=None,
+            num_workers=0,
+        )
+    found_ids, similarities = store_of(root, embedding_set).search(unit_rows(result.features)[0], k)
+    return _neighbours(session, found_ids, similarities)
+
+
+# ---- the job's steps --------------------------------------------------------------------------------------
+
+
+def begin_build(session: Session, *, set_id: int) -> EmbeddingSet:
+    embedding_set = repository.get_set(session, set_id)
+    if embedding_set is None:
+        raise NotFound(f"embedding set {set_id} not found")
+    embedding_set.status = "running"
+    session.flush()
+    return embedding_set
+
+
+def images_to_embed(session: Session, *, dataset_id: int, stored_ids: np.ndarray) -> list[tuple[int, str]]:
+    """(image id, blob sha256) of the dataset's images the store lacks: a resumed or later run does only these."""
+    stored = set(stored_ids.tolist())
+    return [(image_id, sha) for image_id, sha in repository.image_blobs(session, dataset_id) if image_id not in stored]
+
+
+def finish_build(session: Session, *, set_id: int, count: int, dims: int, index_kind: str) -> None:
+    embedding_set = repository.get_set(session, set_id)
+    if embedding_set is None:
+        raise NotFound(f"embedding set {set_id} not found")
+    embedding_set.status, embedding_set.count, embedding_set.dims = "ready", count, dims
+    embedding_set.index_kind = index_kind
+    session.flush()
+
+
+def fail_build(session: Session, *, set_id: int) -> None:
+    embedding_set = repository.get_set(session, set_id)
+    if embedding_set is not None:
+        embedding_set.status = "failed"
+        session.flush()

@@ -1,0 +1,195 @@
+"""One dataset's vectors from one backbone, on disk: append-only float16 rows, and an ANN index for big sets.
+
+`ids.i64` and `vectors.f16` grow together (vectors first, so a crash leaves at most a tail of vectors without
+ids, which the next open ignores and the next append overwrites): a job killed mid-way resumes from what is
+stored. Rows are unit length (cosine similarity is a dot product). Up to `exact_limit` rows, search is exact;
+beyond, a usearch HNSW index over PCA-reduced float16 vectors finds candidates that are re-ranked exactly.
+usearch: maintained, stores float16 natively (half of hnswlib's float32 memory), adds vectors incrementally and
+saves to one file; faiss-cpu would need IVF training and a bigger wheel for the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.core.storage import atomic_write_bytes
+from app.ml.similarity import Neighbours, Projection, exact_top_k, fit_projection, ordered
+
+DEFAULT_EXACT_LIMIT = 50_000
+INDEX_DIMS = 128
+_PCA_SAMPLE = 10_000
+_RERANK_FACTOR = 10
+# HNSW breadth while adding and searching: usearch's default 128 for adding took 3x the time of 40 on a small
+# test; recall@10 at these settings is what bench/embeddings.py reports.
+_EXPANSION_ADD = 64
+_EXPANSION_SEARCH = 128
+_LOADED_SIZE = 4
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    stamp: tuple[int, int]
+    ids: npt.NDArray[np.int64]
+    order: npt.NDArray[np.int64]
+    index: Any
+    projection: Projection | None
+
+
+_LOADED: dict[Path, _Loaded] = {}
+
+
+def _safe(name: str) -> str:
+    return "".join(char if char.isalnum() or char in "-_" else "_" for char in name)
+
+
+class EmbeddingStore:
+    def __init__(self, root: Path, *, dataset_id: int, backbone: str, exact_limit: int = DEFAULT_EXACT_LIMIT) -> None:
+        self.root = root / f"dataset-{dataset_id}" / _safe(backbone)
+        self.exact_limit = exact_limit
+        self._ids_path = self.root / "ids.i64"
+        self._vectors_path = self.root / "vectors.f16"
+        self._meta_path = self.root / "meta.json"
+
+    # ---- rows -------------------------------------------------------------------------------------------
+    def dims(self) -> int:
+        try:
+            return int(json.loads(self._meta_path.read_text())["dims"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def count(self) -> int:
+        dims = self.dims()
+        if not dims or not self._ids_path.exists() or not self._vectors_path.exists():
+            return 0
+        return min(self._ids_path.stat().st_size // 8, self._vectors_path.stat().st_size // (2 * dims))
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        count = self.count()
+        return np.fromfile(self._ids_path, dtype=np.int64, count=count) if count else np.zeros(0, np.int64)
+
+    def vectors(self) -> npt.NDArray[np.float16]:
+        count, dims = self.count(), self.dims()
+        if not count:
+            return np.zeros((0, dims), dtype=np.float16)
+        return np.memmap(self._vectors_path, dtype=np.float16, mode="r", shape=(count, dims))
+
+    def append(self, image_ids: npt.ArrayLike, unit_vectors: npt.ArrayLike) -> None:
+        ids = np.asarray(image_ids, dtype=np.int64)
+        rows = np.asarray(unit_vectors, dtype=np.float16)
+        if rows.ndim != 2 or rows.shape[0] != ids.size:
+            raise ValueError("one vector row per image id is needed")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.dims():
+            atomic_write_bytes(self._meta_path, json.dumps({"dims": rows.shape[1]}).encode())
+        elif rows.shape[1] != self.dims():
+            raise ValueError(f"vectors have {rows.shape[1]} dimensions; this store holds {self.dims()}")
+        count = self.count()
+        for path, data, width in ((self._vectors_path, rows, rows.shape[1] * 2), (self._ids_path, ids, 8)):
+            with path.open("ab") as file:
+                file.truncate(count * width)  # drop a tail an interrupted append left
+                file.write(np.ascontiguousarray(data).tobytes())
+                file.flush()
+                os.fsync(file.fileno())
+
+    def vector_of(self, image_id: int) -> npt.NDArray[np.float32] | None:
+        position = self._position(image_id)
+        return None if position is None else np.asarray(self.vectors()[position], dtype=np.float32)
+
+    def _position(self, image_id: int) -> int | None:
+        loaded = self._loaded()
+        place = int(np.searchsorted(loaded.ids, image_id, sorter=loaded.order))
+        if place < loaded.order.size and loaded.ids[loaded.order[place]] == image_id:
+            return int(loaded.order[place])
+        return None
+
+    def _loaded(self) -> _Loaded:
+        """Ids, their sort order and the index, read once per process while the files stay the same."""
+        index_path = self.root / "index.usearch"
+        stamp = (self.count(), index_path.stat().st_mtime_ns if index_path.exists() else 0)
+        cached = _LOADED.get(self.root)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        ids = self.ids()
+        index = None
+        if stamp[1] and self.index_kind == "usearch":
+            from usearch.index import Index
+
+            index = Index.restore(str(index_path), view=True)
+            if index is not None:
+                index.expansion_search = _EXPANSION_SEARCH  # type: ignore[misc]  # settable at run time
+        loaded = _Loaded(stamp, ids, np.argsort(ids, kind="stable"), index, self._projection())
+        if len(_LOADED) >= _LOADED_SIZE:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[self.root] = loaded
+        return loaded
+
+    # ---- search -----------------------------------------------------------------------------------------
+    @property
+    def index_kind(self) -> str:
+        return "usearch" if self.count() > self.exact_limit else "exact"
+
+    def search(self, query: npt.ArrayLike, k: int, *, exclude_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, similarities) of the `k` rows most similar to the unit vector `query`."""
+        loaded, vectors = self._loaded(), self.vectors()
+        ids = loaded.ids[: vectors.shape[0]]
+        exclude = self._position(exclude_id) if exclude_id is not None else None
+        if loaded.index is None or loaded.projection is None:
+            found = exact_top_k(vectors, query, k, exclude=exclude)
+        else:
+            found = self._approximate(loaded, vectors, np.asarray(query, dtype=np.float32), k, exclude)
+        return ids[found.positions], found.similarities
+
+    def _approximate(
+        self, loaded: _Loaded, vectors: np.ndarray, query: np.ndarray, k: int, exclude: int | None
+    ) -> Neighbours:
+        index, projection = loaded.index, loaded.projection
+        assert index is not None and projection is not None
+        wanted = min(len(index), (k + 1) * _RERANK_FACTOR)
+        found = index.search(projection.project(query[None])[0], wanted, threads=1)
+        candidates = np.asarray(found.keys, dtype=np.int64)
+        candidates = candidates[(candidates != exclude) & (candidates < vectors.shape[0])]
+        exact = np.asarray(vectors[np.sort(candidates)], dtype=np.float32) @ query
+        best = ordered(np.sort(candidates), exact)
+        return Neighbours(best.positions[:k], best.similarities[:k])
+
+    def _projection(self) -> Projection | None:
+        try:
+            with np.load(self.root / "projection.npz") as stored:
+                return Projection(stored["mean"], stored["components"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def refresh_index(self) -> int:
+        """Add the rows the index lacks (building it, and its PCA, the first time); returns rows added."""
+        count = self.count()
+        if count <= self.exact_limit:
+            return 0
+        from usearch.index import Index
+
+        vectors = self.vectors()
+        projection = self._projection()
+        if projection is None:
+            sample = np.random.default_rng(0).choice(count, size=min(count, _PCA_SAMPLE), replace=False)
+            projection = fit_projection(np.asarray(vectors[np.sort(sample)], dtype=np.float32), INDEX_DIMS)
+            buffer_path = self.root / "projection.npz"
+            with buffer_path.open("wb") as file:
+                np.savez(file, mean=projection.mean, components=projection.components)
+        index_path = self.root / "index.usearch"
+        index = Index.restore(str(index_path)) if index_path.exists() else None
+        if index is None:
+            index = Index(ndim=projection.components.shape[0], metric="cos", dtype="f16", expansion_add=_EXPANSION_ADD)
+        start = len(index)
+        for low in range(start, count, 65_536):
+            high = min(count, low + 65_536)
+            index.add(np.arange(low, high, dtype=np.uint64), projection.project(vectors[low:high]))
+        temporary = index_path.with_suffix(".tmp")
+        index.save(str(temporary))
+        os.replace(temporary, index_path)
+        return count - start

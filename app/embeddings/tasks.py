@@ -1,0 +1,80 @@
+"""The embeddings job: embed the images the store lacks (reusing the feature cache), then refresh the index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.storage import LocalBlobStore
+from app.embeddings import service
+from app.embeddings.store import EmbeddingStore
+from app.jobs.context import JobContext, TaskError
+from app.jobs.registry import task
+from app.ml.similarity import unit_rows
+
+# Vectors are appended after each chunk, so a killed job loses at most one chunk of work.
+CHUNK_IMAGES = 512
+
+
+@task(service.EMBEDDINGS_JOB)
+def build_embeddings(ctx: JobContext) -> dict[str, Any]:
+    set_id = int(ctx.payload["set_id"])
+    with ctx.transaction() as session:
+        embedding_set = service.begin_build(session, set_id=set_id)
+        dataset_id, backbone_name = embedding_set.dataset_id, embedding_set.backbone
+    store = EmbeddingStore(ctx.settings.embeddings_dir, dataset_id=dataset_id, backbone=backbone_name)
+    with ctx.reading() as session:
+        todo = service.images_to_embed(session, dataset_id=dataset_id, stored_ids=store.ids())
+    from app.ml.backbones import BackboneUnavailable  # torch: in job runners only
+    from app.ml.features import TrainingCancelled
+
+    cache_hits = 0
+    try:
+        if todo:
+            cache_hits = _embed(ctx, store, backbone_name, todo)
+        ctx.progress(0.95, "updating the nearest-neighbour index")
+        added_to_index = store.refresh_index()
+    except (BackboneUnavailable, TrainingCancelled, OSError) as error:
+        with ctx.transaction() as session:
+            service.fail_build(session, set_id=set_id)
+        raise TaskError(str(error) or "embedding stopped") from error
+    with ctx.transaction() as session:
+        service.finish_build(
+            session, set_id=set_id, count=store.count(), dims=store.dims(), index_kind=store.index_kind
+        )
+    ctx.progress(1.0, f"{store.count():,} images embedded")
+    return {
+        "set_id": set_id,
+        "embedded": len(todo),
+        "feature_cache_hits": cache_hits,
+        "count": store.count(),
+        "indexed": added_to_index,
+    }
+
+
+def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> int:
+    """Embed `todo` chunk by chunk, appending each chunk as it is done; returns how many came from the cache."""
+    import torch
+
+    from app.ml.backbones import load_backbone
+    from app.ml.features import extract_features
+
+    ctx.progress(0.02, "loading the backbone")
+    torch.set_num_threads(ctx.settings.torch_threads)
+    backbone = load_backbone(backbone_name, torch_home=service.torch_home())
+    blobs = LocalBlobStore(ctx.settings.blob_dir)
+    cache_dir = ctx.settings.cache_dir / "features"  # the same cache a run's extraction fills
+    cache_hits = 0
+    for start in range(0, len(todo), CHUNK_IMAGES):
+        chunk = todo[start : start + CHUNK_IMAGES]
+        ctx.progress(0.05 + 0.9 * start / len(todo), f"embedding images {start:,} of {len(todo):,}")
+        result = extract_features(
+            backbone=backbone,
+            image_paths=[blobs.path(sha) for _, sha in chunk],
+            image_sha256s=[sha for _, sha in chunk],
+            cache_dir=cache_dir,
+            should_stop=ctx.should_stop,
+            precision=ctx.settings.feature_precision,
+        )
+        store.append([image_id for image_id, _ in chunk], unit_rows(result.features))
+        cache_hits += result.cache_hits
+    return cache_hits

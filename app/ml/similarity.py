@@ -1,0 +1,95 @@
+"""Nearest neighbours in embedding space: unit vectors, exact top-k, PCA for the index and recall of an index.
+
+Vectors are compared by cosine similarity: every stored vector is scaled to unit length once, so a dot product is
+the similarity. Exact search multiplies in chunks (float16 on disk, float32 for the arithmetic), which is fast
+enough for tens of thousands of images; larger sets use an approximate index (app/embeddings/store.py), measured
+against this exact search by `recall_at_k`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating]
+# Two images whose vectors agree this closely are exact copies as far as the backbone can tell.
+COPY_SIMILARITY = 0.9995
+_CHUNK_ROWS = 65_536
+
+
+def unit_rows(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    rows = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.where(norms > 0, norms, np.float32(1.0))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Row positions (into the searched matrix) most similar first, with their cosine similarities."""
+
+    positions: npt.NDArray[np.int64]
+    similarities: npt.NDArray[np.float32]
+
+
+def exact_top_k(vectors: FloatArray, query: npt.ArrayLike, k: int, *, exclude: int | None = None) -> Neighbours:
+    """The `k` rows of `vectors` (unit rows) most similar to the unit vector `query`, skipping row `exclude`."""
+    wanted = np.asarray(query, dtype=np.float32).reshape(-1)
+    scores = np.empty(vectors.shape[0], dtype=np.float32)
+    for start in range(0, vectors.shape[0], _CHUNK_ROWS):
+        chunk = np.asarray(vectors[start : start + _CHUNK_ROWS], dtype=np.float32)
+        scores[start : start + chunk.shape[0]] = chunk @ wanted
+    if exclude is not None and 0 <= exclude < scores.size:
+        scores[exclude] = -np.inf
+    count = min(k, scores.size - (exclude is not None and 0 <= exclude < scores.size))
+    if count <= 0:
+        return Neighbours(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+    top = np.argpartition(-scores, count - 1)[:count]
+    return ordered(top.astype(np.int64), scores[top])
+
+
+def ordered(positions: npt.ArrayLike, similarities: npt.ArrayLike) -> Neighbours:
+    """Most similar first (ties by position); exact copies get similarity 1.0 so they sort first, stably."""
+    places = np.asarray(positions, dtype=np.int64)
+    scores = np.clip(np.asarray(similarities, dtype=np.float32), -1.0, 1.0)
+    scores = np.where(scores >= COPY_SIMILARITY, np.float32(1.0), scores)
+    order = np.lexsort((places, -scores))
+    return Neighbours(places[order], scores[order])
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A PCA fitted on a sample: `project` maps vectors to `components.shape[0]` unit-length dimensions."""
+
+    mean: npt.NDArray[np.float32]
+    components: npt.NDArray[np.float32]
+
+    def project(self, vectors: FloatArray) -> npt.NDArray[np.float32]:
+        return unit_rows((np.asarray(vectors, dtype=np.float32) - self.mean) @ self.components.T)
+
+
+def fit_projection(sample: FloatArray, dims: int) -> Projection:
+    """PCA of the sample rows down to `dims` dimensions: eigenvectors of the covariance (a features x features
+    matrix, far cheaper than an SVD of the sample itself)."""
+    rows = np.asarray(sample, dtype=np.float32)
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    covariance = (centred.T @ centred).astype(np.float64) / max(1, rows.shape[0] - 1)
+    _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
+    keep = min(dims, rows.shape[1])
+    return Projection(mean.astype(np.float32), vectors[:, ::-1][:, :keep].T.astype(np.float32).copy())
+
+
+def recall_at_k(approximate: npt.ArrayLike, exact: npt.ArrayLike) -> float:
+    """Mean share of each query's exact top-k found in its approximate top-k (rows: queries, columns: ranks)."""
+    found = np.asarray(approximate)
+    truth = np.asarray(exact)
+    if truth.size == 0:
+        return 1.0
+    hits = [
+        np.intersect1d(found_row, truth_row).size / truth_row.size
+        for found_row, truth_row in zip(found, truth, strict=True)
+    ]
+    return float(np.mean(hits))

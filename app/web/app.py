@@ -17,6 +17,7 @@ from app.core.storage import LocalBlobStore
 from app.datasets.router import router as datasets_router
 from app.errors.router import router as errors_router
 from app.jobs.router import router as jobs_router
+from app.labels.router import router as labels_router
 from app.review.router import router as review_router
 from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
@@ -70,7 +71,16 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
 
     errors.install(app)
     app.include_router(auth_router)
-    for router in (jobs_router, datasets_router, splits_router, training_router, errors_router, review_router):
+    routers = (
+        jobs_router,
+        datasets_router,
+        labels_router,
+        splits_router,
+        training_router,
+        errors_router,
+        review_router,
+    )
+    for router in routers:
         app.include_router(router)
     app.mount("/static", CachedStatic(directory=PROJECT_ROOT / "static"), name="static")
 

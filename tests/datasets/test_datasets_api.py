@@ -142,7 +142,7 @@ def test_labels_are_added_renamed_and_merged_with_history(ingest: Ingest) -> Non
     ]
     events = ingest.viewer.get(f"/api/datasets/{dataset}/label-events").json()
     assert [(e["kind"], e["details"]) for e in events][:3] == [
-        ("merge", {"from": "kitty", "into": "cat", "images": 1}),
+        ("merge", {"from": "kitty", "into": "cat", "images": 1, "from_id": labels["kitty"], "into_id": labels["cat"]}),
         ("rename", {"from": "dog", "to": "hound"}),
         ("add", {"name": "fox"}),
     ]

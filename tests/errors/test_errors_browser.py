@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import httpx
+import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy.orm import Session
 

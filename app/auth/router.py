@@ -33,9 +33,7 @@ def _safe_next(target: str | None) -> str:
 @router.get("/login", include_in_schema=False)
 def login_page(request: Request, next: str = "/", error: str | None = None) -> Response:
     login_csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
-    response = render(
-        request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "error": error}
-    )
+    response = render(request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "error": error})
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
         login_csrf,
@@ -122,9 +120,7 @@ def users_create(
 
 
 @router.post("/users/tokens", include_in_schema=False)
-def users_token_create(
-    request: Request, db: DB, user: Admin, name: Annotated[str, Form()] = "api"
-) -> Response:
+def users_token_create(request: Request, db: DB, user: Admin, name: Annotated[str, Form()] = "api") -> Response:
     _, secret = service.create_token(db, user=user, name=name)
     return render(
         request,
@@ -145,9 +141,7 @@ def api_users(db: DB, user: Admin) -> list[UserOut]:
 
 @router.post("/api/users", response_model=UserOut, status_code=201)
 def api_users_create(body: UserIn, db: DB, user: Admin) -> UserOut:
-    return UserOut.model_validate(
-        service.create_user(db, name=body.name, role=body.role, password=body.password)
-    )
+    return UserOut.model_validate(service.create_user(db, name=body.name, role=body.role, password=body.password))
 
 
 @router.get("/api/tokens", response_model=list[TokenOut])

@@ -16,7 +16,7 @@ from app.web.deps import DB, Reviewer, Viewer
 router = APIRouter()
 
 
-@router.post("/api/datasets/{dataset_id}/labels/{label_id}/merge", response_model=LabelMerged, name="Merge a label")
+@router.post("/api/datasets/{dataset_id}/labels/{label_id}/merge", response_model=LabelMerged)
 def api_merge_label(dataset_id: int, label_id: int, body: LabelMergeIn, db: DB, user: Reviewer) -> LabelMerged:
     into, moved = service.merge_labels(
         db, dataset_id=dataset_id, label_id=label_id, into_label_id=body.into_label_id, user_id=user.id

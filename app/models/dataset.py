@@ -116,9 +116,7 @@ class LabelChange(Base):
     review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"))
     reverts_change_id: Mapped[int | None] = mapped_column(ForeignKey("label_changes.id"))
     # The label merge (or its undo) this change was part of: what an undo of that merge moves back.
-    label_event_id: Mapped[int | None] = mapped_column(
-        ForeignKey("label_events.id", ondelete="SET NULL"), index=True
-    )
+    label_event_id: Mapped[int | None] = mapped_column(ForeignKey("label_events.id", ondelete="SET NULL"), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

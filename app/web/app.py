@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +22,7 @@ from app.review.router import router as review_router
 from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
 from app.training.router import router as training_router
-from app.web import errors
+from app.web import errors, openapi
 from app.web.deps import DB, Viewer
 from app.web.middleware import BodySizeLimit, SecurityHeaders
 from app.web.templating import render
@@ -35,27 +35,6 @@ class CachedStatic(StaticFiles):
         response = super().file_response(*args, **kwargs)
         response.headers.setdefault("cache-control", "public, max-age=86400")
         return response
-
-
-def api_operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    """The OpenAPI operations as rows for the docs page."""
-    rows = []
-    for path, operations in schema.get("paths", {}).items():
-        for method, operation in operations.items():
-            rows.append(
-                {
-                    "method": method.upper(),
-                    "path": path,
-                    "summary": operation.get("summary", ""),
-                    "parameters": [
-                        {"name": p["name"], "where": p["in"], "required": p.get("required", False)}
-                        for p in operation.get("parameters", [])
-                    ],
-                    "body": list(operation.get("requestBody", {}).get("content", {})),
-                    "responses": list(operation.get("responses", {})),
-                }
-            )
-    return rows
 
 
 def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[Session] | None = None) -> FastAPI:
@@ -89,6 +68,10 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
         db.execute(text("SELECT 1"))
         return JSONResponse({"status": "ok"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:  # browsers ask for it before reading the page's <link rel="icon">
+        return FileResponse(PROJECT_ROOT / "static" / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/", include_in_schema=False)
     def home(request: Request, db: DB, user: Viewer) -> Response:
         return render(request, "home.html", {})
@@ -100,12 +83,13 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
             request,
             "api_docs.html",
             {
-                "operations": api_operations(schema),
+                "operations": openapi.api_operations(schema),
                 "openapi_version": schema.get("openapi", ""),
                 "schema_url": app.openapi_url,
             },
         )
 
+    app.openapi = lambda: openapi.complete(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes)
     app.add_middleware(SecurityHeaders)
     return app

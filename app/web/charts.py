@@ -75,9 +75,7 @@ def stacked_bar_chart(rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *
     return _svg(label_w + bar_w + 70, legend_y + 20, "".join(parts), title)
 
 
-def line_chart(
-    series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, y_label: str = ""
-) -> Markup:
+def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, y_label: str = "") -> Markup:
     """Learning curves: one polyline per series over epochs 1..n."""
     width, height, pad = 460, 220, 36
     values = [v for _, ys in series for v in ys if v is not None]

@@ -186,7 +186,7 @@ def run_review_start(
     )
     # Whoever starts a campaign sees its first items at once rather than an empty grid and a button to press.
     service.claim_items(db, review_id=review.id, actor=user, count=service.DEFAULT_CLAIM_SIZE)
-    return RedirectResponse(f"/reviews/{review.id}?view=mine", status_code=303)
+    return RedirectResponse(f"/reviews/{review.id}", status_code=303)
 
 
 @router.get("/reviews/{review_id}", include_in_schema=False)

@@ -204,3 +204,33 @@ def test_a_merge_asks_first_with_the_count_and_is_undone_from_the_history(browse
             f"{served.base_url}/api/datasets/{served.fruit_id}", headers={"Authorization": f"Bearer {served.token}"}
         ).json()["labels"]
         assert labels["banana"] == bananas
+
+
+def test_the_split_form_explains_bad_ratios_beside_them_and_marks_a_stale_preview(
+    browser: Browser, served: Served
+) -> None:
+    """Issue 15.7: ratios adding to 1.3 flashed "small_ratios must add up to 1" at the top of the page."""
+    with browser.new_context(viewport={"width": 1280, "height": 900}) as context:
+        page = context.new_page()
+        log_in(page, served.base_url, ADMIN, PASSWORD, then=f"/datasets/{served.dataset_id}/splits")
+        page.wait_for_selector("#split-preview[data-for] table")
+        page.fill('input[name="ratio_train"]', "0.9")
+        page.press('input[name="ratio_train"]', "Tab")  # change: a new preview is asked for
+        ratios = page.locator('[data-field-error="ratios"]')
+        expect(ratios).to_contain_text("add up to 1.3")
+        expect(page.locator("[data-preview-blocked]")).to_be_visible()
+        assert "small_ratios" not in page.inner_text("body")
+        assert page.inner_text("#flash").strip() == ""
+        # The ratios fixed, the preview comes back; typing into a field marks it out of date until it is redone.
+        page.fill('input[name="ratio_train"]', "0.6")
+        page.press('input[name="ratio_train"]', "Tab")
+        expect(ratios).to_have_text("")
+        expect(page.locator("[data-preview-blocked]")).to_have_count(0)
+        expect(page.locator("#split-preview")).not_to_have_class("stale")
+        page.type('input[name="seed"]', "7")  # no change event yet: only typing
+        expect(page.locator("#split-preview")).to_have_class("stale")
+        expect(page.locator("[data-stale-note]")).to_be_visible()
+        _screenshot(page, "split-form-stale")
+        page.press('input[name="seed"]', "Tab")
+        expect(page.locator("#split-preview")).not_to_have_class("stale")
+        expect(page.locator("[data-stale-note]")).to_be_hidden()

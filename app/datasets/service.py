@@ -809,6 +809,8 @@ def upload_status(session: Session, upload: Upload) -> str:
         job = repository.get_job(session, upload.job_id)
         if job is not None and job.status in ("failed", "cancelled"):
             return job.status
+        if job is not None and job.status == "running":  # as the job bar beside it says
+            return "ingesting"
     return upload.status
 
 

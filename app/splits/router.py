@@ -39,6 +39,8 @@ def _status(db: DB, split: Split) -> str:
         job = jobs.get_job(db, job_id=split.job_id)
         if job.status in ("failed", "cancelled"):
             return job.status
+        if job.status == "running":  # the job bar beside it says running: so does the split
+            return "building"
     return split.status
 
 

@@ -66,7 +66,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     engine.dispose()
     env = server_env(data_dir=data_dir)
     token = add_user(env, ADMIN, password=PASSWORD, role="admin")
-    with serve(env, tmp_path / "serve.log") as base_url:
+    with serve(env, tmp_path / "serve.log", worker=True) as base_url:  # a real worker builds the live split
         review = httpx.post(
             f"{base_url}/api/datasets/{ids[1]}/reviews",
             json={"run_id": ids[0], "suspicious_per_subset": 3, "correct_per_subset": 1},
@@ -234,3 +234,36 @@ def test_the_split_form_explains_bad_ratios_beside_them_and_marks_a_stale_previe
         page.press('input[name="seed"]', "Tab")
         expect(page.locator("#split-preview")).not_to_have_class("stale")
         expect(page.locator("[data-stale-note]")).to_be_hidden()
+
+
+def test_the_split_page_follows_its_job_live_to_the_result(browser: Browser, served: Served) -> None:
+    """Issue 15.5: the split page said "queued … reload" and never changed; its badge and its job bar must
+    agree while the worker builds it, and the result appears without a reload."""
+    auth = {"Authorization": f"Bearer {served.token}"}
+    # The one worker is busy with a demo job first, so the page really starts on a queued split.
+    demo = httpx.post(f"{served.base_url}/api/jobs/demo", json={"seconds": 6, "steps": 6}, headers=auth)
+    assert demo.status_code == 202, demo.text
+    created = httpx.post(
+        f"{served.base_url}/api/datasets/{served.fruit_id}/splits",
+        json={"seed": 4},
+        headers={"Authorization": f"Bearer {served.token}"},
+    )
+    assert created.status_code == 202, created.text
+    with browser.new_context(viewport={"width": 1280, "height": 900}) as context:
+        page = context.new_page()
+        log_in(page, served.base_url, ADMIN, PASSWORD, then=f"/splits/{created.json()['split_id']}")
+        page.evaluate("() => { window.loadedOnce = true; }")  # gone if the page were reloaded
+        seen = []
+        while page.get_attribute("#split-live", "data-split-live") in ("queued", "building") and len(seen) < 300:
+            badge = page.inner_text("#split-live h1 .badge")
+            bar = page.locator("#split-live .job-status")
+            job = bar.inner_text() if bar.count() else ""
+            seen.append((badge, job.split(" ")[0]))
+            page.wait_for_timeout(300)
+        expect(page.locator('#split-live[data-split-live="ready"]')).to_be_visible(timeout=60_000)
+        assert seen and seen[0][0] == "queued", seen  # it was seen unfinished, then finished in place
+        assert page.evaluate("() => window.loadedOnce === true")
+        assert "reload" not in page.inner_text("main")
+        expect(page.locator("#split-live h1 .badge")).to_have_text("ready")
+        consistent = {("queued", "queued"), ("building", "running"), ("queued", ""), ("building", "")}
+        assert all(pair in consistent for pair in seen), seen

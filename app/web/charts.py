@@ -178,4 +178,5 @@ def heatmap(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, title: st
             f'class="chart-label"><title>{escape(name)}</title>{escape(_short(name, label_w - 6))}</text>'
         )
     size = left + n * cell + 10
-    return _svg(size, size, "".join(parts), title)
+    # The last column's slanted name runs right of the grid: room for it, so it is not cut at the edge.
+    return _svg(size + label_w // 2, size, "".join(parts), title)

@@ -59,6 +59,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with Session(engine) as session:
         fixture = make_run(session, label_names=long_names, sizes={"train": 12, "dev": 24, "test": 12}, seed=5)
         fixture.run.history = _curves(6)
+        settings = {"epochs": 6, "lr": 0.001, "batch_size": 32, "weight_decay": 0.0, "seed": 0, "human_error": 0.02}
+        fixture.run.config = {**fixture.run.config, **settings}
+        fixture.run.metrics = {
+            s: {"count": n, "accuracy": a, "error": 1 - a, "loss": 0.4}
+            for s, n, a in (("train", 12, 0.95), ("dev", 24, 0.7), ("test", 12, 0.72))
+        }
+        gaps = {"avoidable_bias": 0.03, "variance": 0.25, "overfitting_to_dev": 0.02}
+        fixture.run.diagnosis = {"gaps": gaps, "largest": "variance", "advice": "More data or regularisation."}
         fixture.run.confusion = {"labels": list(long_names), "matrix": [[7, 1, 0], [2, 6, 1], [0, 1, 6]]}
         fruit = make_run(session, label_names=("apple", "banana", "cherry"), sizes={"dev": 9}, seed=6, name="fruit")
         session.commit()
@@ -135,7 +143,8 @@ def test_no_page_overflows_at_phone_width(phone: Page, served: Served) -> None:
         "not-found": "/no/such/page",
     }
     for name, path in pages.items():
-        phone.goto(f"{served.base_url}{path}")
+        answer = phone.goto(f"{served.base_url}{path}")
+        assert answer is not None and answer.status < 500, (path, answer and answer.status)
         phone.wait_for_load_state("networkidle")
         _screenshot(phone, f"390-{name}")
         _assert_fits(phone, path)

@@ -42,9 +42,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     workers: Annotated[int, typer.Option(help="Embedded job workers to run in this process.")] = 1,
-    no_worker: Annotated[
-        bool, typer.Option("--no-worker", help="Run no jobs here (use `errorbook worker`).")
-    ] = False,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run no jobs here (use `errorbook worker`).")] = False,
 ) -> None:
     """Start the web UI and API (with an embedded job worker unless --no-worker)."""
     import uvicorn
@@ -74,9 +72,7 @@ def serve(
             f"    user: {name}\n    password: {password}\n(shown once; change it or add users on the Users page)\n"
         )
     embedded = [] if no_worker else [Worker(settings=settings, engine=engine) for _ in range(max(1, workers))]
-    threads = [
-        threading.Thread(target=w.run, name=f"worker-{i}", daemon=True) for i, w in enumerate(embedded)
-    ]
+    threads = [threading.Thread(target=w.run, name=f"worker-{i}", daemon=True) for i, w in enumerate(embedded)]
     for thread in threads:
         thread.start()
     app = create_app(settings)
@@ -118,9 +114,7 @@ def worker(
     job_worker = Worker(settings=settings, engine=engine, queues=queue or None)
 
     def _graceful(signum: int, _frame: object) -> None:
-        logging.getLogger("errorbook.worker").info(
-            "signal %s: finishing the job in flight, then stopping", signum
-        )
+        logging.getLogger("errorbook.worker").info("signal %s: finishing the job in flight, then stopping", signum)
         job_worker.request_stop()
 
     signal.signal(signal.SIGTERM, _graceful)

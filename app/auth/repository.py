@@ -35,9 +35,7 @@ def add(session: Session, row: User | ApiToken | UserSession) -> None:
 
 
 def active_token(session: Session, token_hash: str) -> ApiToken | None:
-    return session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
-    )
+    return session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None)))
 
 
 def token_by_id(session: Session, token_id: int) -> ApiToken | None:
@@ -49,9 +47,7 @@ def tokens_of(session: Session, user_id: int) -> list[ApiToken]:
 
 
 def live_session(session: Session, token_hash: str, now: datetime) -> UserSession | None:
-    return session.scalar(
-        select(UserSession).where(UserSession.token_hash == token_hash, UserSession.expires_at > now)
-    )
+    return session.scalar(select(UserSession).where(UserSession.token_hash == token_hash, UserSession.expires_at > now))
 
 
 def delete_session(session: Session, token_hash: str) -> None:

@@ -227,9 +227,7 @@ def api_users(db: DB, user: Admin) -> list[UserOut]:
 
 @router.post("/api/users", response_model=UserOut, status_code=201)
 def api_users_create(body: UserIn, db: DB, user: Admin) -> UserOut:
-    return UserOut.model_validate(
-        service.create_user(db, name=body.name, role=body.role, password=body.password)
-    )
+    return UserOut.model_validate(service.create_user(db, name=body.name, role=body.role, password=body.password))
 
 
 @router.patch("/api/users/{user_id}", response_model=UserOut)

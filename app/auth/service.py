@@ -188,9 +188,7 @@ def create_token(session: Session, *, user: User, name: str) -> tuple[ApiToken, 
     if _has_control_characters(name):
         raise Invalid("a token name cannot contain control characters")
     secret = "eb_" + secrets.token_urlsafe(32)
-    row = ApiToken(
-        user_id=user.id, name=name[:100] or "token", prefix=secret[:10], token_hash=_digest(secret)
-    )
+    row = ApiToken(user_id=user.id, name=name[:100] or "token", prefix=secret[:10], token_hash=_digest(secret))
     repository.add(session, row)
     return row, secret
 

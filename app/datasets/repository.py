@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Integer, Select, String, Text, delete, func, insert, literal, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -101,53 +101,6 @@ def add_label_event(
     session: Session, *, dataset_id: int, kind: str, details: dict[str, Any], user_id: int | None
 ) -> None:
     session.add(LabelEvent(dataset_id=dataset_id, kind=kind, details=details, user_id=user_id))
-
-
-def label_events(session: Session, dataset_id: int, *, limit: int) -> list[tuple[LabelEvent, str | None]]:
-    rows = session.execute(
-        select(LabelEvent, User.name)
-        .outerjoin(User, User.id == LabelEvent.user_id)
-        .where(LabelEvent.dataset_id == dataset_id)
-        .order_by(LabelEvent.id.desc())
-        .limit(limit)
-    ).all()
-    return [(event, user) for event, user in rows]
-
-
-def move_images_to_label(
-    session: Session,
-    *,
-    dataset_id: int,
-    from_label_id: int,
-    to_label_id: int,
-    user_id: int | None,
-    reason: str,
-    now: datetime,
-) -> int:
-    """Relabel every image of one label set-wise (a million rows stay two statements), history first."""
-    moved = (Image.dataset_id == dataset_id, Image.label_id == from_label_id)
-    session.execute(
-        insert(LabelChange).from_select(
-            ["image_id", "kind", "old_label_id", "new_label_id", "version", "reason", "user_id", "created_at"],
-            select(
-                Image.id,
-                literal("merge", String()),
-                Image.label_id,
-                literal(to_label_id, Integer()),
-                Image.label_version + 1,
-                literal(reason, Text()),
-                literal(user_id, Integer()),
-                literal(now, DateTime()),
-            ).where(*moved),
-        )
-    )
-    result = session.execute(
-        update(Image)
-        .where(*moved)
-        .values(label_id=to_label_id, label_version=Image.label_version + 1)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def set_image_label(

@@ -28,10 +28,7 @@ from app.datasets.schemas import (
     HaveOut,
     ImageOut,
     ImagePageOut,
-    LabelEventOut,
     LabelIn,
-    LabelMerged,
-    LabelMergeIn,
     LabelOut,
     StagedOut,
     UploadOpened,
@@ -39,6 +36,7 @@ from app.datasets.schemas import (
     UploadOut,
     UploadStarted,
 )
+from app.labels import service as labels
 from app.ml.splitting import SUBSETS
 from app.models import User
 from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer
@@ -189,21 +187,6 @@ def api_add_label(dataset_id: int, body: LabelIn, db: DB, user: Reviewer) -> Lab
 def api_rename_label(dataset_id: int, label_id: int, body: LabelIn, db: DB, user: Reviewer) -> LabelOut:
     label = service.rename_label(db, dataset_id=dataset_id, label_id=label_id, name=body.name, user_id=user.id)
     return LabelOut(id=label.id, name=label.name)
-
-
-@router.post("/api/datasets/{dataset_id}/labels/{label_id}/merge", response_model=LabelMerged)
-def api_merge_label(dataset_id: int, label_id: int, body: LabelMergeIn, db: DB, user: Reviewer) -> LabelMerged:
-    into, moved = service.merge_labels(
-        db, dataset_id=dataset_id, label_id=label_id, into_label_id=body.into_label_id, user_id=user.id
-    )
-    return LabelMerged(into=LabelOut(id=into.id, name=into.name), moved=moved)
-
-
-@router.get("/api/datasets/{dataset_id}/label-events", response_model=list[LabelEventOut])
-def api_label_events(dataset_id: int, db: DB, user: Viewer, limit: int = 50) -> list[LabelEventOut]:
-    service.get_dataset(db, dataset_id=dataset_id)
-    events = service.label_events(db, dataset_id=dataset_id, limit=min(max(limit, 1), 500))
-    return [LabelEventOut(**vars(event)) for event in events]
 
 
 @router.get("/api/datasets/{dataset_id}/images", response_model=ImagePageOut)
@@ -500,7 +483,7 @@ def dataset_page(
         "datasets/detail.html",
         {
             "summary": summary,
-            "events": service.label_events(db, dataset_id=dataset_id, limit=20),
+            "events": labels.label_events(db, dataset_id=dataset_id, limit=20),
             "uploads": service.uploads_of(db, dataset_id=dataset_id),
             **grid,
         },
@@ -527,14 +510,6 @@ def dataset_rename_label(
     return RedirectResponse(f"/datasets/{dataset_id}#labels", status_code=303)
 
 
-@router.post("/datasets/{dataset_id}/labels/{label_id}/merge", include_in_schema=False)
-def dataset_merge_label(
-    dataset_id: int, label_id: int, db: DB, user: Reviewer, into_label_id: Annotated[int, Form()]
-) -> Response:
-    service.merge_labels(db, dataset_id=dataset_id, label_id=label_id, into_label_id=into_label_id, user_id=user.id)
-    return RedirectResponse(f"/datasets/{dataset_id}#labels", status_code=303)
-
-
 @router.get("/datasets/{dataset_id}/upload", include_in_schema=False)
 def upload_page(request: Request, dataset_id: int, db: DB, user: Reviewer) -> Response:
     summary = service.dataset_summary(db, dataset_id=dataset_id)
@@ -551,16 +526,20 @@ def upload_page(request: Request, dataset_id: int, db: DB, user: Reviewer) -> Re
     )
 
 
+def _report_context(db: Session, upload_id: int) -> dict[str, Any]:
+    report = service.upload_report(db, upload_id=upload_id)
+    alias = labels.alias_of(db, dataset_id=report.upload.dataset_id, name=report.upload.label)
+    return {"report": report, "label_alias": alias}
+
+
 @router.get("/uploads/{upload_id}", include_in_schema=False)
 def upload_report_page(request: Request, upload_id: int, db: DB, user: Viewer) -> Response:
-    report = service.upload_report(db, upload_id=upload_id)
-    return render(request, "datasets/upload_report.html", {"report": report})
+    return render(request, "datasets/upload_report.html", _report_context(db, upload_id))
 
 
 @router.get("/uploads/{upload_id}/panel", include_in_schema=False)
 def upload_panel(request: Request, upload_id: int, db: DB, user: Viewer) -> Response:
-    report = service.upload_report(db, upload_id=upload_id)
-    return render(request, "datasets/upload_report.html", {"report": report}, block="panel")
+    return render(request, "datasets/upload_report.html", _report_context(db, upload_id), block="panel")
 
 
 @router.post("/uploads/{upload_id}/retry", include_in_schema=False)

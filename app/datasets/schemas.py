@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -73,26 +73,10 @@ class LabelIn(BaseModel):
     name: str
 
 
-class LabelMergeIn(BaseModel):
-    into_label_id: int
-
-
 class LabelOut(BaseModel):
     id: int
     name: str
     images: int | None = None
-
-
-class LabelMerged(BaseModel):
-    into: LabelOut
-    moved: int
-
-
-class LabelEventOut(BaseModel):
-    kind: str
-    details: dict[str, Any]
-    user: str | None
-    created_at: datetime
 
 
 class ImageItem(BaseModel):

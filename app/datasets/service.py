@@ -193,7 +193,7 @@ def _label_name(raw: str) -> str:
         raise Invalid(error.reason) from error
 
 
-def _dataset_label(session: Session, *, dataset_id: int, label_id: int) -> Label:
+def dataset_label(session: Session, *, dataset_id: int, label_id: int) -> Label:
     label = repository.get_label(session, label_id)
     if label is None or label.dataset_id != dataset_id:
         raise NotFound(f"label {label_id} is not a label of dataset {dataset_id}")
@@ -219,7 +219,7 @@ def add_label(session: Session, *, dataset_id: int, name: str, user_id: int | No
 
 
 def rename_label(session: Session, *, dataset_id: int, label_id: int, name: str, user_id: int | None) -> Label:
-    label = _dataset_label(session, dataset_id=dataset_id, label_id=label_id)
+    label = dataset_label(session, dataset_id=dataset_id, label_id=label_id)
     name = _label_name(name)
     if name == label.name:
         return label
@@ -230,50 +230,6 @@ def rename_label(session: Session, *, dataset_id: int, label_id: int, name: str,
     repository.add_label_event(session, dataset_id=dataset_id, kind="rename", details=details, user_id=user_id)
     session.flush()
     return label
-
-
-def merge_labels(
-    session: Session, *, dataset_id: int, label_id: int, into_label_id: int, user_id: int | None
-) -> tuple[Label, int]:
-    """Move every image of one label to another (each with a label change), and retire the first label."""
-    if label_id == into_label_id:
-        raise Invalid("a label cannot be merged into itself")
-    merged = _dataset_label(session, dataset_id=dataset_id, label_id=label_id)
-    into = _dataset_label(session, dataset_id=dataset_id, label_id=into_label_id)
-    moved = repository.move_images_to_label(
-        session,
-        dataset_id=dataset_id,
-        from_label_id=merged.id,
-        to_label_id=into.id,
-        user_id=user_id,
-        reason=f"label {merged.name!r} merged into {into.name!r}",
-        now=utcnow(),
-    )
-    merged.merged_into_id = into.id
-    repository.add_label_event(
-        session,
-        dataset_id=dataset_id,
-        kind="merge",
-        details={"from": merged.name, "into": into.name, "images": moved},
-        user_id=user_id,
-    )
-    session.flush()
-    return into, moved
-
-
-@dataclass(frozen=True)
-class LabelEventView:
-    kind: str
-    details: dict[str, Any]
-    user: str | None
-    created_at: Any
-
-
-def label_events(session: Session, *, dataset_id: int, limit: int = 50) -> list[LabelEventView]:
-    return [
-        LabelEventView(event.kind, event.details, user, event.created_at)
-        for event, user in repository.label_events(session, dataset_id, limit=limit)
-    ]
 
 
 # ---- images ---------------------------------------------------------------------------------------------
@@ -886,6 +842,8 @@ def upload_status(session: Session, upload: Upload) -> str:
         job = repository.get_job(session, upload.job_id)
         if job is not None and job.status in ("failed", "cancelled"):
             return job.status
+        if job is not None and job.status == "running":  # as the job bar beside it says
+            return "ingesting"
     return upload.status
 
 

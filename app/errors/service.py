@@ -36,7 +36,7 @@ from app.ml.error_analysis import (
     sample_errors,
 )
 from app.models import Dataset, ErrorSample, Run, Tag, User, utcnow
-from app.web.charts import PALETTE
+from app.web.charts import CATEGORY_PALETTE
 
 ANALYSED_SUBSETS = ("dev", "test", "train_dev")
 SUBSET_ALIASES = {"train-dev": "train_dev"}
@@ -884,7 +884,7 @@ def add_tag(session: Session, *, dataset_id: int, name: str, color: str | None =
     tags = _ensure_tags(session, dataset_id=dataset_id)
     cleaned = _clean_tag_name(name)
     _check_name_free(tags, cleaned)
-    colour = _clean_color(color) if color else PALETTE[len(tags) % len(PALETTE)]
+    colour = _clean_color(color) if color else CATEGORY_PALETTE[len(tags) % len(CATEGORY_PALETTE)]
     position = max((tag.position for tag in tags), default=0) + 1
     try:
         with session.begin_nested():

@@ -91,14 +91,10 @@ def claim_next(
     if row is None:
         return None
     session.add(
-        JobExecution(
-            job_id=row.id, attempt=row.attempts, worker_id=worker_id, lease_token=token, started_at=now
-        )
+        JobExecution(job_id=row.id, attempt=row.attempts, worker_id=worker_id, lease_token=token, started_at=now)
     )
     session.flush()
-    return ClaimedJob(
-        id=row.id, kind=row.kind, payload=row.payload or {}, attempt=row.attempts, lease_token=token
-    )
+    return ClaimedJob(id=row.id, kind=row.kind, payload=row.payload or {}, attempt=row.attempts, lease_token=token)
 
 
 def _fenced(job_id: int, token: str) -> Any:
@@ -139,9 +135,7 @@ def report_progress(
 
 def cancel_requested(session: Session, *, job_id: int, token: str) -> bool:
     row = session.execute(
-        select(Job.cancel_requested).where(
-            Job.id == job_id, Job.lease_token == token, Job.status == "running"
-        )
+        select(Job.cancel_requested).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
     ).first()
     if row is None:
         raise LeaseLost(f"job {job_id}: lease {token[:8]} is no longer held")
@@ -176,9 +170,7 @@ def finish(
         values["progress"] = 1.0
     if result is not None:
         values["result"] = result
-    done = session.execute(
-        _fenced(job_id, token).values(**values).execution_options(synchronize_session=False)
-    )
+    done = session.execute(_fenced(job_id, token).values(**values).execution_options(synchronize_session=False))
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise LeaseLost(f"job {job_id}: lease {token[:8]} is no longer held; completion refused")
     _close_execution(session, token=token, outcome=status, error=error, now=now)
@@ -218,18 +210,13 @@ def retry_or_fail(session: Session, *, job_id: int, token: str, now: datetime, r
         status, values = "queued", {"message": f"retrying: {reason}"[:500]}
     session.execute(
         _fenced(job_id, token)
-        .values(
-            status=status, lease_token=None, lease_expires_at=None, worker_id=None, updated_at=now, **values
-        )
+        .values(status=status, lease_token=None, lease_expires_at=None, worker_id=None, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     )
     _close_execution(session, token=token, outcome="lost", error=reason, now=now)
     if status == "failed":
         session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(finished_at=now)
-            .execution_options(synchronize_session=False)
+            update(Job).where(Job.id == job_id).values(finished_at=now).execution_options(synchronize_session=False)
         )
     return status
 
@@ -291,6 +278,4 @@ def list_jobs(session: Session, *, limit: int, kinds: Sequence[str] | None = Non
 
 
 def executions_of(session: Session, job_id: int) -> list[JobExecution]:
-    return list(
-        session.scalars(select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.id))
-    )
+    return list(session.scalars(select(JobExecution).where(JobExecution.job_id == job_id).order_by(JobExecution.id)))

@@ -191,9 +191,7 @@ class Worker:
         watch = _Watch()
         beat = threading.Thread(target=self._heartbeat, args=(claimed, watch), daemon=True)
         beat.start()
-        self._conn.send(
-            ("run", claimed.id, claimed.kind, claimed.payload, claimed.attempt, claimed.lease_token)
-        )
+        self._conn.send(("run", claimed.id, claimed.kind, claimed.payload, claimed.attempt, claimed.lease_token))
         try:
             self._wait_for_runner(claimed, watch)
         finally:
@@ -315,9 +313,7 @@ class Worker:
                         )
                         last_beat = time.monotonic()
                     else:
-                        cancelled = repository.cancel_requested(
-                            session, job_id=claimed.id, token=claimed.lease_token
-                        )
+                        cancelled = repository.cancel_requested(session, job_id=claimed.id, token=claimed.lease_token)
             except LeaseLost:
                 watch.lease_lost = True
                 return
@@ -332,9 +328,7 @@ class Worker:
             return
         try:
             process = psutil.Process(self._runner.pid)
-            rss = process.memory_info().rss + sum(
-                c.memory_info().rss for c in process.children(recursive=True)
-            )
+            rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
         except psutil.Error:
             return
         rss_mb = rss / 1024**2

@@ -448,9 +448,7 @@ class CheckpointModel:
     head_replaced: bool
 
 
-def model_from_checkpoint(
-    path: Path, *, label_names: Sequence[str] | None = None, seed: int = 0
-) -> CheckpointModel:
+def model_from_checkpoint(path: Path, *, label_names: Sequence[str] | None = None, seed: int = 0) -> CheckpointModel:
     """Rebuild a saved run as the backbone of a new run, refusing anything that cannot transfer.
 
     With `label_names` different from the saved ones the head is replaced by a fresh one (from `seed`).
@@ -510,8 +508,7 @@ def _checked_fields(checkpoint: object) -> dict[str, Any]:
         )
     if input_spec.channels != RGB_CHANNELS:
         raise IncompatibleCheckpoint(
-            f"the checkpoint expects {input_spec.channels}-channel inputs; "
-            "this run feeds 3-channel RGB images"
+            f"the checkpoint expects {input_spec.channels}-channel inputs; this run feeds 3-channel RGB images"
         )
     label_names = checkpoint["label_names"]
     names_are_strings = isinstance(label_names, list) and all(isinstance(name, str) for name in label_names)

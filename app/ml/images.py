@@ -71,9 +71,7 @@ _REFUSED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"7z\xbc\xaf\x27\x1c", "7z archive"),
 )
 # Major brands of ISO base media files (the box after the 4-byte size is "ftyp").
-_HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
-)
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 # Leading bytes of the formats we do decode, used to say "corrupt PNG" rather than "not an image".
 _ALLOWED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -320,9 +318,7 @@ def _allowed_format_name(head: bytes) -> str | None:
     return next((name for signature, name in _ALLOWED_SIGNATURES if head.startswith(signature)), None)
 
 
-def _decode_first_frame(
-    source: BinaryIO, *, head: bytes, limits: ImageLimits
-) -> tuple[Image.Image, int] | Rejection:
+def _decode_first_frame(source: BinaryIO, *, head: bytes, limits: ImageLimits) -> tuple[Image.Image, int] | Rejection:
     claimed_format = _allowed_format_name(head)
     too_many_pixels = Rejection(
         "too_many_pixels", f"image has more than {limits.max_pixels:,} pixels (decompression-bomb guard)"

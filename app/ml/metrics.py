@@ -62,9 +62,7 @@ def rescore(predicted: npt.ArrayLike, labels: npt.ArrayLike, excluded_mask: npt.
     return _counts(guesses[~excluded], truth[~excluded])
 
 
-def confusion_matrix(
-    predicted: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int
-) -> npt.NDArray[np.int64]:
+def confusion_matrix(predicted: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]:
     """Counts [true class, predicted class]."""
     guesses, truth = _labels(predicted), _labels(labels)
     if guesses.shape != truth.shape:
@@ -76,9 +74,7 @@ def confusion_matrix(
     return matrix
 
 
-def per_class_metrics(
-    predicted: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int
-) -> list[ClassMetrics]:
+def per_class_metrics(predicted: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int) -> list[ClassMetrics]:
     matrix = confusion_matrix(predicted, labels, num_classes)
     true_positives = np.diag(matrix)
     predicted_totals, actual_totals = matrix.sum(axis=0), matrix.sum(axis=1)

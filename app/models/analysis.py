@@ -40,9 +40,7 @@ class ErrorSample(TimestampMixin, Base):
 class ErrorSampleItem(Base):
     __tablename__ = "error_sample_items"
 
-    sample_id: Mapped[int] = mapped_column(
-        ForeignKey("error_samples.id", ondelete="CASCADE"), primary_key=True
-    )
+    sample_id: Mapped[int] = mapped_column(ForeignKey("error_samples.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int]
     is_error: Mapped[bool] = mapped_column(default=True)
@@ -65,9 +63,7 @@ class ErrorAnnotation(Base):
 class ErrorAnnotationTag(Base):
     __tablename__ = "error_annotation_tags"
 
-    annotation_id: Mapped[int] = mapped_column(
-        ForeignKey("error_annotations.id", ondelete="CASCADE"), primary_key=True
-    )
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("error_annotations.id", ondelete="CASCADE"), primary_key=True)
     tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
 
 

@@ -115,6 +115,8 @@ class LabelChange(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"))
     reverts_change_id: Mapped[int | None] = mapped_column(ForeignKey("label_changes.id"))
+    # The label merge (or its undo) this change was part of: what an undo of that merge moves back.
+    label_event_id: Mapped[int | None] = mapped_column(ForeignKey("label_events.id", ondelete="SET NULL"), index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # For a change applied by two-reviewer agreement: user_id proposed it, this reviewer confirmed it.
     confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

@@ -216,6 +216,8 @@ def run_review_start(
         include_train=include_train,
         actor=user,
     )
+    # Whoever starts a campaign sees its first items at once rather than an empty grid and a button to press.
+    service.claim_items(db, review_id=review.id, actor=user, count=service.DEFAULT_CLAIM_SIZE)
     return RedirectResponse(f"/reviews/{review.id}", status_code=303)
 
 

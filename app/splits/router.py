@@ -7,15 +7,21 @@ import io
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
 
 from app.datasets.logic import csv_safe_cell
 from app.jobs import service as jobs
 from app.models import Split
 from app.splits import service
-from app.splits.logic import export_path, params_from_dict, stream_zip
+from app.splits.logic import (
+    FORM_DEFAULTS,
+    WHOLE_NUMBER_FIELDS,
+    export_path,
+    params_from_dict,
+    read_split_form,
+    stream_zip,
+)
 from app.splits.schemas import PreviewOut, SplitCreated, SplitIn, SplitOut
 from app.web.deps import DB, Reviewer, Viewer, reads_only
 from app.web.templating import render
@@ -33,6 +39,8 @@ def _status(db: DB, split: Split) -> str:
         job = jobs.get_job(db, job_id=split.job_id)
         if job.status in ("failed", "cancelled"):
             return job.status
+        if job.status == "running":  # the job bar beside it says running: so does the split
+            return "building"
     return split.status
 
 
@@ -133,70 +141,56 @@ def api_export(split_id: int, request: Request, db: DB, user: Viewer) -> Respons
 # -- pages -----------------------------------------------------------------------------------------------
 
 
-class SplitForm(BaseModel):
-    """The split form's flat fields (ratios as three inputs)."""
+ERROR_FIELDS = (*WHOLE_NUMBER_FIELDS, "target_train_fraction", "train_dev_fraction", "ratios")
 
-    seed: int = Field(default=0, ge=0)
-    target_source: str = ""
-    target_train_fraction: float = Field(default=0.8, ge=0, le=1)
-    train_dev_fraction: float = Field(default=0.0, ge=0, lt=1)
-    dev_cap: int = Field(default=10_000, ge=0)
-    test_cap: int = Field(default=10_000, ge=0)
-    ratio_train: float = 0.6
-    ratio_dev: float = 0.2
-    ratio_test: float = 0.2
-    near_duplicate_threshold: int = Field(default=4, ge=0, le=16)
-    use_imported: bool = False
 
-    def to_split_in(self) -> SplitIn:
-        return SplitIn(
-            seed=self.seed,
-            target_source=self.target_source or None,
-            target_train_fraction=self.target_train_fraction,
-            train_dev_fraction=self.train_dev_fraction,
-            dev_cap=self.dev_cap,
-            test_cap=self.test_cap,
-            small_ratios=(self.ratio_train, self.ratio_dev, self.ratio_test),
-            near_duplicate_threshold=self.near_duplicate_threshold,
-            use_imported=self.use_imported,
-        )
+async def _form_fields(request: Request) -> dict[str, str]:
+    """The form's text fields (read once; Starlette caches the parsed form for the CSRF check too)."""
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+FormFields = Annotated[dict[str, str], Depends(_form_fields)]
+
+
+def _list_context(db: DB, dataset_id: int, form: dict[str, str], problems: dict[str, str]) -> dict[str, Any]:
+    dataset = service.get_dataset(db, dataset_id=dataset_id)
+    return {
+        "dataset": dataset,
+        "splits": [(s, _status(db, s)) for s in service.splits_of(db, dataset_id=dataset_id)],
+        "sources": service.dataset_sources(db, dataset_id=dataset_id),
+        "defaults": {**FORM_DEFAULTS, "target_source": dataset.target_source or "", **form},
+        "problems": problems,
+        "error_fields": ERROR_FIELDS,
+    }
 
 
 @router.get("/datasets/{dataset_id}/splits", include_in_schema=False)
 def splits_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
-    dataset = service.get_dataset(db, dataset_id=dataset_id)
-    return render(
-        request,
-        "splits/list.html",
-        {
-            "dataset": dataset,
-            "splits": [(s, _status(db, s)) for s in service.splits_of(db, dataset_id=dataset_id)],
-            "sources": service.dataset_sources(db, dataset_id=dataset_id),
-            "defaults": SplitForm(target_source=dataset.target_source or ""),
-        },
-    )
+    return render(request, "splits/list.html", _list_context(db, dataset_id, {}, {}))
 
 
 @router.post("/datasets/{dataset_id}/splits/preview", include_in_schema=False)
 @reads_only
-def splits_preview(
-    request: Request, dataset_id: int, form: Annotated[SplitForm, Form()], db: DB, user: Reviewer
-) -> Response:
-    preview = service.preview(
-        db,
-        dataset_id=dataset_id,
-        params=_params(form.to_split_in()),
-        blobs=request.app.state.blobs,
-        store=request.app.state.split_inputs,
-    )
-    return render(request, "splits/_preview.html", {"preview": preview})
+def splits_preview(request: Request, dataset_id: int, form: FormFields, db: DB, user: Reviewer) -> Response:
+    """The preview of what the form would make; a field it cannot use gets its message beside it instead."""
+    values, problems = read_split_form(form)
+    context: dict[str, Any] = {"problems": problems, "error_fields": ERROR_FIELDS, "preview": None}
+    if not problems:
+        store = request.app.state.split_inputs
+        context["preview"] = service.preview(
+            db, dataset_id=dataset_id, params=params_from_dict(values), blobs=request.app.state.blobs, store=store
+        )
+    return render(request, "splits/_preview.html", context)
 
 
 @router.post("/datasets/{dataset_id}/splits", include_in_schema=False)
-def splits_create(
-    request: Request, dataset_id: int, form: Annotated[SplitForm, Form()], db: DB, user: Reviewer
-) -> Response:
-    split, _job = service.create_split(db, dataset_id=dataset_id, params=_params(form.to_split_in()), user_id=user.id)
+def splits_create(request: Request, dataset_id: int, form: FormFields, db: DB, user: Reviewer) -> Response:
+    values, problems = read_split_form(form)
+    if problems:  # the form again, as typed, each problem beside its field
+        context = _list_context(db, dataset_id, form, problems)
+        return render(request, "splits/list.html", context, status_code=422)
+    split, _job = service.create_split(db, dataset_id=dataset_id, params=params_from_dict(values), user_id=user.id)
     return RedirectResponse(f"/splits/{split.id}", status_code=303)
 
 

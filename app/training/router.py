@@ -231,7 +231,7 @@ def run_page(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
 def run_live(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
     """The part of the run page that updates while it trains (progress, curves)."""
     context = _run_context(request, db, run_id)
-    response = render(request, "training/detail.html", context, block="live")
+    response = render(request, "training/detail.html", {**context, "live_only": True}, block="live")
     if context["status"] not in ("queued", "running"):
         # Only a page that was polling asks: its header (status, error analysis, review, model links) is stale.
         response.headers["HX-Refresh"] = "true"

@@ -2,36 +2,74 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
 PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6", "#ec4899", "#84cc16")
+# Colours for new error categories: no reds or pinks, which read as "mislabeled" (#dc2626).
+CATEGORY_PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#8b5cf6", "#14b8a6", "#84cc16", "#0ea5e9", "#a16207")
+LEGEND_ROW = 18
+CHAR_PX = 6.5  # about the width of one character of an 11-12 px label, to lay out legends and cut long names
 
 
-def _svg(width: int, height: int, body: str, title: str) -> Markup:
-    return Markup(
-        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+def _short(label: str, room_px: float) -> str:
+    """A label cut to the room it has (the full text stays in the element's <title>)."""
+    fits = max(int(room_px / CHAR_PX), 4)
+    return label if len(label) <= fits else label[: fits - 1] + "…"
+
+
+def _svg(width: int, height: int, body: str, title: str, *, fixed: bool = False) -> Markup:
+    """``fixed`` draws at its natural size (labels stay at their CSS pixel size) and scrolls sideways where the
+    page is narrower, instead of shrinking with the page."""
+    size = f'width="{width}" height="{height}"' if fixed else 'width="100%"'
+    svg = (
+        f'<svg class="chart{" chart-fixed" if fixed else ""}" viewBox="0 0 {width} {height}" {size} role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
         f"{body}</svg>"
     )
+    return Markup(f'<div class="chart-scroll">{svg}</div>' if fixed else svg)
 
 
-def bar_chart(items: Sequence[tuple[str, float]], *, title: str, value_format: str = "{:g}") -> Markup:
-    """Horizontal bars, one row per item (class balance, error categories)."""
-    row, label_w, bar_w = 22, 160, 360
+def bar_chart(
+    items: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    value_format: str = "{:g}",
+    colors: Mapping[str, str] | None = None,
+) -> Markup:
+    """Horizontal bars, one row per item (class balance, error categories: each in its own colour)."""
+    row, label_w, bar_w = 24, 150, 300
     top = max((v for _, v in items), default=0) or 1
     parts = []
     for i, (label, value) in enumerate(items):
         y = i * row
         width = bar_w * value / top
+        colour = (colors or {}).get(label, PALETTE[0])
         parts.append(
-            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" class="chart-label">{escape(label)}</text>'
-            f'<rect x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{PALETTE[0]}"/>'
-            f'<text x="{label_w + width + 4:.1f}" y="{y + 15}" class="chart-value">'
+            f'<text x="{label_w - 6}" y="{y + 16}" text-anchor="end" class="chart-label chart-bar-label">'
+            f"<title>{escape(label)}</title>{escape(_short(label, label_w - 10))}</text>"
+            f'<rect x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{colour}"/>'
+            f'<text x="{label_w + width + 4:.1f}" y="{y + 16}" class="chart-label">'
             f"{escape(value_format.format(value))}</text>"
         )
-    return _svg(label_w + bar_w + 80, max(row * len(items), row), "".join(parts), title)
+    return _svg(label_w + bar_w + 70, max(row * len(items), row), "".join(parts), title, fixed=True)
+
+
+def _legend(names: Sequence[str], *, x0: float, y0: float, width: float) -> tuple[list[str], float]:
+    """Colour swatches with names in rows under a chart (never over its lines); returns the parts and height."""
+    parts, x, y = [], x0, y0
+    for k, name in enumerate(names):
+        item_w = 14 + CHAR_PX * len(name) + 16
+        if x > x0 and x + item_w > width:
+            x, y = x0, y + LEGEND_ROW
+        colour = PALETTE[k % len(PALETTE)]
+        parts.append(
+            f'<g class="chart-legend-item"><rect x="{x:.1f}" y="{y}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{x + 14:.1f}" y="{y + 9}" class="chart-label">{escape(name)}</text></g>'
+        )
+        x += item_w
+    return parts, y - y0 + LEGEND_ROW
 
 
 def _number(value: float) -> str:
@@ -66,18 +104,12 @@ def stacked_bar_chart(rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *
         total = sum(v for _, v in segments)
         parts.append(f'<text x="{x + 4:.1f}" y="{y + 18}" class="chart-value">{_number(total)}</text>')
     legend_y = len(rows) * row_h + 8
-    for j, key in enumerate(keys):
-        lx = label_w + j * 110
-        parts.append(
-            f'<rect x="{lx}" y="{legend_y}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
-            f'<text x="{lx + 14}" y="{legend_y + 9}" class="chart-label">{escape(key)}</text>'
-        )
-    return _svg(label_w + bar_w + 70, legend_y + 20, "".join(parts), title)
+    legend, legend_h = _legend(keys, x0=label_w, y0=legend_y, width=label_w + bar_w + 70)
+    parts.extend(legend)
+    return _svg(label_w + bar_w + 70, int(legend_y + legend_h + 2), "".join(parts), title)
 
 
-def line_chart(
-    series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, y_label: str = ""
-) -> Markup:
+def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, y_label: str = "") -> Markup:
     """Learning curves: one polyline per series over epochs 1..n."""
     width, height, pad = 460, 220, 36
     values = [v for _, ys in series for v in ys if v is not None]
@@ -99,32 +131,35 @@ def line_chart(
         f'<text x="{pad}" y="{height - pad + 14}" class="chart-label">{lo:.3g}</text>',
         f'<text x="{width - pad}" y="{height - pad + 14}" text-anchor="end" class="chart-label">epoch {n}</text>',
     ]
-    for k, (name, ys) in enumerate(series):
+    for k, (_name, ys) in enumerate(series):
         pts = " ".join(point(i, v) for i, v in enumerate(ys) if v is not None)
         colour = PALETTE[k % len(PALETTE)]
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        parts.append(
-            f'<text x="{width - pad}" y="{pad + 14 * k}" text-anchor="end" fill="{colour}" '
-            f'class="chart-label">{escape(name)}</text>'
-        )
-    return _svg(width, height, "".join(parts), title)
+    legend, legend_h = _legend([name for name, _ in series], x0=pad, y0=height - pad + 24, width=width - pad)
+    parts.extend(legend)
+    return _svg(width, int(height - pad + 24 + legend_h), "".join(parts), title)
 
 
 def heatmap(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, title: str) -> Markup:
-    """Confusion matrix: rows are true labels, columns predicted; darker is more."""
+    """Confusion matrix: rows are true labels, columns predicted (both axes titled); darker is more."""
     n = len(labels)
-    cell, label_w = (max(18, min(44, 440 // max(n, 1)))), 110
-    top = max((v for row in matrix for v in row), default=0) or 1
-    parts = []
+    cell, label_w, axis = (max(18, min(44, 440 // max(n, 1)))), 110, 20
+    left = top = label_w + axis  # room for the labels and, outside them, the axis titles
+    most = max((v for row in matrix for v in row), default=0) or 1
+    parts = [
+        f'<text x="{left + n * cell / 2:.1f}" y="14" text-anchor="middle" class="chart-axis-title">predicted</text>',
+        f'<text x="14" y="{top + n * cell / 2:.1f}" text-anchor="middle" class="chart-axis-title" '
+        f'transform="rotate(-90 14 {top + n * cell / 2:.1f})">true label</text>',
+    ]
     for i, row in enumerate(matrix):
-        y = label_w + i * cell
+        y = top + i * cell
         parts.append(
-            f'<text x="{label_w - 4}" y="{y + cell * 0.65:.1f}" text-anchor="end" class="chart-label">'
-            f"{escape(labels[i])}</text>"
+            f'<text x="{left - 4}" y="{y + cell * 0.65:.1f}" text-anchor="end" class="chart-label">'
+            f"<title>{escape(labels[i])}</title>{escape(_short(labels[i], label_w - 6))}</text>"
         )
         for j, value in enumerate(row):
-            x = label_w + j * cell
-            opacity = 0.08 + 0.92 * value / top if value else 0.03
+            x = left + j * cell
+            opacity = 0.08 + 0.92 * value / most if value else 0.03
             fill = PALETTE[2] if i == j else PALETTE[3]
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}" '
@@ -137,10 +172,11 @@ def heatmap(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, title: st
                     f'class="chart-value">{value}</text>'
                 )
     for j, name in enumerate(labels):
-        column_x = label_w + j * cell + cell / 2
+        column_x = left + j * cell + cell / 2
         parts.append(
-            f'<text x="{column_x:.1f}" y="{label_w - 6}" transform="rotate(-45 {column_x:.1f} {label_w - 6})" '
-            f'class="chart-label">{escape(name)}</text>'
+            f'<text x="{column_x:.1f}" y="{top - 6}" transform="rotate(-45 {column_x:.1f} {top - 6})" '
+            f'class="chart-label"><title>{escape(name)}</title>{escape(_short(name, label_w - 6))}</text>'
         )
-    size = label_w + n * cell + 10
-    return _svg(size, size, "".join(parts), title)
+    size = left + n * cell + 10
+    # The last column's slanted name runs right of the grid: room for it, so it is not cut at the edge.
+    return _svg(size + label_w // 2, size, "".join(parts), title)

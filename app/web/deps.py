@@ -94,9 +94,7 @@ async def _submitted_csrf(request: Request) -> str | None:
     return None
 
 
-def _current_user(
-    request: Request, db: DB, submitted_csrf: Annotated[str | None, Depends(_submitted_csrf)]
-) -> User:
+def _current_user(request: Request, db: DB, submitted_csrf: Annotated[str | None, Depends(_submitted_csrf)]) -> User:
     authorization = request.headers.get("authorization", "")
     if authorization.lower().startswith("bearer "):
         user = auth_service.resolve_token(db, secret=authorization[7:].strip())

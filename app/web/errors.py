@@ -14,8 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from markupsafe import escape
 from sqlalchemy.exc import DataError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.errors import DomainError, Invalid, NotAuthenticated
+from app.auth import service as auth_service
+from app.core.errors import DomainError, Invalid, NotAuthenticated, NotFound
 from app.web.templating import is_htmx, render
 
 log = logging.getLogger(__name__)
@@ -80,7 +83,43 @@ def value_error_of(exc: Exception) -> Invalid:
     return Invalid(f"a value in the request is out of range or not allowed: {reason}")
 
 
+def _who_is_asking(request: Request) -> None:
+    """An unknown path matched no route, so no dependency said who is asking: read the session cookie here, so
+    the 404 page has the navigation of a logged-in user (read-only; the session is closed at once)."""
+    from app.web.deps import Actor, read_session_cookie  # deps imports this module's users' routes
+
+    token = read_session_cookie(request)
+    if not token:
+        return
+    with request.app.state.session_maker() as session:
+        resolved = auth_service.resolve_session(session, token=token)
+        if resolved is not None:
+            user, user_session = resolved
+            request.state.user = Actor(user.id, user.name, user.role)
+            request.state.csrf_token = user_session.csrf_token
+
+
+async def http_error_response(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's own errors (no route for the path, a method the route lacks): the API keeps JSON, in the shape
+    of every other error; a browser gets a page with the navigation."""
+    if exc.status_code == 404:
+        error: DomainError = NotFound(f"there is no page at {request.url.path}")
+    else:
+        error = DomainError(str(exc.detail))
+        error.status_code, error.code = exc.status_code, "_".join(str(exc.detail).lower().split()) or "error"
+    if wants_json(request) or is_htmx(request):
+        return JSONResponse(
+            {"error": error.code, "detail": error.message}, status_code=exc.status_code, headers=exc.headers
+        )
+    await run_in_threadpool(_who_is_asking, request)
+    return render(
+        request, "error.html", {"error": error, "unknown_path": exc.status_code == 404}, status_code=exc.status_code
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, http_error_response)  # type: ignore[arg-type]
+
     @app.exception_handler(DomainError)
     async def _handle(request: Request, exc: DomainError) -> Response:
         return domain_error_response(request, exc)

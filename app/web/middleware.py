@@ -95,9 +95,7 @@ class BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"error": "too_large", "detail": f"request body is over the {limit} byte limit"}
-    ).encode()
+    body = json.dumps({"error": "too_large", "detail": f"request body is over the {limit} byte limit"}).encode()
     await send(
         {
             "type": "http.response.start",

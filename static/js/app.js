@@ -21,6 +21,19 @@
       ];
     }
   });
+  // Forms that move many things ask first; "{into}" in the question is the form's chosen option.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form && form.getAttribute ? form.getAttribute("data-confirm") : null;
+    if (!question) {
+      return;
+    }
+    var select = form.querySelector("select");
+    var chosen = select && select.selectedIndex >= 0 ? select.options[select.selectedIndex].text : "";
+    if (!window.confirm(question.split("{into}").join(chosen))) {
+      event.preventDefault();
+    }
+  });
   document.addEventListener("htmx:responseError", function (event) {
     var flash = document.getElementById("flash");
     if (flash) {

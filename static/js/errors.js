@@ -12,6 +12,7 @@
   var canTag = grid.getAttribute("data-can-tag") === "1";
   var subset = grid.getAttribute("data-subset");
   var selectedId = null;
+  var following = false;  // a large view for a newly selected example is on its way
   // Toggles go one after another, so each answer's ceiling table is at least as new as the one before.
   var saving = Promise.resolve();
 
@@ -42,8 +43,38 @@
     if (scroll) {
       card.scrollIntoView({ block: "nearest" });
     }
+    followInDetail(card);
     // Keep the place across reloads without making the browser jump to an anchor.
     history.replaceState(null, "", "#image-" + selectedId);
+  }
+
+  function shownId() {
+    var open = detail ? detail.querySelector("[data-detail]") : null;
+    return open ? open.getAttribute("data-image-id") : null;
+  }
+
+  // An open large view always shows the selected example: otherwise a key pressed after a move would tag a card
+  // hidden under the panel while the panel still shows the one before.
+  function followInDetail(card) {
+    var shown = shownId();
+    var link = card.querySelector("[data-open]");
+    if (shown === null || shown === selectedId || !link) {
+      return;
+    }
+    detail.querySelector("[data-detail]").classList.add("stale");  // dimmed until the selected one arrives
+    if (following) {
+      return;  // the answer in flight is checked against the selection when it lands (htmx:load below)
+    }
+    following = true;
+    function landed() {
+      following = false;
+      var open = shownId();
+      var card = cardById(selectedId);
+      if (open !== null && open !== selectedId && card) {
+        followInDetail(card);
+      }
+    }
+    htmx.ajax("GET", link.getAttribute("hx-get"), { target: "#detail" }).then(landed, landed);
   }
 
   function columns(list) {

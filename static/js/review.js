@@ -26,17 +26,33 @@
     return id === null ? null : document.getElementById("item-" + id);
   }
 
+  var flashTimer = null;
+  var FLASH_MS = 6000;
+
+  // A message says what just happened: it goes when the next action starts, and a confirmation also after a
+  // few seconds (a refusal stays until then, so it can be read).
+  function clearFlash() {
+    var box = document.getElementById("flash");
+    if (box) {
+      box.textContent = "";
+    }
+  }
+
   function flash(message, kind) {
     var box = document.getElementById("flash");
     if (!box) {
       return;
     }
+    clearTimeout(flashTimer);
     box.textContent = "";
     var div = document.createElement("div");
     div.className = "flash " + (kind || "ok");
     div.setAttribute("role", kind === "error" ? "alert" : "status");
     div.textContent = message;
     box.appendChild(div);
+    if (kind !== "error") {
+      flashTimer = setTimeout(clearFlash, FLASH_MS);
+    }
   }
 
   function loadDetail() {
@@ -103,12 +119,29 @@
   }
 
   function applyState(card, state) {
-    card.setAttribute("data-version", String(state.label_version));
-    card.setAttribute("data-label", state.label);
-    card.querySelector("[data-item-label]").textContent = state.label;
+    if (state.label_version !== undefined) {
+      card.setAttribute("data-version", String(state.label_version));
+    }
+    if (typeof state.label === "string") {
+      card.setAttribute("data-label", state.label);
+      card.querySelector("[data-item-label]").textContent = state.label;
+    }
     if (state.review_status) {
       setStatus(card, state.review_status);
     }
+  }
+
+  // After a refusal the card shows what the server holds now, whatever the refusal carried.
+  function refreshCard(card) {
+    return fetch("/api/images/" + card.getAttribute("data-image-id") + "/label", { credentials: "same-origin" })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .then(function (state) {
+        if (state) {
+          applyState(card, state);
+        }
+      });
   }
 
   function changed() {
@@ -137,15 +170,15 @@
         applyState(card, result.data);
         return result.data;
       }
-      if (result.status === 409 && result.data.label_version !== undefined) {
-        applyState(card, result.data);
-      }
       flash(result.data.detail || "The server refused this (" + result.status + ").", "error");
-      return null;
+      return (result.status === 409 ? refreshCard(card) : Promise.resolve()).then(function () {
+        return null;
+      });
     });
   }
 
   function enqueue(work) {
+    clearFlash();
     queue = queue.then(work).catch(function () {
       flash("The server could not be reached. Nothing was changed; try again.", "error");
     });

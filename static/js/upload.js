@@ -456,7 +456,7 @@
       var uploadId = await upload();
       var resume = root.querySelector("[data-resume]");
       if (resume) resume.remove();
-      phaseText.textContent = "Uploaded; now checking and adding the images";
+      phaseText.textContent = "Uploaded; now checking and adding the images (the report below follows)";
       chosen = [];
       chosenPaths = new Set();
       htmx.ajax("GET", "/uploads/" + uploadId + "/panel", { target: "#upload-result", swap: "innerHTML" });
@@ -478,4 +478,20 @@
       else showError(refused(response).message);
     });
   }
+  // The phase line says what the report panel says once the panel (which polls itself) reaches an end, so
+  // "now checking" never stays beside a finished report.
+  document.addEventListener("htmx:load", function (event) {
+    var panel = event.detail.elt;
+    if (!panel || !panel.hasAttribute || !panel.hasAttribute("data-upload-panel") || !phaseText) {
+      return;
+    }
+    var status = panel.getAttribute("data-status");
+    var ends = { done: "Done: the report below is final", failed: "Failed: see the report below",
+      cancelled: "Cancelled: see the report below" };
+    if (ends[status]) {
+      phaseText.textContent = ends[status];
+    } else if (status === "queued" || status === "ingesting") {
+      phaseText.textContent = "Uploaded; now checking and adding the images (" + status + ")";
+    }
+  });
 })();

@@ -142,7 +142,7 @@ def test_labels_are_added_renamed_and_merged_with_history(ingest: Ingest) -> Non
     ]
     events = ingest.viewer.get(f"/api/datasets/{dataset}/label-events").json()
     assert [(e["kind"], e["details"]) for e in events][:3] == [
-        ("merge", {"from": "kitty", "into": "cat", "images": 1}),
+        ("merge", {"from": "kitty", "into": "cat", "images": 1, "from_id": labels["kitty"], "into_id": labels["cat"]}),
         ("rename", {"from": "dog", "to": "hound"}),
         ("add", {"name": "fox"}),
     ]
@@ -212,7 +212,7 @@ def test_the_pages_render_and_link_the_workflow(ingest: Ingest) -> None:
     assert page.status_code == 200
     for link in (f"/datasets/{dataset}/splits", f"/datasets/{dataset}/runs", f"/uploads/{report['id']}"):
         assert f'href="{link}"' in page.text
-    assert '<svg class="chart"' in page.text  # the class-balance chart
+    assert '<svg class="chart chart-fixed"' in page.text  # the class-balance chart, at its pixel size
     assert re.search(r"data-image-count>2<", page.text)
     assert f'href="/datasets/{dataset}/upload"' not in page.text  # viewers cannot upload
     assert ingest.viewer.get(f"/datasets/{dataset}/upload").status_code == 403

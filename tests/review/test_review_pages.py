@@ -80,12 +80,12 @@ def test_a_reviewer_starts_a_campaign_from_the_form_and_takes_items(app, people,
         campaign_url = started.headers["location"]
         review_id = int(campaign_url.rsplit("/", 1)[1])
 
-        empty = client.get(campaign_url).text
-        assert "You hold no items of this campaign yet" in empty and "data-claim" in empty
+        # The new campaign opens on its first items (issue 15.8), not on an empty grid: all 16 are held.
+        mine = client.get(campaign_url).text
+        assert "You hold no items of this campaign yet" not in mine and mine.count("data-item ") == 16
         claimed = client.post(f"/reviews/{review_id}/claim", data={"csrf_token": token, "count": "10"})
         assert claimed.status_code == 303
-        mine = client.get(claimed.headers["location"]).text
-        assert mine.count("data-item ") == 10
+        assert client.get(claimed.headers["location"]).text.count("data-item ") == 16
         assert 'data-progress="dev"' in mine and 'data-progress="test"' in mine
         assert 'data-label-key="cat" data-key="1"' in mine
 

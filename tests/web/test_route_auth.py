@@ -6,7 +6,7 @@ import re
 
 from fastapi.routing import APIRoute
 
-PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/healthz"), ("GET", "/api/docs")}
+PUBLIC = {("GET", "/login"), ("POST", "/login"), ("GET", "/healthz"), ("GET", "/api/docs"), ("GET", "/favicon.ico")}
 ROLE_OF_DEPENDENCY = {"require_viewer": "viewer", "require_reviewer": "reviewer", "require_admin": "admin"}
 SAFE = {"GET", "HEAD", "OPTIONS"}
 

@@ -161,7 +161,7 @@ class EmbeddingStore:
 
     def _projection(self) -> Projection | None:
         try:
-            with np.load(self.root / "projection.npz") as stored:
+            with np.load(self.root / "projection.npz", allow_pickle=False) as stored:
                 return Projection(stored["mean"], stored["components"])
         except (OSError, ValueError, KeyError):
             return None

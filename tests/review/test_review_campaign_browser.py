@@ -40,7 +40,7 @@ def test_refusals_leave_the_campaign_page_true(tmp_path: Path) -> None:
         log_in(page, base_url, REVIEWER, PASSWORD, then=f"/runs/{run_id}/review")
         page.fill('input[name="suspicious_per_subset"]', "3")
         page.fill('input[name="correct_per_subset"]', "1")
-        page.uncheck("[data-require-agreement]")  # one reviewer here: relabels apply at once (agreement has its own test)
+        page.uncheck("[data-require-agreement]")  # one reviewer here: relabels apply at once
         page.click('[data-start-review] button[type="submit"]')
         # The first items are there at once: no empty grid waiting for "Take the next items".
         page.wait_for_selector("[data-item].selected", timeout=10_000)

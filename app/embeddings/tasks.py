@@ -57,10 +57,13 @@ def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: lis
 
     from app.ml.backbones import load_backbone
     from app.ml.features import extract_features
+    from app.training.inference import worker_runtime
 
     ctx.progress(0.02, "loading the backbone")
     torch.set_num_threads(ctx.settings.torch_threads)
     backbone = load_backbone(backbone_name, torch_home=service.torch_home())
+    # The same frozen-backbone path as a run's extraction (ONNX Runtime where verified), so the cache is shared.
+    runtime = worker_runtime(ctx.settings, backbone)
     blobs = LocalBlobStore(ctx.settings.blob_dir)
     cache_dir = ctx.settings.cache_dir / "features"  # the same cache a run's extraction fills
     cache_hits = 0
@@ -74,6 +77,7 @@ def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: lis
             cache_dir=cache_dir,
             should_stop=ctx.should_stop,
             precision=ctx.settings.feature_precision,
+            runtime=runtime,
         )
         store.append([image_id for image_id, _ in chunk], unit_rows(result.features))
         cache_hits += result.cache_hits

@@ -11,7 +11,7 @@ from app.models.analysis import (
     Tag,
 )
 from app.models.base import Base, utcnow
-from app.models.dataset import Dataset, Image, Label, LabelChange, LabelEvent, Upload, UploadEntry
+from app.models.dataset import Dataset, Image, ImageStat, Label, LabelChange, LabelEvent, Upload, UploadEntry
 from app.models.embedding import EmbeddingSet
 from app.models.job import Job, JobExecution
 from app.models.run import Prediction, Run
@@ -28,6 +28,7 @@ __all__ = [
     "ErrorSample",
     "ErrorSampleItem",
     "Image",
+    "ImageStat",
     "Job",
     "JobExecution",
     "Label",

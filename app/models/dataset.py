@@ -101,6 +101,19 @@ class Image(TimestampMixin, Base):
     upload_id: Mapped[int | None] = mapped_column(ForeignKey("uploads.id", ondelete="SET NULL"))
 
 
+class ImageStat(Base):
+    """Statistics measured in ingest's decode (app/ml/image_stats.py), read by data health."""
+
+    __tablename__ = "image_stats"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    brightness: Mapped[float]
+    contrast: Mapped[float]
+    sharpness: Mapped[float]
+    entropy: Mapped[float]
+    colourfulness: Mapped[float]
+
+
 class LabelChange(Base):
     """Label history: nothing is overwritten without a trace; any change can be reverted."""
 

@@ -20,11 +20,11 @@ def upgrade() -> None:
     op.create_table(
         "image_stats",
         sa.Column("image_id", sa.Integer(), nullable=False),
-        sa.Column("brightness", sa.Float(), nullable=False),
-        sa.Column("contrast", sa.Float(), nullable=False),
-        sa.Column("sharpness", sa.Float(), nullable=False),
-        sa.Column("entropy", sa.Float(), nullable=False),
-        sa.Column("colourfulness", sa.Float(), nullable=False),
+        sa.Column("brightness", sa.Double(), nullable=False),
+        sa.Column("contrast", sa.Double(), nullable=False),
+        sa.Column("sharpness", sa.Double(), nullable=False),
+        sa.Column("entropy", sa.Double(), nullable=False),
+        sa.Column("colourfulness", sa.Double(), nullable=False),
         sa.ForeignKeyConstraint(
             ["image_id"], ["images.id"], name=op.f("fk_image_stats_image_id_images"), ondelete="CASCADE"
         ),

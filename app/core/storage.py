@@ -95,14 +95,7 @@ class LocalBlobStore:
     def sweep_abandoned(self, *, older_than_seconds: float) -> int:
         """Delete temp files a killed writer left (a write in progress unlinks its own on any other exit);
         returns how many went. Only old ones: a slow upload may still be streaming into a young one."""
-        cutoff = time.time() - older_than_seconds
-        swept = 0
-        for path in self._tmp.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    swept += 1
-        return swept
+        return sweep_old_files(self._tmp, older_than_seconds=older_than_seconds)
 
     def _publish(self, tmp: Path, digest: str) -> None:
         # rename is atomic on one file system: a reader sees the whole blob or none.
@@ -120,6 +113,18 @@ class LocalBlobStore:
                     if len(path.name) == 64 and path.is_file():
                         info = path.stat()
                         yield StoredBlob(path.name, info.st_size, info.st_mtime)
+
+
+def sweep_old_files(folder: Path, *, older_than_seconds: float) -> int:
+    """Delete the files in ``folder`` older than the cutoff; returns how many went."""
+    cutoff = time.time() - older_than_seconds
+    swept = 0
+    for path in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                swept += 1
+    return swept
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,6 +11,28 @@ def register(cli: typer.Typer) -> None:
     storage_cli = typer.Typer(help="Blob storage upkeep.", no_args_is_help=True)
     cli.add_typer(storage_cli, name="storage")
 
+    @storage_cli.command("verify")
+    def verify(
+        digests: Annotated[bool, typer.Option("--digests", help="Also re-hash every object (reads them all).")] = False,
+    ) -> None:
+        """List every image whose blob or thumbnail is missing from the store (or, with --digests, holds other
+        bytes); exits 1 when any is."""
+        from app.core.db import get_engine, session_factory
+        from app.core.settings import get_settings
+        from app.storage.backends import blob_store
+        from app.storage.verify import VerifyResult, verify_blobs
+
+        settings = get_settings()
+        for item in verify_blobs(
+            sessions=session_factory(get_engine(settings)), blobs=blob_store(settings), check_digests=digests
+        ):
+            if isinstance(item, VerifyResult):
+                typer.echo(f"{item.images:,} images, {item.objects:,} objects checked; {len(item.problems):,} problems")
+                if item.problems:
+                    raise typer.Exit(1)
+            else:
+                typer.echo(item.describe())
+
     @storage_cli.command("gc")
     def gc(
         grace_hours: Annotated[

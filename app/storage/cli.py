@@ -33,6 +33,37 @@ def register(cli: typer.Typer) -> None:
             else:
                 typer.echo(item.describe())
 
+    @storage_cli.command("migrate")
+    def migrate(
+        to: Annotated[str, typer.Option("--to", help="The backend to copy into: s3 (settings ERRORBOOK_S3_*).")],
+    ) -> None:
+        """Copy this install's local blobs into the object store, verifying every digest; run again to resume.
+        Then set ERRORBOOK_STORAGE=s3 on every host."""
+        from app.core.settings import get_settings
+        from app.core.storage import LocalBlobStore
+        from app.storage.backends import blob_store
+        from app.storage.migrate import MigrateResult, migrate_blobs
+
+        if to != "s3":
+            raise typer.BadParameter("only --to s3 is supported", param_hint="--to")
+        settings = get_settings()
+        target = blob_store(settings.model_copy(update={"storage": "s3"}))
+        check = getattr(target, "check_reachable", None)
+        if check is not None:
+            check()
+        result = MigrateResult()
+        for seen, result in migrate_blobs(source=LocalBlobStore(settings.blob_dir), target=target):
+            if seen % 1000 == 0:
+                typer.echo(f"{seen:,} blobs looked at, {result.copied:,} copied")
+        for sha in result.corrupt:
+            typer.echo(f"not copied: local blob {sha} does not hold the bytes its name says")
+        typer.echo(
+            f"copied {result.copied:,} blobs ({result.copied_bytes:,} bytes); {result.already_there:,} were there"
+            + (f"; {len(result.corrupt):,} corrupt" if result.corrupt else "")
+        )
+        if result.corrupt:
+            raise typer.Exit(1)
+
     @storage_cli.command("gc")
     def gc(
         grace_hours: Annotated[

@@ -121,3 +121,56 @@ def test_settings_choose_the_backend(server: S3Server, tmp_path: Path, monkeypat
     )
     assert isinstance(chosen, S3BlobStore)
     assert chosen.key("a" * 64) == f"errorbook/aa/aa/{'a' * 64}"
+
+
+def test_migrate_copies_verifies_and_resumes(store: S3BlobStore, tmp_path: Path) -> None:
+    from app.core.storage import LocalBlobStore
+    from app.storage.migrate import migrate_blobs
+
+    local = LocalBlobStore(tmp_path / "local")
+    digests = [local.put_bytes(f"blob {i}".encode()) for i in range(5)]
+    store.put_bytes(b"blob 0")  # copied by an earlier, interrupted run
+    rotten = local.put_bytes(b"will rot")
+    local.path(rotten).write_bytes(b"rotted")
+    *_, (seen, result) = migrate_blobs(source=local, target=store)
+    assert seen == 6 and result.already_there == 1 and result.copied == 4 and result.corrupt == [rotten]
+    assert all(store.exists(sha) for sha in digests) and not store.exists(rotten)
+    # Nothing but the five good blobs is in the bucket (the rotten bytes were not left under another name).
+    assert sorted(blob.sha256 for blob in store.iter_blobs()) == sorted(digests)
+    *_, (_, again) = migrate_blobs(source=local, target=store)
+    assert again.copied == 0 and again.already_there == 5
+
+
+def test_migrate_command_then_the_s3_backend_serves_the_blobs(
+    server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.core.settings import get_settings
+    from app.core.storage import LocalBlobStore
+    from app.storage.backends import blob_store
+
+    set_credentials(server, monkeypatch)
+    boto3.client("s3", endpoint_url=server.endpoint_url).create_bucket(Bucket="migrate-target")
+    for name, value in {
+        "ERRORBOOK_DATA_DIR": str(tmp_path / "data"),
+        "ERRORBOOK_S3_BUCKET": "migrate-target",
+        "ERRORBOOK_S3_ENDPOINT_URL": server.endpoint_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    local = LocalBlobStore(get_settings().blob_dir)
+    digest = local.put_bytes(b"moved to the object store")
+    try:
+        moved = CliRunner().invoke(cli, ["storage", "migrate", "--to", "s3"])
+        assert moved.exit_code == 0, moved.output
+        assert "copied 1 blobs" in moved.output
+        monkeypatch.setenv("ERRORBOOK_STORAGE", "s3")
+        get_settings.cache_clear()
+        with blob_store(get_settings()).open(digest) as fh:
+            assert fh.read() == b"moved to the object store"
+        refused = CliRunner().invoke(cli, ["storage", "migrate", "--to", "gcs"])
+        assert refused.exit_code == 2 and "only --to s3" in refused.output
+    finally:
+        get_settings.cache_clear()

@@ -26,6 +26,8 @@ class BlobStore(Protocol):
     def path(self, sha256: str) -> Path: ...
     def open(self, sha256: str) -> BinaryIO: ...
     def delete(self, sha256: str) -> None: ...
+    def modified_at(self, sha256: str) -> float | None: ...
+    def iter_blobs(self) -> Iterator[StoredBlob]: ...
 
 
 def _check_digest(sha256: str) -> str:
@@ -91,6 +93,13 @@ class LocalBlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def modified_at(self, sha256: str) -> float | None:
+        """When the blob was last stored (a re-store refreshes it); None when there is none."""
+        try:
+            return self.path(sha256).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def sweep_abandoned(self, *, older_than_seconds: float) -> int:
         """Delete temp files a killed writer left (a write in progress unlinks its own on any other exit);

@@ -104,9 +104,34 @@ class S3BlobStore:
             raise
         return True
 
+    def modified_at(self, sha256: str) -> float | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return float(head["LastModified"].timestamp())
+
+    def _refresh(self, digest: str) -> bool:
+        """Mark an existing object as just stored, as the local store touches its file: the garbage collector
+        spares young objects (the row naming this one may not be committed yet). False when there is none."""
+        if not self.exists(digest):
+            return False
+        key = self.key(digest)
+        self.client.copy_object(
+            Bucket=self.location.bucket,
+            Key=key,
+            CopySource={"Bucket": self.location.bucket, "Key": key},
+            MetadataDirective="REPLACE",
+        )
+        return True
+
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if not self.exists(digest):
+        if not self._refresh(digest):
             self.client.put_object(Bucket=self.location.bucket, Key=self.key(digest), Body=data)
         return digest
 
@@ -120,7 +145,7 @@ class S3BlobStore:
                     hasher.update(chunk)
                     fh.write(chunk)
             digest = hasher.hexdigest()
-            if not self.exists(digest):
+            if not self._refresh(digest):
                 self.client.upload_file(tmp_name, self.location.bucket, self.key(digest))
             return digest
         finally:

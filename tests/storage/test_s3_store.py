@@ -174,3 +174,26 @@ def test_migrate_command_then_the_s3_backend_serves_the_blobs(
         assert refused.exit_code == 2 and "only --to s3" in refused.output
     finally:
         get_settings.cache_clear()
+
+
+def test_gc_on_the_object_store_deletes_only_unreferenced_objects(
+    store: S3BlobStore, session_maker, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from app.models import Dataset, Image, Label
+    from app.storage.service import collect_garbage
+
+    used, unused = store.put_bytes(b"an image a row names"), store.put_bytes(b"nobody names this")
+    with session_maker() as session:
+        dataset = Dataset(name="s3-gc")
+        session.add(dataset)
+        session.flush()
+        label = Label(dataset_id=dataset.id, name="cat")
+        session.add(label)
+        session.flush()
+        session.add(Image(dataset_id=dataset.id, sha256=used, filename="a.jpg", label_id=label.id))
+        session.commit()
+    young = collect_garbage(sessions=session_maker, blobs=store, grace_seconds=3600)
+    assert young.deleted == 0 and young.kept_young == 1  # just stored: spared
+    result = collect_garbage(sessions=session_maker, blobs=store, grace_seconds=-5)
+    assert (result.blobs, result.deleted) == (2, 1)
+    assert store.exists(used) and not store.exists(unused)

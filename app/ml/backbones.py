@@ -494,8 +494,27 @@ def _checked_fields(checkpoint: object) -> dict[str, Any]:
         raise IncompatibleCheckpoint(
             f"unsupported checkpoint format {checkpoint['format']!r} version {checkpoint['version']!r}"
         )
+    input_spec = _checked_input_spec(checkpoint["input_spec"])
+    label_names = _checked_label_names(checkpoint["label_names"])
+    backbone_name = checkpoint["backbone"]
+    if not isinstance(backbone_name, str) or backbone_name not in BACKBONE_NAMES:
+        raise IncompatibleCheckpoint(f"the checkpoint's backbone {backbone_name!r} is no known architecture")
+    for key in ("backbone_state", "head_state"):
+        state = checkpoint[key]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise IncompatibleCheckpoint(f"the checkpoint's {key} is not a dict of tensors")
+    return {
+        "backbone": backbone_name,
+        "backbone_state": checkpoint["backbone_state"],
+        "head_state": checkpoint["head_state"],
+        "label_names": label_names,
+        "input_spec": input_spec,
+    }
+
+
+def _checked_input_spec(raw: object) -> InputSpec:
     try:
-        input_spec = InputSpec.from_dict(checkpoint["input_spec"])
+        input_spec = InputSpec.from_dict(raw)  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as error:
         raise IncompatibleCheckpoint(f"the checkpoint's input spec is malformed: {error}") from error
     preprocessing = input_spec.preprocessing
@@ -510,26 +529,15 @@ def _checked_fields(checkpoint: object) -> dict[str, Any]:
         raise IncompatibleCheckpoint(
             f"the checkpoint expects {input_spec.channels}-channel inputs; this run feeds 3-channel RGB images"
         )
-    label_names = checkpoint["label_names"]
-    names_are_strings = isinstance(label_names, list) and all(isinstance(name, str) for name in label_names)
-    if not names_are_strings or not label_names:
+    return input_spec
+
+
+def _checked_label_names(label_names: object) -> tuple[str, ...]:
+    if not isinstance(label_names, list) or not label_names or not all(isinstance(n, str) for n in label_names):
         raise IncompatibleCheckpoint("the checkpoint's label names must be a non-empty list of strings")
     if len(set(label_names)) != len(label_names):
         raise IncompatibleCheckpoint("the checkpoint's label names repeat")
-    backbone_name = checkpoint["backbone"]
-    if not isinstance(backbone_name, str) or backbone_name not in BACKBONE_NAMES:
-        raise IncompatibleCheckpoint(f"the checkpoint's backbone {backbone_name!r} is no known architecture")
-    for key in ("backbone_state", "head_state"):
-        state = checkpoint[key]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise IncompatibleCheckpoint(f"the checkpoint's {key} is not a dict of tensors")
-    return {
-        "backbone": backbone_name,
-        "backbone_state": checkpoint["backbone_state"],
-        "head_state": checkpoint["head_state"],
-        "label_names": tuple(label_names),
-        "input_spec": input_spec,
-    }
+    return tuple(label_names)
 
 
 def _check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:

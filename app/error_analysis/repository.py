@@ -11,7 +11,6 @@ from sqlalchemy import Select, and_, case, delete, func, insert, literal, or_, s
 from sqlalchemy.orm import Session, aliased
 
 from app.models import (
-    Dataset,
     ErrorAnnotation,
     ErrorAnnotationTag,
     ErrorSample,
@@ -20,7 +19,6 @@ from app.models import (
     Label,
     LabelChange,
     Prediction,
-    Run,
     Tag,
     User,
 )
@@ -52,18 +50,6 @@ class HistoryRow:
     reason: str
     user: str | None
     created_at: datetime
-
-
-def get_run(session: Session, run_id: int) -> Run | None:
-    return session.get(Run, run_id)
-
-
-def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
-    return session.get(Dataset, dataset_id)
-
-
-def get_image(session: Session, image_id: int) -> Image | None:
-    return session.get(Image, image_id)
 
 
 def label_watermark(session: Session) -> int:

@@ -229,12 +229,6 @@ def set_annotation_tags(session: Session, *, annotation_id: int, tag_ids: set[in
         )
 
 
-def labels_of(session: Session, *, dataset_id: int) -> list[tuple[int, str, int | None]]:
-    """(id, name, merged into) of every label of the dataset, merged ones included."""
-    query = select(Label.id, Label.name, Label.merged_into_id).where(Label.dataset_id == dataset_id)
-    return [(label_id, name, merged_into) for label_id, name, merged_into in session.execute(query)]
-
-
 def tags_of(session: Session, *, dataset_id: int) -> list[Tag]:
     query = select(Tag).where(Tag.dataset_id == dataset_id).order_by(Tag.position, Tag.id)
     return list(session.scalars(query))

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid
 from app.core.lookup import get_or_404
-from app.error_analysis import repository
+from app.datasets import repository as datasets_repository
 from app.error_analysis.logic import follow_merges
 from app.models import Run
 
@@ -42,9 +42,9 @@ class LabelMap:
 
 
 def label_map(session: Session, *, dataset_id: int) -> LabelMap:
-    rows = repository.labels_of(session, dataset_id=dataset_id)
-    own_names = {label_id: name for label_id, name, _ in rows}
-    merged = follow_merges({label_id: into for label_id, _, into in rows if into is not None})
+    labels = datasets_repository.labels_of(session, dataset_id, include_merged=True)
+    own_names = {label.id: label.name for label in labels}
+    merged = follow_merges({label.id: label.merged_into_id for label in labels if label.merged_into_id is not None})
     return LabelMap(
         names={label_id: own_names[merged.get(label_id, label_id)] for label_id in own_names},
         merged=merged,

@@ -249,14 +249,15 @@ def sample_view(
     *,
     run: Run,
     subset: str,
-    size: int | None,
-    seed: int | None,
-    include_correct: int | None,
-    label: str | None,
-    predicted: str | None,
     labels: LabelMap,
     tags: list[TagView],
+    size: int | None = None,
+    seed: int | None = None,
+    include_correct: int | None = None,
+    label: str | None = None,
+    predicted: str | None = None,
 ) -> ErrorSampleView:
+    """The sample of a run (finished) and subset (normalised) with the dataset's labels and categories loaded."""
     label_id, predicted_id = labels.id_of(label), labels.id_of(predicted)
     snapshot = predictions.snapshot(session, run=run, subset=subset, merged=labels.merged)
     current = _current_sample(session, run=run, subset=subset, snapshot=snapshot)

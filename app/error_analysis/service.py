@@ -20,15 +20,14 @@ from sqlalchemy.orm import Session
 from app.core.lookup import get_or_404
 from app.error_analysis.annotations import (
     ErrorDetail,
-    TopClass,
     error_detail,
     error_item,
     set_annotation,
     set_note,
     toggle_tag,
 )
-from app.error_analysis.logic import ANALYSED_SUBSETS, MISLABELED, MISLABELED_COLOR, normalise_subset
-from app.error_analysis.predictions import SubsetSnapshot, SubsetState, subset_state
+from app.error_analysis.logic import ANALYSED_SUBSETS, MISLABELED, normalise_subset
+from app.error_analysis.predictions import SubsetState, subset_state
 from app.error_analysis.runs import finished_run, label_map
 from app.error_analysis.samples import (
     ErrorItem,
@@ -54,17 +53,14 @@ from app.models import Dataset
 __all__ = [
     "ANALYSED_SUBSETS",
     "MISLABELED",
-    "MISLABELED_COLOR",
     "Category",
     "ErrorAnalysis",
     "ErrorDetail",
     "ErrorItem",
     "ErrorPage",
     "ErrorSampleView",
-    "SubsetSnapshot",
     "SubsetState",
     "TagView",
-    "TopClass",
     "add_tag",
     "analyse",
     "ceiling_csv",
@@ -74,11 +70,9 @@ __all__ = [
     "error_item",
     "error_page",
     "error_sample",
-    "finished_run",
     "merge_tag",
     "new_sample",
     "next_color",
-    "normalise_subset",
     "set_annotation",
     "set_note",
     "subset_state",
@@ -171,23 +165,7 @@ def _analysis(*, sample: ErrorSampleView, tags: list[TagView]) -> ErrorAnalysis:
 
 def analyse(session: Session, *, run_id: int, subset: str = "dev") -> ErrorAnalysis:
     """The ceiling table of the subset's current sample."""
-    run = finished_run(session, run_id=run_id)
-    subset = normalise_subset(subset)
-    labels = label_map(session, dataset_id=run.dataset_id)
-    tags = tag_views(ensure_tags(session, dataset_id=run.dataset_id))
-    sample = sample_view(
-        session,
-        run=run,
-        subset=subset,
-        size=None,
-        seed=None,
-        include_correct=None,
-        label=None,
-        predicted=None,
-        labels=labels,
-        tags=tags,
-    )
-    return _analysis(sample=sample, tags=tags)
+    return error_page(session, run_id=run_id, subset=subset).analysis
 
 
 def ceiling_csv(analysis: ErrorAnalysis) -> str:
@@ -205,18 +183,7 @@ def error_page(
     dataset = get_or_404(session, Dataset, run.dataset_id)
     labels = label_map(session, dataset_id=run.dataset_id)
     tags = tag_views(ensure_tags(session, dataset_id=run.dataset_id))
-    sample = sample_view(
-        session,
-        run=run,
-        subset=subset,
-        size=None,
-        seed=None,
-        include_correct=None,
-        label=label,
-        predicted=predicted,
-        labels=labels,
-        tags=tags,
-    )
+    sample = sample_view(session, run=run, subset=subset, label=label, predicted=predicted, labels=labels, tags=tags)
     return ErrorPage(
         dataset=dataset,
         sample=sample,

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -148,7 +147,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-
-
-def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free

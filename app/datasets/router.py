@@ -203,7 +203,8 @@ def api_images(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ImagePageOut:
     query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q)
-    return ImagePageOut.of(service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset))
+    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset)
+    return ImagePageOut.model_validate(page)
 
 
 @router.get("/api/images/{image_id}", response_model=ImageOut)

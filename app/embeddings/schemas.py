@@ -9,11 +9,6 @@ class EmbeddingsIn(BaseModel):
     backbone: str = Field(default=DEFAULT_BACKBONE, min_length=1, max_length=100)
 
 
-class EmbeddingsStarted(BaseModel):
-    job_id: int
-    backbone: str
-
-
 class EmbeddingSetOut(BaseModel):
     backbone: str
     status: str

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.storage import LocalBlobStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.splitting import compute_split, extend_split
 from app.splits import service
 from app.splits.input_store import SplitInputStore
 from app.splits.logic import params_from_dict
+from app.storage.backends import blob_store
 
 
 @task(service.SPLIT_JOB)
@@ -29,7 +29,7 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
             session,
             dataset_id=dataset_id,
             params=params,
-            blobs=LocalBlobStore(ctx.settings.blob_dir),
+            blobs=blob_store(ctx.settings),
             store=SplitInputStore(ctx.settings.split_input_dir),
         )
         previous = service.previous_assignment(session, split_id=parent_id) if parent_id else None

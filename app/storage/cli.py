@@ -77,14 +77,14 @@ def register(cli: typer.Typer) -> None:
         from app.core.db import get_engine, session_factory
         from app.core.migrate import upgrade_to_head
         from app.core.settings import get_settings
-        from app.core.storage import LocalBlobStore
+        from app.storage.backends import blob_store
         from app.storage.service import collect_garbage, release_abandoned_uploads
 
         settings = get_settings()
         engine = get_engine(settings)
         upgrade_to_head(engine)
         grace = settings.blob_gc_grace_hours if grace_hours is None else grace_hours
-        blobs = LocalBlobStore(settings.blob_dir)
+        blobs = blob_store(settings)
         if not dry_run:
             released = release_abandoned_uploads(sessions=session_factory(engine), blobs=blobs, settings=settings)
             if released:

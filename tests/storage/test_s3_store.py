@@ -197,3 +197,33 @@ def test_gc_on_the_object_store_deletes_only_unreferenced_objects(
     result = collect_garbage(sessions=session_maker, blobs=store, grace_seconds=-5)
     assert (result.blobs, result.deleted) == (2, 1)
     assert store.exists(used) and not store.exists(unused)
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--no-worker"]])
+def test_a_process_refuses_to_start_without_its_object_store(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.core.settings import get_settings
+
+    with socket_closed_port() as port:
+        for name, value in {
+            "ERRORBOOK_DATA_DIR": str(tmp_path / "data"),
+            "ERRORBOOK_STORAGE": "s3",
+            "ERRORBOOK_S3_BUCKET": "errorbook",
+            "ERRORBOOK_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "a-secret-never-printed",
+        }.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        try:
+            refused = CliRunner().invoke(cli, command)
+        finally:
+            get_settings.cache_clear()
+    assert refused.exit_code == 2, refused.output
+    assert f"object store s3://errorbook/errorbook at http://127.0.0.1:{port} is not usable" in refused.output
+    assert "cannot connect" in refused.output and "a-secret-never-printed" not in refused.output
+    assert not (tmp_path / "data" / "errorbook.db").exists()  # refused before anything was written

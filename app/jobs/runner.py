@@ -22,6 +22,7 @@ from app.jobs import repository
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import handler_for, load_all
 from app.jobs.retry import retry_transient
+from app.jobs.states import JobStatus
 from app.models import utcnow
 
 log = logging.getLogger("errorbook.runner")
@@ -79,16 +80,16 @@ def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, 
         attempt=attempt,
         lease_token=token,
     )
-    status, error, result, message = "succeeded", None, None, "done"
+    status, error, result, message = JobStatus.SUCCEEDED, None, None, "done"
     try:
         result = handler_for(kind)(ctx)
     except repository.LeaseLost:
         log.warning("job %s: lease lost while running; leaving it to its new holder", job_id)
         return
     except JobCancelled:
-        status, message = "cancelled", "cancelled by request"
+        status, message = JobStatus.CANCELLED, "cancelled by request"
     except TaskError as exc:
-        status, error, message = "failed", str(exc), "failed"
+        status, error, message = JobStatus.FAILED, str(exc), "failed"
     except OperationalError as exc:
         # The database failed under the task (a restart dropped its connection): not the job's fault. Requeue
         # it while attempts remain; tasks are written to be retried (they skip or redo what they had done).
@@ -97,7 +98,7 @@ def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, 
         return
     except Exception as exc:  # a task bug must fail its job, not the runner
         log.exception("job %s (%s) failed", job_id, kind)
-        status, error, message = "failed", f"{type(exc).__name__}: {exc}", "failed"
+        status, error, message = JobStatus.FAILED, f"{type(exc).__name__}: {exc}", "failed"
 
     def record_end() -> None:
         session = session_factory(engine)()  # type: ignore[arg-type]

@@ -34,10 +34,10 @@ class RunInputs:
     config: dict[str, Any]
     label_names: list[str]
     class_label_ids: list[int]  # class index -> label id
-    images: dict[str, list[tuple[int, int]]]  # subset -> (image_id, label_id)
-    paths: dict[str, list[Path]]
-    shas: dict[str, list[str]]
-    labels: dict[str, np.ndarray]
+    images: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # subset -> (image_id, label_id)
+    paths: dict[str, list[Path]] = field(default_factory=dict)
+    shas: dict[str, list[str]] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # class indices
 
 
 @dataclass
@@ -92,29 +92,26 @@ def load_inputs(ctx: JobContext, run_id: int) -> RunInputs | None:
     if started is None:
         return None
     (dataset_id, config), rows, names_by_id = started
-    class_label_ids = sorted({label_id for *_, label_id in rows}, key=lambda i: names_by_id[i])
-    index_of = {label_id: k for k, label_id in enumerate(class_label_ids)}
-    blobs = LocalBlobStore(ctx.settings.blob_dir)
     by_subset: dict[str, list[tuple[int, str, int]]] = {}
     for image_id, subset, sha, label_id in rows:
         by_subset.setdefault(subset, []).append((image_id, sha, label_id))
     if not by_subset.get("train") or not by_subset.get("dev"):
         raise TaskError("the split has no train or no dev images left (all excluded?)")
+    class_label_ids = sorted({label_id for *_, label_id in rows}, key=lambda i: names_by_id[i])
     if len(class_label_ids) < 2:
         raise TaskError("training needs at least two classes in the split")
-    return RunInputs(
-        run_id=run_id,
-        dataset_id=dataset_id,
-        config=config,
-        label_names=[names_by_id[i] for i in class_label_ids],
-        class_label_ids=class_label_ids,
-        images={s: [(image_id, label) for image_id, _, label in items] for s, items in by_subset.items()},
-        paths={s: [blobs.path(sha) for _, sha, _ in items] for s, items in by_subset.items()},
-        shas={s: [sha for _, sha, _ in items] for s, items in by_subset.items()},
-        labels={
-            s: np.array([index_of[label] for *_, label in items], dtype=np.int64) for s, items in by_subset.items()
-        },
-    )
+    inputs = RunInputs(run_id, dataset_id, config, [names_by_id[i] for i in class_label_ids], class_label_ids)
+    _add_images(inputs, by_subset, LocalBlobStore(ctx.settings.blob_dir))
+    return inputs
+
+
+def _add_images(inputs: RunInputs, by_subset: dict[str, list[tuple[int, str, int]]], blobs: LocalBlobStore) -> None:
+    index_of = {label_id: k for k, label_id in enumerate(inputs.class_label_ids)}
+    for subset, items in by_subset.items():
+        inputs.images[subset] = [(image_id, label_id) for image_id, _, label_id in items]
+        inputs.paths[subset] = [blobs.path(sha) for _, sha, _ in items]
+        inputs.shas[subset] = [sha for _, sha, _ in items]
+        inputs.labels[subset] = np.array([index_of[label_id] for *_, label_id in items], dtype=np.int64)
 
 
 def load_backbone(ctx: JobContext, inputs: RunInputs) -> tuple[Any, Any]:

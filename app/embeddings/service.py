@@ -70,7 +70,13 @@ def _dataset(session: Session, dataset_id: int) -> None:
 
 
 def start_embeddings(
-    session: Session, *, dataset_id: int, backbone: str, user_id: int | None, home: Path | None
+    session: Session,
+    *,
+    dataset_id: int,
+    backbone: str,
+    user_id: int | None,
+    home: Path | None,
+    max_attempts: int | None = None,
 ) -> tuple[EmbeddingSet, Job]:
     """Queue the job (or return the one already queued or running for this dataset and backbone)."""
     _dataset(session, dataset_id)
@@ -82,7 +88,13 @@ def start_embeddings(
         running = jobs.get_job(session, job_id=embedding_set.job_id)
         if running.status in job_states.ACTIVE:
             return embedding_set, running
-    job = jobs.enqueue(session, kind=EMBEDDINGS_JOB, payload={"set_id": embedding_set.id}, created_by_id=user_id)
+    job = jobs.enqueue(
+        session,
+        kind=EMBEDDINGS_JOB,
+        payload={"set_id": embedding_set.id},
+        created_by_id=user_id,
+        max_attempts=max_attempts,
+    )
     embedding_set.job_id = job.id
     embedding_set.status = EmbeddingSetStatus.QUEUED
     session.flush()
@@ -93,7 +105,7 @@ def _status(session: Session, embedding_set: EmbeddingSet) -> str:
     """A set whose job ended without finishing it reads as failed (the job says why)."""
     unfinished = embedding_set.status in UNFINISHED and embedding_set.job_id is not None
     if unfinished and jobs.get_job(session, job_id=embedding_set.job_id or 0).status in job_states.UNSUCCESSFUL:
-        return "failed"
+        return EmbeddingSetStatus.FAILED
     return embedding_set.status
 
 

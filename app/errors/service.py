@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.core.db import prepare_to_write
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.palette import CATEGORY_PALETTE
 from app.errors import repository
 from app.errors.repository import HistoryRow, ItemRow
 from app.ml.error_analysis import (
@@ -36,7 +37,6 @@ from app.ml.error_analysis import (
     sample_errors,
 )
 from app.models import Dataset, ErrorSample, Run, Tag, User, utcnow
-from app.web.charts import CATEGORY_PALETTE
 
 ANALYSED_SUBSETS = ("dev", "test", "train_dev")
 SUBSET_ALIASES = {"train-dev": "train_dev"}

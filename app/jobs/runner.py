@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from app.core.db import get_engine, session_factory
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 from app.jobs import repository
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import handler_for, load_all
@@ -52,7 +52,9 @@ def runner_main(conn: Connection, env: dict[str, str]) -> None:
     _allow_child_processes()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the runner stops
     load_all()
-    engine = get_engine()
+    # The runner process's composition root: its settings come from the environment the worker handed it.
+    settings = get_settings()
+    engine = get_engine(settings)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -63,14 +65,23 @@ def runner_main(conn: Connection, env: dict[str, str]) -> None:
             return
         _, job_id, kind, payload, attempt, token = message
         try:
-            run_job(job_id=job_id, kind=kind, payload=payload, attempt=attempt, token=token, engine=engine)
+            run_job(
+                job_id=job_id,
+                kind=kind,
+                payload=payload,
+                attempt=attempt,
+                token=token,
+                engine=engine,
+                settings=settings,
+            )
         except OperationalError:  # the database stayed away: the lease expires and the reaper retries the job
             log.exception("job %s: could not record how it ended", job_id)
         conn.send(("done", job_id))
 
 
-def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, engine: object) -> None:
-    settings = get_settings()
+def run_job(
+    *, job_id: int, kind: str, payload: dict, attempt: int, token: str, engine: object, settings: Settings
+) -> None:
     ctx = JobContext(
         engine=engine,  # type: ignore[arg-type]
         settings=settings,

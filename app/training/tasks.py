@@ -23,6 +23,7 @@ from app.training import inference, repository, service
 from app.training.states import RunStatus
 
 SUBSET_ORDER = ("train", "train_dev", "dev", "test")
+CHECKPOINT = "training_state.pt"  # in the job's work dir, so a retry resumes from the last finished epoch
 
 
 @dataclass
@@ -158,7 +159,7 @@ class _EpochLog:
 
     def __init__(self, ctx: JobContext, run_id: int, epochs: int) -> None:
         self.ctx, self.run_id, self.epochs = ctx, run_id, epochs
-        self.checkpoint = ctx.work_dir / "training_state.pt"
+        self.checkpoint = ctx.work_dir / CHECKPOINT
         self.history: list[dict[str, float]] = []
 
     def resume(self) -> Any:
@@ -370,7 +371,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     out_dir = export(ctx, inputs, fitted, probe, timings)
     timings.values["total_s"] = time.perf_counter() - timings.started
     store(ctx, inputs, fitted, scores, out_dir, timings)
-    (ctx.work_dir / "training_state.pt").unlink(missing_ok=True)
+    (ctx.work_dir / CHECKPOINT).unlink(missing_ok=True)
     dev_accuracy = scores.metrics["dev"]["accuracy"]
     ctx.progress(1.0, f"done: dev accuracy {dev_accuracy:.1%}")
     return {"run_id": run_id, "dev_accuracy": dev_accuracy, "dataset_id": inputs.dataset_id}

@@ -33,7 +33,7 @@ def _logging() -> None:
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema to the newest version."""
-    upgrade_to_head(get_engine())
+    upgrade_to_head(get_engine(get_settings()))
     typer.echo("database is at the newest schema")
 
 
@@ -148,8 +148,9 @@ def users_add(
     """Add a user; prints a new API token for it as the last line."""
     from app.auth import service
 
-    upgrade_to_head(get_engine())
-    with session_scope() as session:
+    engine = get_engine(get_settings())
+    upgrade_to_head(engine)
+    with session_scope(engine) as session:
         user = service.create_user(session, name=name, role=role, password=password)
         _, secret = service.create_token(session, user=user, name="cli")
     typer.echo(f"added {role} {name!r}; API token:")
@@ -161,8 +162,9 @@ def token_create(name: str) -> None:
     """Create an API token for user NAME; prints it as the last line."""
     from app.auth import service
 
-    upgrade_to_head(get_engine())
-    with session_scope() as session:
+    engine = get_engine(get_settings())
+    upgrade_to_head(engine)
+    with session_scope(engine) as session:
         user = service.get_user_by_name(session, name=name)
         _, secret = service.create_token(session, user=user, name="cli")
     typer.echo(f"new API token for {name!r}:")

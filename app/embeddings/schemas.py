@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from app.ml.backbone_choices import DEFAULT_BACKBONE
 
 
 class EmbeddingsIn(BaseModel):

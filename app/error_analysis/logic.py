@@ -8,15 +8,14 @@ import unicodedata
 from collections.abc import Mapping
 
 from app.core.errors import Invalid
+from app.core.palette import CATEGORY_PALETTE
 
 ANALYSED_SUBSETS = ("dev", "test", "train_dev")
 SUBSET_ALIASES = {"train-dev": "train_dev"}
 MAX_NOTE_CHARS = 1_000
 MAX_TAG_CHARS = 40
 MISLABELED = "mislabeled"
-MISLABELED_COLOR = "#dc2626"
-# Colours for new error categories: no reds or pinks, which read as "mislabeled" (#dc2626).
-CATEGORY_PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#8b5cf6", "#14b8a6", "#84cc16", "#0ea5e9", "#a16207")
+MISLABELED_COLOR = "#dc2626"  # no category colour is red or pink (app/core/palette.py)
 COLOR_PATTERN = re.compile(r"#[0-9a-fA-F]{6}")
 
 

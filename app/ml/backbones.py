@@ -26,12 +26,14 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from app.ml.backbone_choices import BACKBONE_NAMES as BACKBONE_NAMES
+from app.ml.backbone_choices import DEFAULT_BACKBONE as DEFAULT_BACKBONE
+from app.ml.backbone_choices import SCRATCH_BACKBONE, TORCHVISION_PREFIX
+from app.ml.backbone_choices import TORCHVISION_ARCHITECTURES as TORCHVISION_ARCHITECTURES
 from app.ml.input_spec import IMAGE_MODALITY, RGB_CHANNELS, InputSpec, Preprocessing
 
 CHECKPOINT_FORMAT = "errorbook-checkpoint"
 CHECKPOINT_VERSION = 1
-TORCHVISION_PREFIX = "torchvision:"
-TORCHVISION_ARCHITECTURES = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 
 # The TensorFlow EfficientNet-Lite checkpoints were trained on (pixel - 127) / 128.
 _LITE_MEAN = (127.0 / 255.0,) * 3
@@ -264,7 +266,7 @@ def _torchvision_architecture(architecture: str) -> _Architecture:
 
 
 def _architecture(name: str) -> _Architecture:
-    if name == "efficientnet_lite0":
+    if name == DEFAULT_BACKBONE:
         info = BackboneInfo(
             name=name,
             description="EfficientNet-Lite0, ImageNet weights shipped with Errorbook (works offline)",
@@ -273,7 +275,7 @@ def _architecture(name: str) -> _Architecture:
             pretrained=True,
         )
         return _Architecture(info, _lite_network, _lite_state_dict, _lite_features)
-    if name == "simple_cnn":
+    if name == SCRATCH_BACKBONE:
         info = BackboneInfo(
             name=name,
             description="small CNN trained from scratch (no pre-trained weights)",
@@ -287,14 +289,6 @@ def _architecture(name: str) -> _Architecture:
         return _torchvision_architecture(architecture)
     known = ", ".join(BACKBONE_NAMES)
     raise BackboneUnavailable(f"unknown backbone {name!r}; known backbones: {known}")
-
-
-BACKBONE_NAMES = (
-    "efficientnet_lite0",
-    *(f"{TORCHVISION_PREFIX}{architecture}" for architecture in TORCHVISION_ARCHITECTURES),
-    "simple_cnn",
-)
-DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def list_backbones() -> list[BackboneInfo]:

@@ -10,6 +10,7 @@ from app.ml.splitting import compute_split, extend_split
 from app.splits import service
 from app.splits.input_store import SplitInputStore
 from app.splits.logic import params_from_dict
+from app.splits.states import SplitStatus
 from app.storage.backends import blob_store
 
 
@@ -19,7 +20,7 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
     # Progress is reported between transactions, never inside one: on SQLite a second writer would wait.
     with ctx.transaction() as session:
         split = service.begin_build(session, split_id=split_id)
-        if split.status == "ready":
+        if split.status == SplitStatus.READY:
             return {"split_id": split_id, "already_built": True}
         params = params_from_dict(split.params)
         dataset_id, parent_id = split.dataset_id, split.parent_id

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
+from app.core.palette import CATEGORY_PALETTE as CATEGORY_PALETTE
+
 PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6", "#ec4899", "#84cc16")
 LEGEND_ROW = 18
 CHAR_PX = 6.5  # about the width of one character of an 11-12 px label, to lay out legends and cut long names

@@ -8,7 +8,7 @@ import pytest
 
 from app.core.errors import Invalid
 from app.error_analysis.logic import (
-    CATEGORY_PALETTE,
+    CATEGORY_PALETTE,  # re-exported from app/core/palette.py
     MISLABELED_COLOR,
     clean_color,
     clean_note,

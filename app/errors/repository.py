@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, case, delete, func, insert, literal, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from app.models import (
     Dataset,
@@ -17,7 +17,6 @@ from app.models import (
     ErrorSample,
     ErrorSampleItem,
     Image,
-    Label,
     LabelChange,
     Prediction,
     Run,
@@ -42,16 +41,6 @@ class ItemRow:
     tagged_by: str | None
     tagged_at: datetime | None
     sampled_as_error: bool | None = None  # set for the examples of a stored sample
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    kind: str
-    old_label: str | None
-    new_label: str | None
-    reason: str
-    user: str | None
-    created_at: datetime
 
 
 def get_run(session: Session, run_id: int) -> Run | None:
@@ -243,12 +232,6 @@ def set_annotation_tags(session: Session, *, annotation_id: int, tag_ids: set[in
         )
 
 
-def labels_of(session: Session, *, dataset_id: int) -> list[tuple[int, str, int | None]]:
-    """(id, name, merged into) of every label of the dataset, merged ones included."""
-    query = select(Label.id, Label.name, Label.merged_into_id).where(Label.dataset_id == dataset_id)
-    return [(label_id, name, merged_into) for label_id, name, merged_into in session.execute(query)]
-
-
 def tags_of(session: Session, *, dataset_id: int) -> list[Tag]:
     query = select(Tag).where(Tag.dataset_id == dataset_id).order_by(Tag.position, Tag.id)
     return list(session.scalars(query))
@@ -271,23 +254,3 @@ def merge_tag(session: Session, *, source: Tag, target: Tag) -> None:
     session.execute(delete(ErrorAnnotationTag).where(ErrorAnnotationTag.tag_id == source.id))
     session.delete(source)
     session.flush()
-
-
-def label_history(session: Session, *, image_id: int) -> list[HistoryRow]:
-    old, new = aliased(Label), aliased(Label)
-    query = (
-        select(
-            LabelChange.kind,
-            old.name,
-            new.name,
-            LabelChange.reason,
-            User.name,
-            LabelChange.created_at,
-        )
-        .outerjoin(old, old.id == LabelChange.old_label_id)
-        .outerjoin(new, new.id == LabelChange.new_label_id)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .where(LabelChange.image_id == image_id)
-        .order_by(LabelChange.id)
-    )
-    return [HistoryRow(*row) for row in session.execute(query)]

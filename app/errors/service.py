@@ -26,7 +26,10 @@ from sqlalchemy.orm import Session
 from app.core.db import prepare_to_write
 from app.core.errors import Conflict, Invalid, NotFound
 from app.errors import repository
-from app.errors.repository import HistoryRow, ItemRow
+from app.errors.repository import ItemRow
+from app.labels import service as label_service
+from app.labels.repository import HistoryRow
+from app.labels.service import LabelMap
 from app.ml.error_analysis import (
     DEFAULT_SAMPLE_SIZE,
     CeilingRow,
@@ -163,45 +166,8 @@ def _tag_views(tags: Sequence[Tag]) -> list[TagView]:
     return [TagView(id=tag.id, name=tag.name, color=tag.color) for tag in tags]
 
 
-@dataclass(frozen=True)
-class LabelMap:
-    """A dataset's labels as they stand now. A merged label keeps its row (old predictions point at it) and stands
-    for the label it was merged into, so predicting it for an image of that label is not an error."""
-
-    names: dict[int, str]  # any label id -> the name of the label it stands for
-    merged: dict[int, int]  # merged label id -> the label it stands for (merges followed to the end)
-    offered: list[str]  # names of the labels that still exist, for the filters
-
-    def resolve(self, label_id: int) -> int:
-        return self.merged.get(label_id, label_id)
-
-    def id_of(self, name: str | None) -> int | None:
-        if not name:
-            return None
-        for label_id, label_name in self.names.items():
-            if label_name == name and label_id not in self.merged:
-                return label_id
-        raise Invalid(f"this dataset has no label {name!r}")
-
-
 def _label_map(session: Session, *, dataset_id: int) -> LabelMap:
-    rows = repository.labels_of(session, dataset_id=dataset_id)
-    merged_into = {label_id: into for label_id, _, into in rows if into is not None}
-    own_names = {label_id: name for label_id, name, _ in rows}
-
-    def final(label_id: int) -> int:
-        seen = set()
-        while label_id in merged_into and label_id not in seen:  # a cycle would be a bug elsewhere: stop at it
-            seen.add(label_id)
-            label_id = merged_into[label_id]
-        return label_id
-
-    merged = {label_id: final(label_id) for label_id in merged_into}
-    return LabelMap(
-        names={label_id: own_names[merged.get(label_id, label_id)] for label_id in own_names},
-        merged=merged,
-        offered=sorted(name for label_id, name in own_names.items() if label_id not in merged),
-    )
+    return label_service.label_map(session, dataset_id=dataset_id)
 
 
 @dataclass(frozen=True)
@@ -739,7 +705,7 @@ def error_detail(session: Session, *, run_id: int, image_id: int) -> ErrorDetail
         width=image.width,
         height=image.height,
         top=top,
-        history=repository.label_history(session, image_id=image_id),
+        history=label_service.history(session, image_id=image_id),
         tags=_tag_views(_ensure_tags(session, dataset_id=run.dataset_id)),
     )
 

@@ -6,17 +6,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.core.limits import MAX_SEED
+from app.labels.repository import HistoryRow
 from app.review.agreement import AgreementView, ProposalView
+from app.review.campaigns import DEFAULT_CLAIM_SIZE, ItemView, ReviewView
 from app.review.honesty import HonestyView
 from app.review.logic import ErrorsLeft, FlagPrecision, SubsetProgress
-from app.review.repository import HistoryRow
-from app.review.service import (
-    DEFAULT_CLAIM_SIZE,
-    ItemView,
-    LabelState,
-    ReviewView,
-    SubsetSuspicionSummary,
-)
+from app.review.relabel import LabelState
+from app.review.suspicion import SubsetSuspicionSummary
 
 
 class ReviewIn(BaseModel):

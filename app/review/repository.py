@@ -22,6 +22,7 @@ from app.models import (
     Run,
     User,
 )
+from app.training.states import RunStatus
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,12 @@ def renew_claims(session: Session, *, review_id: int, user_id: int, expires_at: 
 
 
 def finished_runs_of_split(session: Session, *, split_id: int) -> list[Run]:
-    query = select(Run).where(Run.split_id == split_id, Run.status == "succeeded").order_by(Run.id)
+    query = select(Run).where(Run.split_id == split_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id)
     return list(session.scalars(query))
 
 
 def finished_runs_of_dataset(session: Session, *, dataset_id: int) -> list[Run]:
-    query = select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc())
+    query = select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id.desc())
     return list(session.scalars(query))
 
 

@@ -13,6 +13,7 @@ from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.models import Run
 from app.review import logic, repository
+from app.training.states import RunStatus
 
 REVIEWED_SUBSETS = ("dev", "test")
 TRAIN = "train"
@@ -39,7 +40,7 @@ class SubsetSuspicionSummary:
 
 def finished_run(session: Session, run_id: int) -> Run:
     run = get_or_404(session, Run, run_id)
-    if run.status != "succeeded":
+    if run.status != RunStatus.SUCCEEDED:
         raise Conflict(f"run {run_id} is {run.status}; label review needs a run that finished training")
     return run
 

@@ -72,20 +72,9 @@ class LocalBlobStore:
 
     def put_file(self, src: BinaryIO) -> str:
         """Stream ``src`` into the store, hashing as it goes; never holds the whole file."""
-        hasher = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                while chunk := src.read(CHUNK):
-                    hasher.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            digest = hasher.hexdigest()
-            self._publish(Path(tmp_name), digest)
+        with spooled(src, self._tmp) as (tmp, digest):
+            self._publish(tmp, digest)
             return digest
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
 
     def open(self, sha256: str) -> BinaryIO:
         return self.path(sha256).open("rb")
@@ -121,6 +110,24 @@ class LocalBlobStore:
                     if len(path.name) == 64 and path.is_file():
                         info = path.stat()
                         yield StoredBlob(path.name, info.st_size, info.st_mtime)
+
+
+@contextlib.contextmanager
+def spooled(src: BinaryIO, folder: Path) -> Iterator[tuple[Path, str]]:
+    """``src`` copied to a synced temp file in ``folder``, hashed as it goes (never all in memory); yields the
+    file and its sha256, and removes the file afterwards unless the block moved it away."""
+    hasher = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            while chunk := src.read(CHUNK):
+                hasher.update(chunk)
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield Path(tmp_name), hasher.hexdigest()
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def sweep_old_files(folder: Path, *, older_than_seconds: float) -> int:

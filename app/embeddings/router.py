@@ -117,3 +117,37 @@ def api_similar_to_upload(
         home=service.torch_home(),
     )
     return SimilarOut(items=[NeighbourOut(**asdict(item)) for item in found])
+
+
+@router.get("/api/datasets/{dataset_id}/map")
+def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: BackboneQuery = None) -> JSONResponse:
+    """The 2-D embedding map: {"points": [{"image_id", "x", "y", "label"}], "backbone", "stale"}."""
+    found = service.map_points(db, dataset_id=dataset_id, backbone=backbone, root=_settings(request).embeddings_dir)
+    # Built by hand: 100k points through pydantic models would take most of the response's second.
+    points = [
+        {"image_id": image_id, "x": x, "y": y, "label": label}
+        for image_id, (x, y), label in zip(found.image_ids, found.xy, found.labels, strict=True)
+    ]
+    return JSONResponse({"backbone": found.backbone, "stale": found.stale, "points": points})
+
+
+ColourBy = Annotated[str, Query(max_length=20, description="label, subset, correct or suspicion")]
+
+
+@router.get("/api/datasets/{dataset_id}/map/colours")
+def api_map_colours(
+    dataset_id: int,
+    db: DB,
+    user: Viewer,
+    by: ColourBy = "label",
+    split_id: int | None = None,
+    run_id: int | None = None,
+) -> JSONResponse:
+    """Values to colour the map by: {"by", "source", "values": {image_id: value}} (images without one left out)."""
+    source, values = service.map_colours(db, dataset_id=dataset_id, by=by, split_id=split_id, run_id=run_id)
+    return JSONResponse({"by": by, "source": source, "values": {str(k): v for k, v in values.items()}})
+
+
+@router.get("/datasets/{dataset_id}/map", include_in_schema=False)
+def map_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    return render(request, "embeddings/map.html", {"page": service.map_page(db, dataset_id=dataset_id)})

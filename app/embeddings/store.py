@@ -193,3 +193,37 @@ class EmbeddingStore:
         index.save(str(temporary))
         os.replace(temporary, index_path)
         return count - start
+
+
+class MapStore:
+    """The 2-D map of an embedding store's rows, beside its vectors: `map.npz` holds ids and (x, y) in [0, 1].
+
+    Written whole and swapped in atomically, so a reader sees the old map or the new one, never half of one.
+    """
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self._path = store.root / "map.npz"
+
+    def read(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None:
+        try:
+            with np.load(self._path, allow_pickle=False) as stored:
+                return np.asarray(stored["ids"], dtype=np.int64), np.asarray(stored["xy"], dtype=np.float32)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def count(self) -> int:
+        found = self.read()
+        return 0 if found is None else int(found[0].size)
+
+    def write(self, image_ids: npt.ArrayLike, xy: npt.ArrayLike) -> None:
+        ids = np.asarray(image_ids, dtype=np.int64)
+        points = np.asarray(xy, dtype=np.float32)
+        if points.shape != (ids.size, 2):
+            raise ValueError("one (x, y) per image id is needed")
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        with temporary.open("wb") as file:
+            np.savez(file, ids=ids, xy=points)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self._path)

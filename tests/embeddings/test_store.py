@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.embeddings.store import EmbeddingStore
 from app.ml.similarity import exact_top_k, recall_at_k, unit_rows
@@ -55,3 +56,17 @@ def test_the_ann_index_grows_incrementally_and_agrees_with_exact_search(tmp_path
     approximate = [store.search(vectors[q], 10, exclude_id=int(q))[0] for q in queries]
     exact = [exact_top_k(vectors, vectors[q], 10, exclude=int(q)).positions for q in queries]
     assert recall_at_k(approximate, exact) >= 0.95
+
+
+def test_map_store_round_trips_and_refuses_misshapen_points(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.embeddings.store import MapStore
+
+    store = EmbeddingStore(tmp_path, dataset_id=1, backbone="efficientnet_lite0")
+    maps = MapStore(store)
+    assert maps.read() is None and maps.count() == 0
+    maps.write([3, 1, 2], [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    found = maps.read()
+    assert found is not None and found[0].tolist() == [3, 1, 2] and found[1].shape == (3, 2)
+    with pytest.raises(ValueError, match="one"):
+        maps.write([1, 2], [[0.1, 0.2]])
+    assert maps.count() == 3  # the refused write left the stored map alone

@@ -92,12 +92,13 @@ def main() -> int:
         layout(generated_vectors(400, seed=1), sample_size=200, seed=None)
         print(f"first layout in this process (numba compiling UMAP's kernels), 400 points: "
               f"{time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         xy = layout(store.vectors(), seed=None)
-        layout_s = time.perf_counter() - started
+        layout_s, layout_cpu = time.perf_counter() - started, time.process_time() - cpu_started
         MapStore(store).write(store.ids(), xy)
         print(f"layout of {args.points:,} points (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}): "
-              f"{layout_s:.1f} s (goal < 180 s: {layout_s / 180:.2f} of it)")
+              f"{layout_s:.1f} s wall (goal < 180 s: {layout_s / 180:.2f} of it), {layout_cpu:.1f} s CPU; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine stretches the wall time)")
 
         with pages.serving(url, data_dir) as base:
             headers = {"authorization": f"Bearer {data.token}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated
 
@@ -120,15 +121,13 @@ def api_similar_to_upload(
 
 
 @router.get("/api/datasets/{dataset_id}/map")
-def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: BackboneQuery = None) -> JSONResponse:
-    """The 2-D embedding map: {"points": [{"image_id", "x", "y", "label"}], "backbone", "stale"}."""
+def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: BackboneQuery = None) -> Response:
+    """The 2-D embedding map: {"backbone", "stale", "count", "points": [{"image_id", "x", "y"}]}, x and y in [0, 1].
+
+    Labels and other colours come from /map/colours (they change with every relabel; the points do not)."""
     found = service.map_points(db, dataset_id=dataset_id, backbone=backbone, root=_settings(request).embeddings_dir)
-    # Built by hand: 100k points through pydantic models would take most of the response's second.
-    points = [
-        {"image_id": image_id, "x": x, "y": y, "label": label}
-        for image_id, (x, y), label in zip(found.image_ids, found.xy, found.labels, strict=True)
-    ]
-    return JSONResponse({"backbone": found.backbone, "stale": found.stale, "points": points})
+    head = json.dumps({"backbone": found.backbone, "stale": found.stale, "count": found.count})
+    return Response(head[:-1].encode() + b',"points":' + found.points_json + b"}", media_type="application/json")
 
 
 ColourBy = Annotated[str, Query(max_length=20, description="label, subset, correct or suspicion")]

@@ -123,6 +123,10 @@ def _usable_set(session: Session, dataset_id: int, backbone: str | None) -> Embe
     return wanted[0]
 
 
+def usable_set(session: Session, *, dataset_id: int, backbone: str | None) -> EmbeddingSet:
+    return _usable_set(session, dataset_id, backbone)
+
+
 def _neighbours(session: Session, image_ids: np.ndarray, similarities: np.ndarray) -> list[Neighbour]:
     ids = [int(image_id) for image_id in image_ids.tolist()]
     labels = repository.labels_of(session, ids)
@@ -204,9 +208,8 @@ _IN_SAMPLE = "train"
 @dataclass(frozen=True)
 class MapPoints:
     backbone: str
-    image_ids: list[int]
-    xy: list[tuple[float, float]]
-    labels: list[str]
+    count: int
+    points_json: bytes  # the JSON array of {"image_id", "x", "y"}
     stale: bool  # the store has rows the map does not show yet (the job lays them out)
 
 
@@ -214,23 +217,15 @@ def map_points(session: Session, *, dataset_id: int, backbone: str | None, root:
     """The stored 2-D map; 409 naming the job when there are no embeddings or no map of them yet."""
     _dataset(session, dataset_id)
     embedding_set = _usable_set(session, dataset_id, backbone)
-    found = MapStore(store_of(root, embedding_set)).read()
+    found = MapStore(store_of(root, embedding_set)).points_json()
     if found is None:
         raise EmbeddingsMissing(
             f"the {embedding_set.backbone} embeddings of dataset {dataset_id} have no map yet: run the job with "
             f'POST /api/datasets/{dataset_id}/embeddings {{"backbone": "{embedding_set.backbone}"}}',
             extra={"start": f"/api/datasets/{dataset_id}/embeddings", "backbone": embedding_set.backbone},
         )
-    ids, xy = found
-    labels = repository.dataset_labels(session, dataset_id)
-    id_list = ids.tolist()
-    return MapPoints(
-        backbone=embedding_set.backbone,
-        image_ids=id_list,
-        xy=[(round(x, 5), round(y, 5)) for x, y in xy.tolist()],
-        labels=[labels.get(image_id, "") for image_id in id_list],
-        stale=embedding_set.count > len(id_list),
-    )
+    count, points_json = found
+    return MapPoints(embedding_set.backbone, count, points_json, stale=embedding_set.count > count)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.core.storage import LocalBlobStore
 from app.embeddings import service
-from app.embeddings.store import EmbeddingStore, MapStore
+from app.embeddings.store import EmbeddingStore, MapStore, NeighbourStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.similarity import unit_rows
@@ -34,6 +34,8 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.95, "updating the nearest-neighbour index")
         added_to_index = store.refresh_index()
         mapped = _refresh_map(ctx, store)
+        ctx.progress(0.99, "finding each image's nearest neighbours")
+        NeighbourStore(store).refresh()
     except (BackboneUnavailable, TrainingCancelled, OSError) as error:
         with ctx.transaction() as session:
             service.fail_build(session, set_id=set_id)

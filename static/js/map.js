@@ -214,6 +214,21 @@
     draw();
   }
 
+  function fetchValues(query) {
+    if (query.indexOf("=") < 0) {
+      query = "by=" + encodeURIComponent(query);
+    }
+    return fetch("/api/datasets/" + datasetId + "/map/colours?" + query, { credentials: "same-origin" })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) {
+            throw new Error(body.detail || body.message || "HTTP " + response.status);
+          }
+          return body;
+        });
+      });
+  }
+
   function loadColours() {
     var by = param("by");
     if (by === "label") {
@@ -227,15 +242,7 @@
     if (by !== "subset" && param("run_id")) {
       query += "&run_id=" + encodeURIComponent(param("run_id"));
     }
-    return fetch("/api/datasets/" + datasetId + "/map/colours?" + query, { credentials: "same-origin" })
-      .then(function (response) {
-        return response.json().then(function (body) {
-          if (!response.ok) {
-            throw new Error(body.detail || body.message || "HTTP " + response.status);
-          }
-          return body;
-        });
-      })
+    return fetchValues(query)
       .then(function (body) {
         setStatus(points.ids.length.toLocaleString() + " images · colour: " + by + " from " + body.source);
         applyColours(by, body.values);
@@ -267,13 +274,20 @@
           points.ids[i] = p.image_id;
           points.xs[i] = p.x;
           points.ys[i] = p.y;
-          points.labels[i] = p.label;
+          points.labels[i] = "";
         }
         index();
         setStatus(count.toLocaleString() + " images (" + body.backbone + ")" +
           (body.stale ? " · newer images are not on the map yet: run the embeddings job again" : ""));
-        canvas.setAttribute("data-points", String(count));
-        return loadColours();
+        // Labels change with every relabel, the points only when the job lays them out: fetched apart.
+        return fetchValues("label").then(function (body) {
+          for (var j = 0; j < count; j++) {
+            var label = body.values[points.ids[j]];
+            points.labels[j] = label === undefined ? "" : label;
+          }
+          canvas.setAttribute("data-points", String(count));
+          return loadColours();
+        });
       });
     });
   }

@@ -29,11 +29,13 @@ def test_map_points_carry_stored_coordinates_and_labels(db, settings, as_viewer)
     response = as_viewer.get(f"/api/datasets/{fixture.dataset.id}/map")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["backbone"] == "efficientnet_lite0" and body["stale"] is False
+    assert body["backbone"] == "efficientnet_lite0" and body["stale"] is False and body["count"] == len(images)
     names = {label.id: label.name for label in fixture.labels}
     expected_xy = np.linspace(0, 1, 2 * len(images)).reshape(-1, 2)
     assert [p["image_id"] for p in body["points"]] == [image.id for image in images]
-    assert [p["label"] for p in body["points"]] == [names[image.label_id] for image in images]
+    assert set(body["points"][0]) == {"image_id", "x", "y"}
+    labels = as_viewer.get(f"/api/datasets/{fixture.dataset.id}/map/colours", params={"by": "label"}).json()
+    assert labels["values"] == {str(image.id): names[image.label_id] for image in images}
     assert np.allclose([[p["x"], p["y"]] for p in body["points"]], expected_xy, atol=1e-4)
     named = as_viewer.get(f"/api/datasets/{fixture.dataset.id}/map", params={"backbone": "efficientnet_lite0"})
     assert named.json()["points"] == body["points"]
@@ -65,6 +67,11 @@ def test_map_colours_by_subset_right_wrong_and_suspicion(db, settings, as_viewer
 
     labels = as_viewer.get(url).json()
     assert labels["by"] == "label" and len(labels["values"]) == len(images)
+    # A new map file is read again, not served from the formatted copy of the old one.
+    store = EmbeddingStore(settings.embeddings_dir, dataset_id=fixture.dataset.id, backbone="efficientnet_lite0")
+    MapStore(store).write([images[0].id], [[0.25, 0.75]])
+    moved = as_viewer.get(f"/api/datasets/{fixture.dataset.id}/map").json()
+    assert moved["points"] == [{"image_id": images[0].id, "x": 0.25, "y": 0.75}] and moved["stale"] is True
 
 
 def test_map_bad_input_and_the_job_to_start(db, settings, as_viewer) -> None:  # type: ignore[no-untyped-def]

@@ -70,3 +70,30 @@ def test_map_store_round_trips_and_refuses_misshapen_points(tmp_path) -> None:  
     with pytest.raises(ValueError, match="one"):
         maps.write([1, 2], [[0.1, 0.2]])
     assert maps.count() == 3  # the refused write left the stored map alone
+
+
+def test_neighbour_store_finds_each_rows_nearest_others_exact_and_through_the_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.embeddings.store import NEIGHBOURS, NeighbourStore
+
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng.standard_normal((300, 32)))
+    ids = np.arange(1000, 1300)
+    full = vectors @ vectors.T
+    np.fill_diagonal(full, -np.inf)
+    truth = ids[np.argsort(-full, axis=1)[:, :NEIGHBOURS]]
+    for exact_limit, name in ((10_000, "exact"), (100, "indexed")):
+        store = EmbeddingStore(tmp_path / name, dataset_id=1, backbone="efficientnet_lite0", exact_limit=exact_limit)
+        store.append(ids, vectors)
+        store.refresh_index()
+        neighbours = NeighbourStore(store)
+        assert neighbours.read() is None
+        assert neighbours.refresh() == 300 and neighbours.refresh() == 0  # current: nothing to do
+        found = neighbours.read()
+        assert found is not None
+        stored_ids, neighbour_ids, similarities = found
+        assert stored_ids.tolist() == ids.tolist() and neighbour_ids.shape == (300, NEIGHBOURS)
+        assert not (neighbour_ids == ids[:, None]).any()
+        assert (np.diff(similarities, axis=1) <= 1e-5).all()  # most similar first
+        overlap = np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(neighbour_ids, truth, strict=True)])
+        # Centred by the PCA before the cosine, so not quite the raw vectors' neighbours (0.97 here).
+        assert overlap > 0.9, name

@@ -119,3 +119,12 @@ def test_the_dataset_grid_and_api_sort_by_a_run(db, settings, as_viewer) -> None
     assert as_viewer.get(
         f"/api/datasets/{fixture.dataset.id}/images", params={"sort": "nope", "run_id": fixture.run.id}
     ).status_code == 422
+
+
+def test_the_run_review_page_links_to_the_grid_sorted_each_way(db, settings, as_viewer) -> None:  # type: ignore[no-untyped-def]
+    fixture = make_run(db, sizes={"train": 4, "dev": 4, "test": 4}, seed=13)
+    db.commit()
+    page = as_viewer.get(f"/runs/{fixture.run.id}/review")
+    assert page.status_code == 200 and "data-sorted-grids" in page.text
+    for name in ranking.RANKINGS:
+        assert f"/datasets/{fixture.dataset.id}?run_id={fixture.run.id}&amp;sort={name}" in page.text

@@ -11,7 +11,8 @@ each method estimates (ideally K; for fused, the images with a suspicion above 0
 
 "today" is ``rank_suspicious`` (self-confidence, confident-learning flags); "fused" adds the label vote of
 each held-out image's 10 nearest labelled neighbours (train and the other held-out images, with their noisy
-labels) in feature space (``fused_suspicion``).
+labels) in feature space (``fused_suspicion``). "ceiling" ranks by the true posterior of the generating blobs
+(1 - p_true(given label | x)), which no method can beat on average: it shows how much of the goal the data allow.
 
     .venv/bin/python bench/label_noise.py [--seeds 5]
 
@@ -141,6 +142,20 @@ def neighbour_labels(
     return pool_y[found]
 
 
+def true_posterior(
+    scenario: Scenario, centres: npt.NDArray[np.float64], features: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """p(class | x) from the generating blobs themselves: the best any ranking could know (a ceiling)."""
+    num_classes = len(scenario.class_priors)
+    spreads = np.repeat(np.asarray(scenario.class_spreads), scenario.modes)
+    squared = ((features[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    log_density = -squared / (2 * spreads**2) - features.shape[1] * np.log(spreads)
+    per_class = log_density.reshape(features.shape[0], num_classes, scenario.modes)
+    top = per_class.max(axis=(1, 2), keepdims=True)
+    mixed = np.exp(per_class - top).mean(axis=2) * np.asarray(scenario.class_priors)
+    return np.asarray(mixed / mixed.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
 def today(
     probs: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], vote: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.intp], int]:
@@ -189,7 +204,11 @@ def run_once(scenario: Scenario, seed: int, rankers: dict[str, Ranker]) -> tuple
     accuracy = float((probs.argmax(axis=1) == held_y).mean())
     pool_x, pool_y = np.vstack([held_x, train_x]), np.concatenate([noisy_y, noisy_train_y])
     vote = knn_label_vote(neighbour_labels(held_x, pool_x, pool_y, NEIGHBOURS), num_classes)
-    return accuracy, {name: score_top_k(*ranker(probs, noisy_y, vote), flipped) for name, ranker in rankers.items()}
+    scores = {name: score_top_k(*ranker(probs, noisy_y, vote), flipped) for name, ranker in rankers.items()}
+    # With random flips, P(flipped | x, label) rises as p_true(label | x) falls: ranking by it is the ceiling.
+    ceiling = 1.0 - true_posterior(scenario, centres, held_x)[np.arange(noisy_y.size), noisy_y]
+    scores["ceiling"] = score_top_k(np.lexsort((np.arange(ceiling.size), -ceiling)).astype(np.intp), 0, flipped)
+    return accuracy, scores
 
 
 def format_cells(scores: dict[str, Score]) -> str:
@@ -215,13 +234,13 @@ def main() -> int:
         rankers["cleanlab"] = cleanlab_ranked
 
     header = f"{'scenario':<14}{'seed':>5}{'acc':>7}{'K':>5}" + "".join(
-        f"{name + ' P@K':>15}{'R@K':>8}{'flagged':>9}" for name in rankers
+        f"{name + ' P@K':>15}{'R@K':>8}{'flagged':>9}" for name in (*rankers, "ceiling")
     )
     print(header)
     print("-" * len(header))
     started = time.perf_counter()
     for scenario in SCENARIOS:
-        per_seed: dict[str, list[Score]] = {name: [] for name in rankers}
+        per_seed: dict[str, list[Score]] = {name: [] for name in (*rankers, "ceiling")}
         for seed in range(args.seeds):
             accuracy, scores = run_once(scenario, seed, rankers)
             flips = scores["today"].flips

@@ -453,23 +453,25 @@ def datasets_create(
     return RedirectResponse(f"/datasets/{dataset.id}", status_code=303)
 
 
+def _number(params: dict[str, Any], key: str) -> int | None:
+    return int(params[key]) if str(params.get(key) or "").isdigit() else None
+
+
 def _grid_context(db: DB, request: Request, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
-    run_id = int(params["run_id"]) if str(params.get("run_id") or "").isdigit() else None
-    ranked = _ranked(db, request, dataset_id, params.get("sort") or None, run_id)
+    ranked = _ranked(db, request, dataset_id, params.get("sort") or None, _number(params, "run_id"))
     query = service.ImageQuery(
         label=params.get("label") or None,
         source=params.get("source") or None,
         subset=params.get("subset") or None,
-        split_id=int(params["split_id"]) if str(params.get("split_id") or "").isdigit() else None,
+        split_id=_number(params, "split_id"),
         q=params.get("q") or None,
     )
-    offset = int(params["offset"]) if str(params.get("offset") or "").isdigit() else 0
     page = service.list_images(
         db,
         dataset_id=dataset_id,
         query=query,
         limit=PAGE_SIZE,
-        offset=offset,
+        offset=_number(params, "offset") or 0,
         ranked=ranked.image_ids if ranked else None,
     )
     filters = {key: value for key, value in params.items() if key != "offset" and value}
@@ -486,7 +488,7 @@ def _grid_context(db: DB, request: Request, dataset_id: int, params: dict[str, A
         "splits": service.splits_of(db, dataset_id=dataset_id),
         "runs": ranking.finished_runs(db, dataset_id=dataset_id),
         "sorts": ranking.RANKINGS,
-        "scores": ranked.scores if ranked else {},
+        "scores": {} if ranked is None else ranked.scores,
         "previous_url": page_url(max(0, page.offset - page.limit)) if page.offset > 0 else None,
         "next_url": page_url(page.offset + page.limit) if page.offset + page.limit < page.total else None,
     }

@@ -265,14 +265,7 @@ def map_colours(
     if by == "label":
         return "labels", dict(repository.dataset_labels(session, dataset_id))
     if by == "subset":
-        split = (
-            get_or_404(session, Split, split_id, dataset_id=dataset_id)
-            if split_id is not None
-            else repository.newest_ready_split(session, dataset_id)
-        )
-        if split is None:
-            return "no ready split", {}
-        return f"split v{split.version}", dict(repository.split_subsets(session, split.id))
+        return _subset_colours(session, dataset_id=dataset_id, split_id=split_id)
     run = (
         get_or_404(session, Run, run_id, dataset_id=dataset_id)
         if run_id is not None
@@ -283,6 +276,22 @@ def map_colours(
     rows = repository.run_predictions(session, run.id)
     if by == "correct":
         return f"run {run.id}", {image_id: "wrong" if error else "right" for image_id, _, error, _, _ in rows}
+    return f"run {run.id} (dev and test)", _self_doubt(run, rows)
+
+
+def _subset_colours(session: Session, *, dataset_id: int, split_id: int | None) -> tuple[str, dict[int, str | float]]:
+    split = (
+        get_or_404(session, Split, split_id, dataset_id=dataset_id)
+        if split_id is not None
+        else repository.newest_ready_split(session, dataset_id)
+    )
+    if split is None:
+        return "no ready split", {}
+    return f"split v{split.version}", dict(repository.split_subsets(session, split.id))
+
+
+def _self_doubt(run: Run, rows: list[tuple[int, str, bool, bytes, str]]) -> dict[int, str | float]:
+    """1 - the run's probability of each held-out image's current label (self-confidence, app.ml.suspicion)."""
     columns = {str(name): index for index, name in enumerate(run.label_names)}
     values: dict[int, str | float] = {}
     for image_id, subset, _, probs, label in rows:
@@ -290,10 +299,10 @@ def map_colours(
             continue
         vector = np.frombuffer(probs, dtype=np.float32)
         column = columns.get(label)
-        # Self-confidence (app.ml.suspicion): a label the run never saw is as doubtful as can be.
+        # A label the run never saw is as doubtful as can be.
         own = float(vector[column]) if column is not None and column < vector.size else 0.0
         values[image_id] = round(1.0 - own, 4)
-    return f"run {run.id} (dev and test)", values
+    return values
 
 
 # ---- the job's steps --------------------------------------------------------------------------------------

@@ -83,11 +83,29 @@ def _fused(
             f'job again with POST /api/datasets/{run.dataset_id}/embeddings {{"backbone": "{embedding_set.backbone}"}}',
             extra={"start": f"/api/datasets/{run.dataset_id}/embeddings", "backbone": embedding_set.backbone},
         )
-    stored_ids, neighbour_ids, similarities = found
+    if not image_ids.size:
+        return np.zeros(0)
     labels = embeddings_repository.dataset_labels(session, run.dataset_id)
+    neighbour_labels, weights = _neighbour_columns(run, image_ids, found, labels)
+    vote = knn_label_vote(neighbour_labels, probs.shape[1], neighbour_weights=weights)
+    # A label the run has no column for scores 1: as doubtful as can be.
+    known = given >= 0
+    scores = np.ones(image_ids.size)
+    if known.any():
+        scores[known] = fused_suspicion(probs[known], given[known], vote[known])
+    return scores
+
+
+def _neighbour_columns(
+    run: Run,
+    image_ids: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray],
+    labels: dict[int, str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's neighbours' current labels as the run's columns (-1: none or unknown), and their similarities."""
+    stored_ids, neighbour_ids, similarities = found
     columns = {str(name): index for index, name in enumerate(run.label_names)}
     place = {image_id: row for row, image_id in enumerate(stored_ids.tolist())}
-    width = probs.shape[1]
     neighbour_labels = np.full((image_ids.size, neighbour_ids.shape[1]), -1, dtype=np.int64)
     weights = np.zeros(neighbour_labels.shape)
     for query, image_id in enumerate(image_ids.tolist()):
@@ -98,15 +116,7 @@ def _fused(
             column = columns.get(labels.get(neighbour, ""), -1)
             if column >= 0:
                 neighbour_labels[query, slot], weights[query, slot] = column, similarities[row, slot]
-    vote = knn_label_vote(neighbour_labels, width, neighbour_weights=weights)
-    if not image_ids.size:
-        return np.zeros(0)
-    # A label the run has no column for scores 1: as doubtful as can be.
-    known = given >= 0
-    scores = np.ones(image_ids.size)
-    if known.any():
-        scores[known] = fused_suspicion(probs[known], given[known], vote[known])
-    return scores
+    return neighbour_labels, weights
 
 
 def finished_runs(session: Session, *, dataset_id: int) -> list[Run]:

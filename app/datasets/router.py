@@ -211,7 +211,7 @@ def api_images(
     page = service.list_images(
         db, dataset_id=dataset_id, query=query, limit=limit, offset=offset, ranked=ranked.image_ids if ranked else None
     )
-    return ImagePageOut.of(page)
+    return ImagePageOut.model_validate(page)
 
 
 def _ranked(

@@ -6,6 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Dataset, EmbeddingSet, Image, Label, Prediction, Run, Split, SplitAssignment
+from app.splits.states import SplitStatus
+from app.training.states import RunStatus
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
@@ -57,7 +59,7 @@ def subsets_of(session: Session, image_ids: list[int]) -> dict[int, list[str]]:
     rows = session.execute(
         select(SplitAssignment.image_id, SplitAssignment.subset)
         .join(Split, Split.id == SplitAssignment.split_id)
-        .where(SplitAssignment.image_id.in_(image_ids), Split.status == "ready")
+        .where(SplitAssignment.image_id.in_(image_ids), Split.status == SplitStatus.READY)
         .order_by(Split.version.desc())
     )
     subsets: dict[int, list[str]] = {image_id: [] for image_id in image_ids}
@@ -77,7 +79,7 @@ def dataset_labels(session: Session, dataset_id: int) -> dict[int, str]:
 def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
     return session.scalar(
         select(Split)
-        .where(Split.dataset_id == dataset_id, Split.status == "ready")
+        .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
         .order_by(Split.version.desc())
         .limit(1)
     )
@@ -86,7 +88,9 @@ def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
 def ready_splits(session: Session, dataset_id: int) -> list[Split]:
     return list(
         session.scalars(
-            select(Split).where(Split.dataset_id == dataset_id, Split.status == "ready").order_by(Split.version.desc())
+            select(Split)
+            .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
+            .order_by(Split.version.desc())
         )
     )
 
@@ -94,7 +98,7 @@ def ready_splits(session: Session, dataset_id: int) -> list[Split]:
 def finished_runs(session: Session, dataset_id: int) -> list[Run]:
     return list(
         session.scalars(
-            select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc())
+            select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id.desc())
         )
     )
 
@@ -108,7 +112,10 @@ def split_subsets(session: Session, split_id: int) -> dict[int, str]:
 
 def newest_finished_run(session: Session, dataset_id: int) -> Run | None:
     return session.scalar(
-        select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc()).limit(1)
+        select(Run)
+        .where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED)
+        .order_by(Run.id.desc())
+        .limit(1)
     )
 
 

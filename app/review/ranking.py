@@ -21,6 +21,7 @@ from app.embeddings import service as embeddings
 from app.embeddings.store import NeighbourStore
 from app.ml.suspicion import fused_suspicion, knn_label_vote
 from app.models import Run
+from app.training.states import RunStatus
 
 RANKINGS = ("fused", "suspicion", "loss", "confidence")
 IN_SAMPLE = "train"
@@ -41,7 +42,7 @@ def rank_run_images(session: Session, *, dataset_id: int, run_id: int, by: str, 
     if by not in RANKINGS:
         raise Invalid(f"sort by one of {', '.join(RANKINGS)}; got {by!r}")
     run = get_or_404(session, Run, run_id, dataset_id=dataset_id)
-    if run.status != "succeeded":
+    if run.status != RunStatus.SUCCEEDED:
         raise Invalid(f"run {run_id} is {run.status}; only a finished run's predictions can sort the grid")
     rows = [row for row in embeddings_repository.run_predictions(session, run.id) if row[1] != IN_SAMPLE]
     columns = {str(name): index for index, name in enumerate(run.label_names)}

@@ -154,7 +154,15 @@ def count_images(session: Session, where: ImageFilter) -> int:
     return int(session.scalar(_filtered(select(func.count()).select_from(Image), where)) or 0)
 
 
-def image_page(session: Session, where: ImageFilter, *, limit: int, offset: int) -> list[ImageRow]:
+def filtered_ids(session: Session, where: ImageFilter) -> set[int]:
+    """Ids of every image the filter keeps (a grid in a run's ranked order pages through these)."""
+    return set(session.scalars(_filtered(select(Image.id), where)))
+
+
+def image_page(
+    session: Session, where: ImageFilter, *, limit: int, offset: int, ids: list[int] | None = None
+) -> list[ImageRow]:
+    """A page in newest-first order, or, given `ids`, exactly those images in that order."""
     query = _filtered(
         select(
             Image.id,
@@ -169,6 +177,9 @@ def image_page(session: Session, where: ImageFilter, *, limit: int, offset: int)
         ).join(Label, Label.id == Image.label_id),
         where,
     )
+    if ids is not None:
+        found = {row[0]: ImageRow(*row) for row in session.execute(query.where(Image.id.in_(ids)))}
+        return [found[image_id] for image_id in ids if image_id in found]
     rows = session.execute(query.order_by(Image.id.desc()).limit(limit).offset(offset)).all()
     return [ImageRow(*row) for row in rows]
 

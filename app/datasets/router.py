@@ -39,6 +39,7 @@ from app.datasets.schemas import (
 from app.labels import service as labels
 from app.ml.splitting import SUBSETS
 from app.models import User
+from app.review import ranking
 from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer
 from app.web.templating import is_htmx, render
 
@@ -191,6 +192,7 @@ def api_rename_label(dataset_id: int, label_id: int, body: LabelIn, db: DB, user
 
 @router.get("/api/datasets/{dataset_id}/images", response_model=ImagePageOut)
 def api_images(
+    request: Request,
     dataset_id: int,
     db: DB,
     user: Viewer,
@@ -201,10 +203,27 @@ def api_images(
     q: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    sort: Annotated[str | None, Query(max_length=20, description="fused, suspicion, loss or confidence")] = None,
+    run_id: Annotated[int | None, Query(description="the run whose predictions sort (with sort)")] = None,
 ) -> ImagePageOut:
     query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q)
-    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset)
+    ranked = _ranked(db, request, dataset_id, sort, run_id)
+    page = service.list_images(
+        db, dataset_id=dataset_id, query=query, limit=limit, offset=offset, ranked=ranked.image_ids if ranked else None
+    )
     return ImagePageOut.model_validate(page)
+
+
+def _ranked(
+    db: Session, request: Request, dataset_id: int, sort: str | None, run_id: int | None
+) -> ranking.Ranked | None:
+    """A run's ranking of the grid (``sort`` with ``run_id``), or None for the newest-first grid."""
+    if not sort:
+        return None
+    if run_id is None:
+        raise Invalid("sorting by a run's predictions needs run_id")
+    root = _settings(request).embeddings_dir
+    return ranking.rank_run_images(db, dataset_id=dataset_id, run_id=run_id, by=sort, root=root)
 
 
 @router.get("/api/images/{image_id}", response_model=ImageOut)
@@ -434,16 +453,27 @@ def datasets_create(
     return RedirectResponse(f"/datasets/{dataset.id}", status_code=303)
 
 
-def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
+def _number(params: dict[str, Any], key: str) -> int | None:
+    return int(params[key]) if str(params.get(key) or "").isdigit() else None
+
+
+def _grid_context(db: DB, request: Request, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
+    ranked = _ranked(db, request, dataset_id, params.get("sort") or None, _number(params, "run_id"))
     query = service.ImageQuery(
         label=params.get("label") or None,
         source=params.get("source") or None,
         subset=params.get("subset") or None,
-        split_id=int(params["split_id"]) if str(params.get("split_id") or "").isdigit() else None,
+        split_id=_number(params, "split_id"),
         q=params.get("q") or None,
     )
-    offset = int(params["offset"]) if str(params.get("offset") or "").isdigit() else 0
-    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=PAGE_SIZE, offset=offset)
+    page = service.list_images(
+        db,
+        dataset_id=dataset_id,
+        query=query,
+        limit=PAGE_SIZE,
+        offset=_number(params, "offset") or 0,
+        ranked=ranked.image_ids if ranked else None,
+    )
     filters = {key: value for key, value in params.items() if key != "offset" and value}
 
     def page_url(new_offset: int) -> str:
@@ -456,6 +486,9 @@ def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, 
         "filters": filters,
         "subsets": [s for s in SUBSETS if not counts or counts.get(s, {}).get("total")],  # no empty train-dev
         "splits": service.splits_of(db, dataset_id=dataset_id),
+        "runs": ranking.finished_runs(db, dataset_id=dataset_id),
+        "sorts": ranking.RANKINGS,
+        "scores": {} if ranked is None else ranked.scores,
         "previous_url": page_url(max(0, page.offset - page.limit)) if page.offset > 0 else None,
         "next_url": page_url(page.offset + page.limit) if page.offset + page.limit < page.total else None,
     }
@@ -473,9 +506,12 @@ def dataset_page(
     split_id: str = "",
     q: str = "",
     offset: str = "",
+    sort: str = "",
+    run_id: str = "",
 ) -> Response:
     params = {"label": label, "source": source, "subset": subset, "split_id": split_id, "q": q, "offset": offset}
-    grid = _grid_context(db, dataset_id, params)
+    params |= {"sort": sort, "run_id": run_id}
+    grid = _grid_context(db, request, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only
     summary = service.dataset_summary(db, dataset_id=dataset_id)

@@ -255,7 +255,17 @@ class ImagePage:
     split: Split | None  # the split the subset filter reads (given, or the newest ready one)
 
 
-def list_images(session: Session, *, dataset_id: int, query: ImageQuery, limit: int = 60, offset: int = 0) -> ImagePage:
+def list_images(
+    session: Session,
+    *,
+    dataset_id: int,
+    query: ImageQuery,
+    limit: int = 60,
+    offset: int = 0,
+    ranked: Sequence[int] | None = None,
+) -> ImagePage:
+    """A page of the filtered images, newest first; or, given `ranked` image ids, those of them the filter keeps
+    in that order (a run's ranking: app/review/ranking.py)."""
     get_dataset(session, dataset_id=dataset_id)
     limit = max(1, min(limit, 500))
     offset = max(0, offset)
@@ -277,6 +287,12 @@ def list_images(session: Session, *, dataset_id: int, query: ImageQuery, limit: 
         filename_contains=(query.q or "").strip() or None,
         matches_nothing=matches_nothing,
     )
+    if ranked is not None:
+        kept = repository.filtered_ids(session, where)
+        ordered = [image_id for image_id in ranked if image_id in kept]
+        page_ids = ordered[offset : offset + limit]
+        items = repository.image_page(session, where, limit=limit, offset=offset, ids=page_ids)
+        return ImagePage(total=len(ordered), items=items, limit=limit, offset=offset, split=split)
     return ImagePage(
         total=repository.count_images(session, where),
         items=repository.image_page(session, where, limit=limit, offset=offset),

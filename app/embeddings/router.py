@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated
 
@@ -124,3 +125,35 @@ def api_similar_to_upload(
         home=service.torch_home(),
     )
     return SimilarOut(items=[NeighbourOut(**asdict(item)) for item in found])
+
+
+@router.get("/api/datasets/{dataset_id}/map")
+def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: BackboneQuery = None) -> Response:
+    """The 2-D embedding map: {"backbone", "stale", "count", "points": [{"image_id", "x", "y"}]}, x and y in [0, 1].
+
+    Labels and other colours come from /map/colours (they change with every relabel; the points do not)."""
+    found = service.map_points(db, dataset_id=dataset_id, backbone=backbone, root=_settings(request).embeddings_dir)
+    head = json.dumps({"backbone": found.backbone, "stale": found.stale, "count": found.count})
+    return Response(head[:-1].encode() + b',"points":' + found.points_json + b"}", media_type="application/json")
+
+
+ColourBy = Annotated[str, Query(max_length=20, description="label, subset, correct or suspicion")]
+
+
+@router.get("/api/datasets/{dataset_id}/map/colours")
+def api_map_colours(
+    dataset_id: int,
+    db: DB,
+    user: Viewer,
+    by: ColourBy = "label",
+    split_id: int | None = None,
+    run_id: int | None = None,
+) -> JSONResponse:
+    """Values to colour the map by: {"by", "source", "values": {image_id: value}} (images without one left out)."""
+    source, values = service.map_colours(db, dataset_id=dataset_id, by=by, split_id=split_id, run_id=run_id)
+    return JSONResponse({"by": by, "source": source, "values": {str(k): v for k, v in values.items()}})
+
+
+@router.get("/datasets/{dataset_id}/map", include_in_schema=False)
+def map_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    return render(request, "embeddings/map.html", {"page": service.map_page(db, dataset_id=dataset_id)})

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, case, delete, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from app.models import (
     Dataset,
     Image,
+    ImageIssue,
     Job,
     Label,
     LabelChange,
@@ -135,6 +136,11 @@ class ImageFilter:
     filename_contains: str | None = None
     # A filter naming a label that does not exist matches nothing (rather than everything).
     matches_nothing: bool = False
+    # Images with this data-health issue (latest scan), worst first unless `mildest_first`.
+    issue: str | None = None
+    mildest_first: bool = False
+    # Only these images, in this order (e.g. an image's nearest neighbours, most similar first).
+    image_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class ImageRow:
     width: int
     height: int
     imported_subset: str | None
+    score: float | None = None  # the issue's severity when filtered by an issue
 
 
 def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
@@ -166,7 +173,26 @@ def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
     if where.filename_contains:
         escaped = where.filename_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Image.filename.ilike(f"%{escaped}%", escape="\\"))
+    if where.issue is not None:
+        query = query.join(
+            ImageIssue,
+            (ImageIssue.image_id == Image.id)
+            & (ImageIssue.dataset_id == where.dataset_id)
+            & (ImageIssue.type == where.issue),
+        )
+    if where.image_ids is not None:
+        query = query.where(Image.id.in_(where.image_ids))
     return query
+
+
+def _ordering(where: ImageFilter) -> list[Any]:
+    if where.image_ids:
+        return [case({image_id: place for place, image_id in enumerate(where.image_ids)}, value=Image.id)]
+    if where.issue is not None:
+        score = ImageIssue.score.asc() if where.mildest_first else ImageIssue.score.desc()
+        # Members of one duplicate or conflict group stay side by side.
+        return [score, ImageIssue.group_key, Image.id]
+    return [Image.id.desc()]
 
 
 def count_images(session: Session, where: ImageFilter) -> int:
@@ -186,11 +212,12 @@ def image_page(session: Session, where: ImageFilter, *, limit: int, offset: int)
             Image.width,
             Image.height,
             Image.imported_subset,
+            ImageIssue.score if where.issue is not None else null(),
         ).join(Label, Label.id == Image.label_id),
         where,
     )
-    rows = session.execute(query.order_by(Image.id.desc()).limit(limit).offset(offset)).all()
-    return [ImageRow(*row) for row in rows]
+    rows = session.execute(query.order_by(*_ordering(where)).limit(limit).offset(offset)).all()
+    return [ImageRow(*row[:9], score=row[9]) for row in rows]
 
 
 def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:

@@ -36,6 +36,8 @@ from app.datasets.schemas import (
     UploadOut,
     UploadStarted,
 )
+from app.embeddings import service as embeddings
+from app.health.logic import ISSUE_TYPES
 from app.labels import service as labels
 from app.ml.splitting import SUBSETS
 from app.models import User
@@ -44,6 +46,7 @@ from app.web.templating import is_htmx, render
 
 router = APIRouter()
 PAGE_SIZE = 60
+NEIGHBOURHOOD = 59  # "find more like this": the image and its neighbours fill one page of the grid
 # Image bytes behind an id never change; the sandbox keeps a hostile file inert even if opened directly.
 IMAGE_HEADERS = {
     "cache-control": "private, max-age=31536000, immutable",
@@ -189,8 +192,18 @@ def api_rename_label(dataset_id: int, label_id: int, body: LabelIn, db: DB, user
     return LabelOut(id=label.id, name=label.name)
 
 
+def _neighbourhood(request: Request, db: DB, dataset_id: int, image_id: int | None) -> tuple[int, ...] | None:
+    """`similar_to`: the image itself, then its nearest neighbours, most similar first (409 without embeddings)."""
+    if image_id is None:
+        return None
+    return embeddings.neighbourhood(
+        db, dataset_id=dataset_id, image_id=image_id, k=NEIGHBOURHOOD, root=_settings(request).embeddings_dir
+    )
+
+
 @router.get("/api/datasets/{dataset_id}/images", response_model=ImagePageOut)
 def api_images(
+    request: Request,
     dataset_id: int,
     db: DB,
     user: Viewer,
@@ -199,10 +212,22 @@ def api_images(
     subset: str | None = None,
     split_id: int | None = None,
     q: str | None = None,
+    issue: Annotated[str | None, Query(max_length=24, description="a data-health issue type")] = None,
+    sort: Annotated[str | None, Query(description="with issue: -score (worst first) or score")] = None,
+    similar_to: Annotated[int | None, Query(description="this image and its nearest neighbours")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ImagePageOut:
-    query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q)
+    query = service.ImageQuery(
+        label=label,
+        source=source,
+        subset=subset,
+        split_id=split_id,
+        q=q,
+        issue=issue,
+        sort=sort,
+        image_ids=_neighbourhood(request, db, dataset_id, similar_to),
+    )
     return ImagePageOut.of(service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset))
 
 
@@ -433,13 +458,17 @@ def datasets_create(
     return RedirectResponse(f"/datasets/{dataset.id}", status_code=303)
 
 
-def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
+def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
+    similar_to = str(params.get("similar_to") or "")
     query = service.ImageQuery(
         label=params.get("label") or None,
         source=params.get("source") or None,
         subset=params.get("subset") or None,
         split_id=int(params["split_id"]) if str(params.get("split_id") or "").isdigit() else None,
         q=params.get("q") or None,
+        issue=params.get("issue") or None,
+        sort=params.get("sort") or None,
+        image_ids=_neighbourhood(request, db, dataset_id, int(similar_to)) if similar_to.isdigit() else None,
     )
     offset = int(params["offset"]) if str(params.get("offset") or "").isdigit() else 0
     page = service.list_images(db, dataset_id=dataset_id, query=query, limit=PAGE_SIZE, offset=offset)
@@ -450,6 +479,8 @@ def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, 
 
     counts = page.split.counts if page.split else {}
     return {
+        "dataset_id": dataset_id,
+        "issue_types": ISSUE_TYPES,
         "page": page,
         "query": query,
         "filters": filters,
@@ -471,10 +502,23 @@ def dataset_page(
     subset: str = "",
     split_id: str = "",
     q: str = "",
+    issue: str = "",
+    sort: str = "",
+    similar_to: str = "",
     offset: str = "",
 ) -> Response:
-    params = {"label": label, "source": source, "subset": subset, "split_id": split_id, "q": q, "offset": offset}
-    grid = _grid_context(db, dataset_id, params)
+    params = {
+        "label": label,
+        "source": source,
+        "subset": subset,
+        "split_id": split_id,
+        "q": q,
+        "issue": issue,
+        "sort": sort,
+        "similar_to": similar_to,
+        "offset": offset,
+    }
+    grid = _grid_context(request, db, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only
     summary = service.dataset_summary(db, dataset_id=dataset_id)

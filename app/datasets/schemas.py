@@ -88,6 +88,7 @@ class ImageItem(BaseModel):
     width: int
     height: int
     imported_subset: str | None
+    score: float | None = None  # with an issue filter: that issue's severity (higher = worse)
 
 
 class ImagePageOut(BaseModel):
@@ -114,6 +115,7 @@ class ImagePageOut(BaseModel):
                     width=row.width,
                     height=row.height,
                     imported_subset=row.imported_subset,
+                    score=row.score,
                 )
                 for row in page.items
             ],

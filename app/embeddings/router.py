@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
@@ -14,6 +14,7 @@ from app.core.settings import Settings
 from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
+from app.jobs import service as jobs
 from app.web.deps import DB, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
@@ -117,3 +118,30 @@ def api_similar_to_upload(
         home=service.torch_home(),
     )
     return SimilarOut(items=[NeighbourOut(**asdict(item)) for item in found])
+
+
+@router.get("/datasets/{dataset_id}/embeddings", include_in_schema=False)
+def embeddings_panel(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    """The dataset page's embeddings card: what exists, a button to start the job, its live progress."""
+    listed = service.list_embeddings(db, dataset_id=dataset_id)
+    return render(
+        request,
+        "embeddings/_panel.html",
+        {
+            "dataset_id": dataset_id,
+            "sets": [
+                (s, status, jobs.get_job(db, job_id=s.job_id) if s.job_id is not None else None) for s, status in listed
+            ],
+            "running": any(status in service.ACTIVE_JOB_STATUSES for _, status in listed),
+            "backbones": service.usable_backbones(),
+            "default_backbone": service.DEFAULT_BACKBONE,
+        },
+    )
+
+
+@router.post("/datasets/{dataset_id}/embeddings", include_in_schema=False)
+def embeddings_panel_start(
+    request: Request, dataset_id: int, db: DB, user: Reviewer, backbone: Annotated[str, Form(max_length=100)]
+) -> Response:
+    service.start_embeddings(db, dataset_id=dataset_id, backbone=backbone, user_id=user.id, home=service.torch_home())
+    return embeddings_panel(request, dataset_id, db, user)

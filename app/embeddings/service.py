@@ -13,12 +13,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.lookup import get_or_404
 from app.embeddings import repository
 from app.embeddings.store import EmbeddingStore
 from app.jobs import service as jobs
 from app.ml.images import Rejection, inspect_image
 from app.ml.similarity import unit_rows
-from app.models import EmbeddingSet, Job
+from app.models import EmbeddingSet, Image, Job
 from app.training.service import BUILTIN_BACKBONES
 
 if TYPE_CHECKING:
@@ -50,9 +51,14 @@ def torch_home() -> Path | None:
     return Path(os.environ["TORCH_HOME"]) if os.environ.get("TORCH_HOME") else None
 
 
+def usable_backbones() -> list[str]:
+    """Backbones whose embeddings mean something (pretrained weights); check_backbone says if they are here."""
+    return [name for name in BUILTIN_BACKBONES if name not in _WITHOUT_PRETRAINED_WEIGHTS]
+
+
 def check_backbone(name: str, *, home: Path | None) -> None:
     """422 unless `name` is a known backbone whose pretrained weights are installed here (no network)."""
-    usable = [known for known in BUILTIN_BACKBONES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
+    usable = usable_backbones()
     if name not in BUILTIN_BACKBONES:
         raise Invalid(f"unknown backbone {name!r}; backbones with pretrained weights: {', '.join(usable)}")
     if name in _WITHOUT_PRETRAINED_WEIGHTS:
@@ -147,6 +153,14 @@ def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str |
         )
     found_ids, similarities = store.search(query, k, exclude_id=image_id)
     return _neighbours(session, found_ids, similarities)
+
+
+def neighbourhood(session: Session, *, dataset_id: int, image_id: int, k: int, root: Path) -> tuple[int, ...]:
+    """An image of this dataset followed by its `k` nearest neighbours, most similar first (the grid's
+    "find more like this")."""
+    get_or_404(session, Image, image_id, dataset_id=dataset_id)
+    found = similar_to_image(session, image_id=image_id, k=k, backbone=None, root=root)
+    return (image_id, *(neighbour.image_id for neighbour in found))
 
 
 @lru_cache(maxsize=2)

@@ -35,9 +35,6 @@ _EXACT_OUTLIER_LIMIT = 5_000
 _OUTLIER_DIMS = 64
 _APPROXIMATE_OUTLIER_LIMIT = 50_000
 
-Progress = Callable[[float, str], None]
-
-
 class HealthMissing(Conflict):
     """409 naming the scan to start."""
 
@@ -137,31 +134,38 @@ def report(session: Session, *, dataset_id: int) -> HealthReport:
 # ---- the scan -------------------------------------------------------------------------------------------
 
 
-def scan_dataset(
-    session: Session,
-    *,
-    dataset_id: int,
-    blobs: BlobStore,
-    embeddings_root: Path,
-    progress: Progress | None = None,
-) -> HealthScan:
+@dataclass(frozen=True)
+class Findings:
+    """What a scan found, before it is stored: per issue type, positions into `image_ids` and their scores."""
+
+    dataset_id: int
+    image_ids: np.ndarray
+    found: dict[str, logic.Flagged]
+    checked: dict[str, int]
+    backbone: str | None
+
+
+def scan_dataset(session: Session, *, dataset_id: int, blobs: BlobStore, embeddings_root: Path) -> HealthScan:
     """Find every issue of the dataset's images and store the findings and the summary (flushes only)."""
-    say = progress or (lambda _fraction, _message: None)
+    findings = find_issues(session, dataset_id=dataset_id, blobs=blobs, embeddings_root=embeddings_root)
+    return store_findings(session, findings=findings)
+
+
+def find_issues(session: Session, *, dataset_id: int, blobs: BlobStore, embeddings_root: Path) -> Findings:
+    """Every issue of the dataset's images (reads only, so a job can run it outside its write transaction)."""
     get_or_404(session, Dataset, dataset_id)
-    scan = repository.scan_of(session, dataset_id) or repository.add_scan(session, dataset_id)
-    say(0.05, "reading image statistics")
     columns = repository.scan_columns(session, dataset_id)
     count = int(columns.image_ids.size)
     found: dict[str, logic.Flagged] = {}
     checked: dict[str, int] = {}
     stats = _stats(columns)
     measured = int(stats.measured.sum())
+    sized = int(((stats.width > 0) & (stats.height > 0)).sum())
     found["unmeasured"] = logic.Flagged(np.flatnonzero(~stats.measured).astype(np.int64), np.zeros(count - measured))
     checked["unmeasured"] = count
     for issue, flagged in logic.stat_issues(stats).items():
         found[issue] = flagged
-        checked[issue] = measured if issue in logic.STAT_ISSUES else int(((stats.width > 0) & (stats.height > 0)).sum())
-    say(0.3, "grouping duplicates")
+        checked[issue] = measured if issue in logic.STAT_ISSUES else sized
     exact = _copy_groups(session, dataset_id, columns.image_ids)
     near = group_near_duplicates(
         columns.phashes,
@@ -172,16 +176,11 @@ def scan_dataset(
     found["near_duplicate"] = logic.near_only(near, exact)
     checked["exact_duplicate"] = count
     checked["near_duplicate"] = count - int(columns.phash_missing.sum())
-    # Exact copies are near-identical too; a conflict group is the union of both groupings' groups.
+    # Exact copies are near-identical too: a conflict group is the union of both groupings' groups.
     found["label_conflict"] = logic.label_conflicts(merge_groupings(exact, near), columns.label_ids)
     checked["label_conflict"] = count
-    say(0.6, "measuring embedding-space density")
-    scan.backbone, found["outlier"], checked["outlier"] = _outliers(
-        session, dataset_id, columns.image_ids, embeddings_root
-    )
-    say(0.85, "storing the findings")
-    _store(session, scan, columns.image_ids, found, checked)
-    return scan
+    backbone, found["outlier"], checked["outlier"] = _outliers(session, dataset_id, columns.image_ids, embeddings_root)
+    return Findings(dataset_id, columns.image_ids, found, checked, backbone)
 
 
 def _stats(columns: repository.ScanColumns) -> logic.Stats:
@@ -272,17 +271,14 @@ def _knn_distances(vectors: np.ndarray) -> np.ndarray:
     return np.asarray(distances.mean(axis=1), dtype=np.float64)
 
 
-def _store(
-    session: Session,
-    scan: HealthScan,
-    image_ids: np.ndarray,
-    found: dict[str, logic.Flagged],
-    checked: dict[str, int],
-) -> None:
+def store_findings(session: Session, *, findings: Findings) -> HealthScan:
+    """Replace the dataset's findings and summary with these (flushes only)."""
+    scan = repository.scan_of(session, findings.dataset_id) or repository.add_scan(session, findings.dataset_id)
+    image_ids = findings.image_ids
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     for issue in logic.ISSUE_TYPES:
-        flagged = found[issue]
+        flagged = findings.found[issue]
         ids = image_ids[flagged.positions].tolist()
         groups = None if flagged.groups is None else image_ids[flagged.groups].tolist()
         for place, (image_id, score) in enumerate(zip(ids, flagged.scores.tolist(), strict=True)):
@@ -290,14 +286,16 @@ def _store(
                 {"image_id": image_id, "type": issue, "score": float(score), "group_key": groups and groups[place]}
             )
         examples = image_ids[logic.examples(flagged, EXAMPLES)].tolist()
-        summary.append({"type": issue, "count": len(ids), "examples": examples, "checked": checked[issue]})
-    repository.replace_issues(session, scan.dataset_id, rows)
+        summary.append({"type": issue, "count": len(ids), "examples": examples, "checked": findings.checked[issue]})
+    repository.replace_issues(session, findings.dataset_id, rows)
     scan.summary = summary
     scan.status = "ready"
+    scan.backbone = findings.backbone
     scan.image_count = int(image_ids.size)
     scan.last_image_id = int(image_ids[-1]) if image_ids.size else 0
     scan.scanned_at = utcnow()
     session.flush()
+    return scan
 
 
 def fail_scan(session: Session, *, dataset_id: int) -> None:

@@ -1,4 +1,4 @@
-"""The data-health scan job: one transaction, so the findings are replaced whole or not at all."""
+"""The data-health scan job: read and compute, then replace the findings in one transaction (whole or not at all)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ from app.jobs.registry import task
 def scan_health(ctx: JobContext) -> dict[str, Any]:
     dataset_id = int(ctx.payload["dataset_id"])
     try:
-        with ctx.transaction() as session:
-            scan = service.scan_dataset(
+        ctx.progress(0.05, "reading image statistics, grouping duplicates, measuring embedding-space density")
+        # Progress is reported between the units of work: on SQLite a report inside a write would wait on it.
+        with ctx.reading() as session:
+            findings = service.find_issues(
                 session,
                 dataset_id=dataset_id,
                 blobs=LocalBlobStore(ctx.settings.blob_dir),
                 embeddings_root=ctx.settings.embeddings_dir,
-                progress=ctx.progress,
             )
+        ctx.progress(0.85, "storing the findings")
+        with ctx.transaction() as session:
+            scan = service.store_findings(session, findings=findings)
             counts = {entry["type"]: entry["count"] for entry in scan.summary}
             images = scan.image_count
     except Exception:

@@ -77,8 +77,9 @@ def api_similar(
 @router.get("/images/{image_id}/similar", include_in_schema=False)
 def similar_strip(request: Request, image_id: int, db: DB, user: Viewer, k: K = 12) -> Response:
     """The image page's strip (loaded by htmx); without embeddings it says which job to start."""
-    context: dict[str, object] = {"items": [], "missing": None}
+    context: dict[str, object] = {"items": [], "missing": None, "image_id": image_id, "dataset_id": None}
     try:
+        context["dataset_id"] = service.dataset_of_image(db, image_id=image_id)
         context["items"] = service.similar_to_image(
             db, image_id=image_id, k=k, backbone=None, root=_settings(request).embeddings_dir
         )

@@ -155,6 +155,10 @@ def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str |
     return _neighbours(session, found_ids, similarities)
 
 
+def dataset_of_image(session: Session, *, image_id: int) -> int:
+    return get_or_404(session, Image, image_id).dataset_id
+
+
 def neighbourhood(session: Session, *, dataset_id: int, image_id: int, k: int, root: Path) -> tuple[int, ...]:
     """An image of this dataset followed by its `k` nearest neighbours, most similar first (the grid's
     "find more like this")."""

@@ -210,5 +210,5 @@ def test_the_panel_lists_counts_with_example_thumbnails(
     assert panel.status_code == 200
     row = panel.text.split(f'data-issue="{issue}"')[1].split("</tr>")[0]
     assert f'data-issue-count="{len(built.roles[issue])}"' in row
-    assert f'/images/{built.roles[issue][0]}/thumb' in row
+    assert f"/images/{built.roles[issue][0]}/thumb" in row
     assert f"?issue={issue}" in row

@@ -35,9 +35,10 @@ def _dataset_with_a_near_duplicate(served: Served) -> tuple[int, list[tuple[str,
     )
     assert upload.status_code == 202, upload.text
     deadline = time.monotonic() + 120
-    while httpx.get(f"{served.base_url}/api/uploads/{upload.json()['upload_id']}", headers=headers).json()[
-        "status"
-    ] != "done":
+    while (
+        httpx.get(f"{served.base_url}/api/uploads/{upload.json()['upload_id']}", headers=headers).json()["status"]
+        != "done"
+    ):
         assert time.monotonic() < deadline, "ingest did not finish"
         time.sleep(0.5)
     return dataset, files

@@ -458,19 +458,27 @@ def datasets_create(
     return RedirectResponse(f"/datasets/{dataset.id}", status_code=303)
 
 
-def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
-    similar_to = str(params.get("similar_to") or "")
-    query = service.ImageQuery(
-        label=params.get("label") or None,
-        source=params.get("source") or None,
-        subset=params.get("subset") or None,
-        split_id=int(params["split_id"]) if str(params.get("split_id") or "").isdigit() else None,
-        q=params.get("q") or None,
-        issue=params.get("issue") or None,
-        sort=params.get("sort") or None,
-        image_ids=_neighbourhood(request, db, dataset_id, int(similar_to)) if similar_to.isdigit() else None,
+GRID_PARAMS = ("label", "source", "subset", "split_id", "q", "issue", "sort", "similar_to", "offset")
+
+
+def _number(params: dict[str, str], key: str) -> int | None:
+    value = params.get(key) or ""
+    return int(value) if value.isdigit() else None
+
+
+def _grid_query(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> service.ImageQuery:
+    similar_to = _number(params, "similar_to")
+    text = {key: params.get(key) or None for key in ("label", "source", "subset", "q", "issue", "sort")}
+    return service.ImageQuery(
+        **text,
+        split_id=_number(params, "split_id"),
+        image_ids=_neighbourhood(request, db, dataset_id, similar_to) if similar_to is not None else None,
     )
-    offset = int(params["offset"]) if str(params.get("offset") or "").isdigit() else 0
+
+
+def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> dict[str, Any]:
+    query = _grid_query(request, db, dataset_id, params)
+    offset = _number(params, "offset") or 0
     page = service.list_images(db, dataset_id=dataset_id, query=query, limit=PAGE_SIZE, offset=offset)
     filters = {key: value for key, value in params.items() if key != "offset" and value}
 
@@ -492,32 +500,9 @@ def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, A
 
 
 @router.get("/datasets/{dataset_id}", include_in_schema=False)
-def dataset_page(
-    request: Request,
-    dataset_id: int,
-    db: DB,
-    user: Viewer,
-    label: str = "",
-    source: str = "",
-    subset: str = "",
-    split_id: str = "",
-    q: str = "",
-    issue: str = "",
-    sort: str = "",
-    similar_to: str = "",
-    offset: str = "",
-) -> Response:
-    params = {
-        "label": label,
-        "source": source,
-        "subset": subset,
-        "split_id": split_id,
-        "q": q,
-        "issue": issue,
-        "sort": sort,
-        "similar_to": similar_to,
-        "offset": offset,
-    }
+def dataset_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    """The dataset page; its grid's filters (GRID_PARAMS) come from the query string."""
+    params = {key: request.query_params.get(key, "") for key in GRID_PARAMS}
     grid = _grid_context(request, db, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only

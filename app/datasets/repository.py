@@ -189,13 +189,25 @@ def _ordering(where: ImageFilter) -> list[Any]:
     if where.image_ids:
         return [case({image_id: place for place, image_id in enumerate(where.image_ids)}, value=Image.id)]
     if where.issue is not None:
-        score = ImageIssue.score.asc() if where.mildest_first else ImageIssue.score.desc()
-        # Members of one duplicate or conflict group stay side by side.
-        return [score, ImageIssue.group_key, Image.id]
+        # One direction for every key, so the (dataset, type, score, group, image) index yields the order and a
+        # page stops after its rows; members of one duplicate or conflict group stay side by side.
+        keys = (ImageIssue.score, ImageIssue.group_key, ImageIssue.image_id)
+        return [key.asc() if where.mildest_first else key.desc() for key in keys]
     return [Image.id.desc()]
 
 
 def count_images(session: Session, where: ImageFilter) -> int:
+    alone = ImageFilter(dataset_id=where.dataset_id, issue=where.issue, mildest_first=where.mildest_first)
+    if where.issue is not None and where == alone:
+        # The issue alone: its findings' index answers (a finding's image always exists: it cascades).
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(ImageIssue)
+                .where(ImageIssue.dataset_id == where.dataset_id, ImageIssue.type == where.issue)
+            )
+            or 0
+        )
     # count(*), not count(id): (dataset_id, label_id) and (dataset_id, source) then answer from the index alone.
     return int(session.scalar(_filtered(select(func.count()).select_from(Image), where)) or 0)
 

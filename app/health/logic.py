@@ -55,6 +55,9 @@ OUTLIER_IQR = 3.0
 # Too few images for a spread of distances to mean anything.
 OUTLIER_MIN_IMAGES = 20
 
+# Similarities computed at once by the exact kNN (8M float32 = 32 MB).
+_BLOCK_ELEMENTS = 8 * 2**20
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -221,6 +224,7 @@ def knn_mean_distance(unit_vectors: npt.ArrayLike, k: int = OUTLIER_NEIGHBOURS, 
     """Each row's mean cosine distance to its `k` nearest other rows (exact, in chunks of rows)."""
     rows = np.asarray(unit_vectors, dtype=np.float32)
     count = rows.shape[0]
+    chunk = max(1, min(chunk, _BLOCK_ELEMENTS // max(count, 1)))  # a block of similarities stays ~32 MB
     neighbours = min(k, count - 1)
     if neighbours < 1:
         return np.zeros(count, dtype=np.float64)

@@ -34,6 +34,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 _EXACT_OUTLIER_LIMIT = 5_000
 _OUTLIER_DIMS = 64
 _APPROXIMATE_OUTLIER_LIMIT = 50_000
+_CHUNK = 65_536
 
 class HealthMissing(Conflict):
     """409 naming the scan to start."""
@@ -245,21 +246,26 @@ def _outliers(
         return None, logic.Flagged.none(), 0
     store = EmbeddingStore(root, dataset_id=dataset_id, backbone=chosen.backbone)
     stored_ids = store.ids()
-    keep = np.isin(stored_ids, image_ids)  # vectors of deleted images are skipped
-    vectors = np.asarray(store.vectors(), dtype=np.float32)[keep]
-    positions = np.searchsorted(image_ids, stored_ids[keep])
-    distances = _knn_distances(vectors)
-    flagged = logic.outliers(distances)
+    rows = np.flatnonzero(np.isin(stored_ids, image_ids))  # vectors of deleted images are skipped
+    positions = np.searchsorted(image_ids, stored_ids[rows])
+    flagged = logic.outliers(_knn_distances(store.vectors(), rows))
     return chosen.backbone, logic.Flagged(positions[flagged.positions], flagged.scores), int(positions.size)
 
 
-def _knn_distances(vectors: np.ndarray) -> np.ndarray:
-    count = vectors.shape[0]
+def _knn_distances(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Mean kNN distance of each of `rows` (of the float16 memmap `vectors`), read in chunks: a million vectors
+    of 1,280 dims are 5 GB as float32, their 64-dim projection 256 MB."""
+    count = rows.size
     if count <= _EXACT_OUTLIER_LIMIT:
-        return logic.knn_mean_distance(vectors)
-    sample = np.random.default_rng(0).choice(count, size=min(count, 10_000), replace=False)
-    projection = fit_projection(vectors[np.sort(sample)], _OUTLIER_DIMS)
-    projected = projection.project(vectors)
+        return logic.knn_mean_distance(np.asarray(vectors[rows], dtype=np.float32))
+    sample = np.sort(np.random.default_rng(0).choice(rows, size=min(count, 10_000), replace=False))
+    projection = fit_projection(np.asarray(vectors[sample], dtype=np.float32), _OUTLIER_DIMS)
+    projected = np.concatenate(
+        [
+            projection.project(np.asarray(vectors[rows[start : start + _CHUNK]], dtype=np.float32))
+            for start in range(0, count, _CHUNK)
+        ]
+    )
     if count <= _APPROXIMATE_OUTLIER_LIMIT:
         return logic.knn_mean_distance(projected)
     from usearch.index import Index  # an ANN index for a million images' kNN, as the similar-images search uses

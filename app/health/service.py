@@ -36,6 +36,7 @@ _OUTLIER_DIMS = 64
 _APPROXIMATE_OUTLIER_LIMIT = 50_000
 _CHUNK = 65_536
 
+
 class HealthMissing(Conflict):
     """409 naming the scan to start."""
 

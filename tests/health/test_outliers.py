@@ -14,7 +14,7 @@ def test_projected_knn_distances_find_the_same_outlier_as_exact_search() -> None
     vectors = centres[rng.integers(0, 20, 6_000)] + 0.3 * rng.normal(size=(6_000, 256))
     vectors[17] = rng.normal(size=256) * 5
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    assert 6_000 > service._EXACT_OUTLIER_LIMIT  # the projected path
+    assert service._EXACT_OUTLIER_LIMIT < 6_000  # the projected path
     rows = np.arange(1, 6_000)  # row 0 belongs to a deleted image: skipped
     projected = service._knn_distances(vectors, rows)
     exact = logic.knn_mean_distance(np.asarray(vectors[rows], dtype=np.float32))

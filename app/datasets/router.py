@@ -228,7 +228,8 @@ def api_images(
         sort=sort,
         image_ids=_neighbourhood(request, db, dataset_id, similar_to),
     )
-    return ImagePageOut.of(service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset))
+    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset)
+    return ImagePageOut.model_validate(page)
 
 
 @router.get("/api/images/{image_id}", response_model=ImageOut)

@@ -14,8 +14,9 @@ from app.core.settings import Settings
 from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
+from app.embeddings.states import UNFINISHED
 from app.jobs import service as jobs
-from app.web.deps import DB, Reviewer, Viewer, reads_only
+from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
@@ -45,9 +46,16 @@ def _settings(request: Request) -> Settings:
 
 
 @router.post("/api/datasets/{dataset_id}/embeddings", status_code=202)
-def api_start_embeddings(dataset_id: int, body: EmbeddingsIn, db: DB, user: Reviewer) -> JSONResponse:
+def api_start_embeddings(
+    dataset_id: int, body: EmbeddingsIn, db: DB, user: Reviewer, settings: AppSettings
+) -> JSONResponse:
     embedding_set, job = service.start_embeddings(
-        db, dataset_id=dataset_id, backbone=body.backbone, user_id=user.id, home=service.torch_home()
+        db,
+        dataset_id=dataset_id,
+        backbone=body.backbone,
+        user_id=user.id,
+        home=service.torch_home(),
+        max_attempts=settings.job_max_attempts,
     )
     return JSONResponse({"job_id": job.id, "backbone": embedding_set.backbone}, status_code=202)
 
@@ -133,7 +141,7 @@ def embeddings_panel(request: Request, dataset_id: int, db: DB, user: Viewer) ->
             "sets": [
                 (s, status, jobs.get_job(db, job_id=s.job_id) if s.job_id is not None else None) for s, status in listed
             ],
-            "running": any(status in service.ACTIVE_JOB_STATUSES for _, status in listed),
+            "running": any(status in UNFINISHED for _, status in listed),
             "backbones": service.usable_backbones(),
             "default_backbone": service.DEFAULT_BACKBONE,
         },
@@ -142,7 +150,19 @@ def embeddings_panel(request: Request, dataset_id: int, db: DB, user: Viewer) ->
 
 @router.post("/datasets/{dataset_id}/embeddings", include_in_schema=False)
 def embeddings_panel_start(
-    request: Request, dataset_id: int, db: DB, user: Reviewer, backbone: Annotated[str, Form(max_length=100)]
+    request: Request,
+    dataset_id: int,
+    db: DB,
+    user: Reviewer,
+    settings: AppSettings,
+    backbone: Annotated[str, Form(max_length=100)],
 ) -> Response:
-    service.start_embeddings(db, dataset_id=dataset_id, backbone=backbone, user_id=user.id, home=service.torch_home())
+    service.start_embeddings(
+        db,
+        dataset_id=dataset_id,
+        backbone=backbone,
+        user_id=user.id,
+        home=service.torch_home(),
+        max_attempts=settings.job_max_attempts,
+    )
     return embeddings_panel(request, dataset_id, db, user)

@@ -9,15 +9,15 @@ from fastapi.responses import JSONResponse, Response
 
 from app.health import service
 from app.health.schemas import HealthOut, IssueOut
-from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import DB, AppSettings, Reviewer, Viewer
 from app.web.templating import render
 
 router = APIRouter()
 
 
 @router.post("/api/datasets/{dataset_id}/health", status_code=202)
-def api_start_scan(dataset_id: int, db: DB, user: Reviewer) -> JSONResponse:
-    _, job = service.start_scan(db, dataset_id=dataset_id, user_id=user.id)
+def api_start_scan(dataset_id: int, db: DB, user: Reviewer, settings: AppSettings) -> JSONResponse:
+    _, job = service.start_scan(db, dataset_id=dataset_id, user_id=user.id, max_attempts=settings.job_max_attempts)
     return JSONResponse({"job_id": job.id}, status_code=202)
 
 
@@ -39,7 +39,7 @@ def health_panel(request: Request, dataset_id: int, db: DB, user: Viewer) -> Res
 
 
 @router.post("/datasets/{dataset_id}/health", include_in_schema=False)
-def health_panel_scan(request: Request, dataset_id: int, db: DB, user: Reviewer) -> Response:
+def health_panel_scan(request: Request, dataset_id: int, db: DB, user: Reviewer, settings: AppSettings) -> Response:
     """The panel's button: queue a scan and answer with the panel, which then polls until the scan is done."""
-    service.start_scan(db, dataset_id=dataset_id, user_id=user.id)
+    service.start_scan(db, dataset_id=dataset_id, user_id=user.id, max_attempts=settings.job_max_attempts)
     return health_panel(request, dataset_id, db, user)

@@ -21,6 +21,7 @@ from app.core.storage import BlobStore
 from app.embeddings.store import EmbeddingStore
 from app.health import logic, repository
 from app.jobs import service as jobs
+from app.jobs import states as job_states
 from app.ml.images import SIGNATURE_LENGTH, thumbnail_signature
 from app.ml.near_duplicates import group_near_duplicates, merge_groupings
 from app.ml.similarity import fit_projection
@@ -28,7 +29,6 @@ from app.models import Dataset, HealthScan, Job, utcnow
 
 HEALTH_JOB = "health.scan"
 EXAMPLES = 8
-ACTIVE_JOB_STATUSES = ("queued", "running")
 DEFAULT_BACKBONE = "efficientnet_lite0"
 # Above this many vectors the kNN distances of the outlier check are searched on a PCA projection of this size.
 _EXACT_OUTLIER_LIMIT = 5_000
@@ -95,15 +95,23 @@ def require_scan(session: Session, *, dataset_id: int) -> HealthScan:
     return scan
 
 
-def start_scan(session: Session, *, dataset_id: int, user_id: int | None) -> tuple[HealthScan, Job]:
+def start_scan(
+    session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int | None = None
+) -> tuple[HealthScan, Job]:
     """Queue a scan (or return the one already queued or running for this dataset)."""
     get_or_404(session, Dataset, dataset_id)
     scan = repository.scan_of(session, dataset_id) or repository.add_scan(session, dataset_id)
     if scan.job_id is not None:
         running = jobs.get_job(session, job_id=scan.job_id)
-        if running.status in ACTIVE_JOB_STATUSES:
+        if running.status in job_states.ACTIVE:
             return scan, running
-    job = jobs.enqueue(session, kind=HEALTH_JOB, payload={"dataset_id": dataset_id}, created_by_id=user_id)
+    job = jobs.enqueue(
+        session,
+        kind=HEALTH_JOB,
+        payload={"dataset_id": dataset_id},
+        created_by_id=user_id,
+        max_attempts=max_attempts,
+    )
     scan.job_id = job.id
     if scan.scanned_at is None:
         scan.status = "queued"
@@ -118,9 +126,9 @@ def report(session: Session, *, dataset_id: int) -> HealthReport:
     status = scan.status
     if scan.job_id is not None:
         job_status = jobs.get_job(session, job_id=scan.job_id).status
-        if job_status in ACTIVE_JOB_STATUSES:
+        if job_status in job_states.ACTIVE:
             status = job_status
-        elif job_status in ("failed", "cancelled") and scan.scanned_at is None:
+        elif job_status in job_states.UNSUCCESSFUL and scan.scanned_at is None:
             status = "failed"
     return HealthReport(
         status=status,

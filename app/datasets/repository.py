@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, case, delete, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.models import (
     Dataset,
     Image,
+    ImageIssue,
     Job,
     Label,
     LabelChange,
@@ -115,6 +116,11 @@ class ImageFilter:
     filename_contains: str | None = None
     # A filter naming a label that does not exist matches nothing (rather than everything).
     matches_nothing: bool = False
+    # Images with this data-health issue (latest scan), worst first unless `mildest_first`.
+    issue: str | None = None
+    mildest_first: bool = False
+    # Only these images, in this order (e.g. an image's nearest neighbours, most similar first).
+    image_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class ImageRow:
     width: int
     height: int
     imported_subset: str | None
+    score: float | None = None  # the issue's severity when filtered by an issue
 
 
 def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
@@ -146,10 +153,41 @@ def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
     if where.filename_contains:
         escaped = where.filename_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Image.filename.ilike(f"%{escaped}%", escape="\\"))
+    if where.issue is not None:
+        query = query.join(
+            ImageIssue,
+            (ImageIssue.image_id == Image.id)
+            & (ImageIssue.dataset_id == where.dataset_id)
+            & (ImageIssue.type == where.issue),
+        )
+    if where.image_ids is not None:
+        query = query.where(Image.id.in_(where.image_ids))
     return query
 
 
+def _ordering(where: ImageFilter) -> list[Any]:
+    if where.image_ids:
+        return [case({image_id: place for place, image_id in enumerate(where.image_ids)}, value=Image.id)]
+    if where.issue is not None:
+        # One direction for every key, so the (dataset, type, score, group, image) index yields the order and a
+        # page stops after its rows; members of one duplicate or conflict group stay side by side.
+        keys = (ImageIssue.score, ImageIssue.group_key, ImageIssue.image_id)
+        return [key.asc() if where.mildest_first else key.desc() for key in keys]
+    return [Image.id.desc()]
+
+
 def count_images(session: Session, where: ImageFilter) -> int:
+    alone = ImageFilter(dataset_id=where.dataset_id, issue=where.issue, mildest_first=where.mildest_first)
+    if where.issue is not None and where == alone:
+        # The issue alone: its findings' index answers (a finding's image always exists: it cascades).
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(ImageIssue)
+                .where(ImageIssue.dataset_id == where.dataset_id, ImageIssue.type == where.issue)
+            )
+            or 0
+        )
     # count(*), not count(id): (dataset_id, label_id) and (dataset_id, source) then answer from the index alone.
     return int(session.scalar(_filtered(select(func.count()).select_from(Image), where)) or 0)
 
@@ -174,14 +212,15 @@ def image_page(
             Image.width,
             Image.height,
             Image.imported_subset,
+            ImageIssue.score if where.issue is not None else null(),
         ).join(Label, Label.id == Image.label_id),
         where,
     )
     if ids is not None:
-        found = {row[0]: ImageRow(*row) for row in session.execute(query.where(Image.id.in_(ids)))}
+        found = {row[0]: ImageRow(*row[:9], score=row[9]) for row in session.execute(query.where(Image.id.in_(ids)))}
         return [found[image_id] for image_id in ids if image_id in found]
-    rows = session.execute(query.order_by(Image.id.desc()).limit(limit).offset(offset)).all()
-    return [ImageRow(*row) for row in rows]
+    rows = session.execute(query.order_by(*_ordering(where)).limit(limit).offset(offset)).all()
+    return [ImageRow(*row[:9], score=row[9]) for row in rows]
 
 
 def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:

@@ -36,6 +36,8 @@ from app.datasets.schemas import (
     UploadOut,
     UploadStarted,
 )
+from app.embeddings import service as embeddings
+from app.health.logic import ISSUE_TYPES
 from app.labels import service as labels
 from app.ml.splitting import SUBSETS
 from app.models import User
@@ -45,6 +47,7 @@ from app.web.templating import is_htmx, render
 
 router = APIRouter()
 PAGE_SIZE = 60
+NEIGHBOURHOOD = 59  # "find more like this": the image and its neighbours fill one page of the grid
 # Image bytes behind an id never change; the sandbox keeps a hostile file inert even if opened directly.
 IMAGE_HEADERS = {
     "cache-control": "private, max-age=31536000, immutable",
@@ -190,6 +193,15 @@ def api_rename_label(dataset_id: int, label_id: int, body: LabelIn, db: DB, user
     return LabelOut(id=label.id, name=label.name)
 
 
+def _neighbourhood(request: Request, db: DB, dataset_id: int, image_id: int | None) -> tuple[int, ...] | None:
+    """`similar_to`: the image itself, then its nearest neighbours, most similar first (409 without embeddings)."""
+    if image_id is None:
+        return None
+    return embeddings.neighbourhood(
+        db, dataset_id=dataset_id, image_id=image_id, k=NEIGHBOURHOOD, root=_settings(request).embeddings_dir
+    )
+
+
 @router.get("/api/datasets/{dataset_id}/images", response_model=ImagePageOut)
 def api_images(
     request: Request,
@@ -201,13 +213,30 @@ def api_images(
     subset: str | None = None,
     split_id: int | None = None,
     q: str | None = None,
+    issue: Annotated[str | None, Query(max_length=24, description="a data-health issue type")] = None,
+    sort: Annotated[
+        str | None,
+        Query(
+            max_length=20,
+            description="with issue: -score (worst first) or score; with run_id: fused, suspicion, loss or confidence",
+        ),
+    ] = None,
+    similar_to: Annotated[int | None, Query(description="this image and its nearest neighbours")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-    sort: Annotated[str | None, Query(max_length=20, description="fused, suspicion, loss or confidence")] = None,
     run_id: Annotated[int | None, Query(description="the run whose predictions sort (with sort)")] = None,
 ) -> ImagePageOut:
-    query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q)
-    ranked = _ranked(db, request, dataset_id, sort, run_id)
+    ranked = _ranked(db, request, dataset_id, None if sort in ISSUE_SORTS else sort, run_id)
+    query = service.ImageQuery(
+        label=label,
+        source=source,
+        subset=subset,
+        split_id=split_id,
+        q=q,
+        issue=issue,
+        sort=sort if sort in ISSUE_SORTS else None,
+        image_ids=_neighbourhood(request, db, dataset_id, similar_to),
+    )
     page = service.list_images(
         db, dataset_id=dataset_id, query=query, limit=limit, offset=offset, ranked=ranked.image_ids if ranked else None
     )
@@ -453,19 +482,32 @@ def datasets_create(
     return RedirectResponse(f"/datasets/{dataset.id}", status_code=303)
 
 
-def _number(params: dict[str, Any], key: str) -> int | None:
-    return int(params[key]) if str(params.get(key) or "").isdigit() else None
+GRID_PARAMS = ("label", "source", "subset", "split_id", "q", "issue", "sort", "run_id", "similar_to", "offset")
+# `sort` orders an issue's findings (these two) or, with a run, by that run's ranking (ranking.RANKINGS).
+ISSUE_SORTS = ("score", "-score")
 
 
-def _grid_context(db: DB, request: Request, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
-    ranked = _ranked(db, request, dataset_id, params.get("sort") or None, _number(params, "run_id"))
-    query = service.ImageQuery(
-        label=params.get("label") or None,
-        source=params.get("source") or None,
-        subset=params.get("subset") or None,
+def _number(params: dict[str, str], key: str) -> int | None:
+    value = params.get(key) or ""
+    return int(value) if value.isdigit() else None
+
+
+def _grid_query(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> service.ImageQuery:
+    similar_to = _number(params, "similar_to")
+    text = {key: params.get(key) or None for key in ("label", "source", "subset", "q", "issue")}
+    sort = params.get("sort") or None
+    return service.ImageQuery(
+        **text,
+        sort=sort if sort in ISSUE_SORTS else None,
         split_id=_number(params, "split_id"),
-        q=params.get("q") or None,
+        image_ids=_neighbourhood(request, db, dataset_id, similar_to) if similar_to is not None else None,
     )
+
+
+def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> dict[str, Any]:
+    sort = params.get("sort") or None
+    ranked = _ranked(db, request, dataset_id, None if sort in ISSUE_SORTS else sort, _number(params, "run_id"))
+    query = _grid_query(request, db, dataset_id, params)
     page = service.list_images(
         db,
         dataset_id=dataset_id,
@@ -481,6 +523,8 @@ def _grid_context(db: DB, request: Request, dataset_id: int, params: dict[str, A
 
     counts = page.split.counts if page.split else {}
     return {
+        "dataset_id": dataset_id,
+        "issue_types": ISSUE_TYPES,
         "page": page,
         "query": query,
         "filters": filters,
@@ -495,23 +539,10 @@ def _grid_context(db: DB, request: Request, dataset_id: int, params: dict[str, A
 
 
 @router.get("/datasets/{dataset_id}", include_in_schema=False)
-def dataset_page(
-    request: Request,
-    dataset_id: int,
-    db: DB,
-    user: Viewer,
-    label: str = "",
-    source: str = "",
-    subset: str = "",
-    split_id: str = "",
-    q: str = "",
-    offset: str = "",
-    sort: str = "",
-    run_id: str = "",
-) -> Response:
-    params = {"label": label, "source": source, "subset": subset, "split_id": split_id, "q": q, "offset": offset}
-    params |= {"sort": sort, "run_id": run_id}
-    grid = _grid_context(db, request, dataset_id, params)
+def dataset_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    """The dataset page; its grid's filters (GRID_PARAMS) come from the query string."""
+    params = {key: request.query_params.get(key, "") for key in GRID_PARAMS}
+    grid = _grid_context(request, db, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only
     summary = service.dataset_summary(db, dataset_id=dataset_id)

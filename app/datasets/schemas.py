@@ -90,6 +90,7 @@ class ImageItem(BaseModel):
     width: int
     height: int
     imported_subset: str | None
+    score: float | None = None  # with an issue filter: that issue's severity (higher = worse)
 
 
 class ImagePageOut(BaseModel):

@@ -36,6 +36,7 @@ from app.datasets.logic import (
     parse_label_csv,
 )
 from app.datasets.ownership import DISCARDED, check_owner
+from app.health import service as health
 from app.jobs import service as jobs
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
@@ -244,6 +245,9 @@ class ImageQuery:
     subset: str | None = None
     split_id: int | None = None
     q: str | None = None
+    issue: str | None = None  # a data-health issue type
+    sort: str | None = None  # with an issue: "-score" (worst first, the default) or "score"
+    image_ids: tuple[int, ...] | None = None  # only these, in this order (find more like this)
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,9 @@ def list_images(
         subset=query.subset or None,
         filename_contains=(query.q or "").strip() or None,
         matches_nothing=matches_nothing,
+        issue=health.issue_filter(session, dataset_id=dataset_id, issue=query.issue, sort=query.sort),
+        mildest_first=query.sort == "score",
+        image_ids=query.image_ids,
     )
     if ranked is not None:
         kept = repository.filtered_ids(session, where)

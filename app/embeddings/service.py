@@ -22,7 +22,7 @@ from app.jobs import states as job_states
 from app.ml.backbone_choices import BACKBONE_NAMES, DEFAULT_BACKBONE, SCRATCH_BACKBONE, TORCHVISION_PREFIX
 from app.ml.images import Rejection, inspect_image
 from app.ml.similarity import unit_rows
-from app.models import EmbeddingSet, Job, Run, Split
+from app.models import EmbeddingSet, Image, Job, Run, Split
 
 if TYPE_CHECKING:
     from app.ml.backbones import Backbone
@@ -50,9 +50,14 @@ def torch_home() -> Path | None:
     return Path(os.environ["TORCH_HOME"]) if os.environ.get("TORCH_HOME") else None
 
 
+def usable_backbones() -> list[str]:
+    """Backbones whose embeddings mean something (pretrained weights); check_backbone says if they are here."""
+    return [name for name in BACKBONE_NAMES if name not in _WITHOUT_PRETRAINED_WEIGHTS]
+
+
 def check_backbone(name: str, *, home: Path | None) -> None:
     """422 unless `name` is a known backbone whose pretrained weights are installed here (no network)."""
-    usable = [known for known in BACKBONE_NAMES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
+    usable = usable_backbones()
     if name not in BACKBONE_NAMES:
         raise Invalid(f"unknown backbone {name!r}; backbones with pretrained weights: {', '.join(usable)}")
     if name in _WITHOUT_PRETRAINED_WEIGHTS:
@@ -163,6 +168,18 @@ def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str |
         )
     found_ids, similarities = store.search(query, k, exclude_id=image_id)
     return _neighbours(session, found_ids, similarities)
+
+
+def dataset_of_image(session: Session, *, image_id: int) -> int:
+    return get_or_404(session, Image, image_id).dataset_id
+
+
+def neighbourhood(session: Session, *, dataset_id: int, image_id: int, k: int, root: Path) -> tuple[int, ...]:
+    """An image of this dataset followed by its `k` nearest neighbours, most similar first (the grid's
+    "find more like this")."""
+    get_or_404(session, Image, image_id, dataset_id=dataset_id)
+    found = similar_to_image(session, image_id=image_id, k=k, backbone=None, root=root)
+    return (image_id, *(neighbour.image_id for neighbour in found))
 
 
 @lru_cache(maxsize=2)

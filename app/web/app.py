@@ -17,6 +17,7 @@ from app.core.settings import PROJECT_ROOT, Settings, get_settings
 from app.datasets.router import router as datasets_router
 from app.embeddings.router import router as embeddings_router
 from app.error_analysis.router import router as error_analysis_router
+from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.labels.router import router as labels_router
 from app.review.router import router as review_router
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
         error_analysis_router,
         review_router,
         embeddings_router,
+        health_router,
     )
     for router in routers:
         app.include_router(router)

@@ -11,9 +11,9 @@ from starlette.datastructures import UploadFile
 
 from app.core.errors import Invalid
 from app.core.settings import Settings
-from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
+from app.uploads.router import UploadForm
 from app.web.deps import DB, Reviewer, Viewer, reads_only
 from app.web.templating import render
 

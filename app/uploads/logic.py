@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image as PILImage
 
-from app.datasets.logic import CsvProblem, PathLabel, Subset, infer_path_labels, parse_label_csv
+from app.datasets.logic import CsvProblem, LabelCsvResult, PathLabel, Subset, infer_path_labels, parse_label_csv
 from app.ml.image_stats import ImageStats, measure
 from app.ml.images import ImageLimits, Rejection, dhash64, encode_thumbnail, inspect_image, shrink
 from app.uploads.states import EntryOutcome
@@ -142,22 +142,30 @@ def plan_labels(
     csv_result = (
         parse_label_csv(labels_csv, upload_paths={staged.path for staged in files}) if labels_csv is not None else None
     )
-    plans = {}
-    for staged in files:
-        path_label = from_paths[staged.key]
-        source = path_label.source or default_source
-        if csv_result is not None:
-            row = csv_result.labels.get(staged.path)
-            label = row.label if row else None
-            source = (row.source if row else None) or source
-            problem = None if row else "no label: the labels CSV has no usable row for it"
-        elif typed_label is not None:
-            label, problem = typed_label, None
-        else:
-            label = path_label.label
-            problem = None if label else (path_label.problem and f"no label: {path_label.problem}") or NO_LABEL
-        plans[staged.key] = LabelPlan(label=label, subset=path_label.subset, source=source, problem=problem)
+    plans = {
+        staged.key: _plan_one(
+            staged.path, from_paths[staged.key], csv_result, typed_label=typed_label, default_source=default_source
+        )
+        for staged in files
+    }
     return UploadLabels(plans=plans, csv_problems=csv_result.problems if csv_result else [])
+
+
+def _plan_one(
+    path: str, path_label: PathLabel, csv_result: LabelCsvResult | None, *, typed_label: str | None, default_source: str
+) -> LabelPlan:
+    source = path_label.source or default_source
+    if csv_result is not None:
+        row = csv_result.labels.get(path)
+        label = row.label if row else None
+        source = (row.source if row else None) or source
+        problem = None if row else "no label: the labels CSV has no usable row for it"
+    elif typed_label is not None:
+        label, problem = typed_label, None
+    else:
+        label = path_label.label
+        problem = None if label else (path_label.problem and f"no label: {path_label.problem}") or NO_LABEL
+    return LabelPlan(label=label, subset=path_label.subset, source=source, problem=problem)
 
 
 # ---- classifying a batch of decoded files ---------------------------------------------------------------

@@ -112,3 +112,54 @@ def _stop(process: subprocess.Popen[bytes]) -> int | None:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+class Decoders:
+    """An ingest job's decoders: the pool, started on first use with as many processes as the work needs, and
+    the decodes begun early (while zips are still being expanded, so the cores are not idle meanwhile), each
+    held until its file's batch asks for it.
+
+    More decoders than cores: a decoder whose parent thread is busy (the GIL, a result being unpickled) waits
+    for its next file, and another one uses the core meanwhile.
+    """
+
+    FILES_PER_DECODER = 16  # a decoder process takes ~0.5 s to start: small uploads get fewer
+
+    def __init__(self, *, limits: ImageLimits, thumbnail_side: int, cores: int, early_limit: int) -> None:
+        self.limits = limits
+        self.thumbnail_side = thumbnail_side
+        self.cores = cores
+        self.early_limit = early_limit  # results held in memory (thumbnails): bounded, whatever the upload's size
+        self._pool: DecodePool | None = None
+        self._early: dict[tuple[str, str], Future[DecodedImage | Rejection]] = {}
+
+    def __enter__(self) -> Decoders:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._early.clear()
+        if self._pool is not None:
+            self._pool.__exit__(kind, error, trace)
+
+    def start(self, files: int) -> DecodePool:
+        """The pool, started for about `files` files if it is not running yet."""
+        if self._pool is None:
+            processes = max(1, min(self.cores + 1, files // self.FILES_PER_DECODER))
+            self._pool = DecodePool(processes=processes, limits=self.limits, thumbnail_side=self.thumbnail_side)
+        return self._pool
+
+    def decode_early(self, path: Path, sha256: str, name: str) -> None:
+        """Begin decoding a file ingest will ask for later (up to `early_limit` of them)."""
+        if self._pool is not None and len(self._early) < self.early_limit:
+            self._early.setdefault(_key(sha256, name), self._pool.submit(path, name))
+
+    def decode(self, path: Path, sha256: str, name: str) -> Future[DecodedImage | Rejection]:
+        early = self._early.pop(_key(sha256, name), None)
+        return early if early is not None else self.start(1).submit(path, name)
+
+
+def _key(sha256: str, name: str) -> tuple[str, str]:
+    # The decode depends on the content and, for its notes, on the name's extension only.
+    return sha256, Path(name).suffix.lower()

@@ -25,17 +25,19 @@ from app.ml.archives import DEFAULT_ARCHIVE_LIMITS, ArchiveEntry, ArchiveError, 
 from app.ml.images import ImageLimits, Rejection, content_refusal
 from app.splits import service as splits_service
 from app.splits.input_store import SplitInputStore
-from app.uploads.decode_pool import DecodePool
+from app.uploads.decode_pool import Decoders
 from app.uploads.logic import BatchFile, DecodedImage, LabelPlan, StagedFile, UploadLabels, plan_labels
 from app.uploads.repository import FileEntry
 from app.uploads.service import ingest
 from app.uploads.service.lifecycle import INGEST_KIND
-from app.uploads.service.staging import StagedBlob
+from app.uploads.service.staging import StagedBlob, is_skipped
 from app.uploads.states import EntryOutcome
 
 BATCH_FILES = 64  # files per transaction
-BATCHES_AHEAD = 2  # batches decoding while the previous one is written
-FILES_PER_DECODER = 16  # a decoder process takes ~0.5 s to start: small uploads get fewer
+BATCHES_AHEAD = 4  # batches decoding while the previous one is written
+# Files decoded while zips are still being expanded, their results held until ingest asks (memory: their
+# thumbnails, some 20 KB each); past this the rest waits, so memory stays flat with the upload's size.
+EARLY_DECODES = 1024
 MEMBERS_PER_TRANSACTION = 256
 PENDING_MEMBER_BYTES = 64 * 2**20  # zip members held in memory while their blobs are written
 EXPAND_SHARE = 0.15  # of the progress bar
@@ -80,10 +82,11 @@ def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
         return {"upload_id": upload_id, "skipped": "the upload is gone or already done"}
     ctx.progress(0.0, "reading the upload", force=True)
     phase = _Phases()
-    with phase("expand"):
-        _expand_archives(ctx, spec, blobs)
-    with phase("ingest"):
-        labelling = _ingest_files(ctx, spec, blobs)
+    with _decoders(ctx) as decoders:
+        with phase("expand"):
+            _expand_archives(ctx, spec, blobs, decoders)
+        with phase("ingest"):
+            labelling = _ingest_files(ctx, spec, blobs, decoders)
     with phase("finish"):
         counts = _finish(ctx, spec, blobs)
     problems = labelling.csv_problems
@@ -96,7 +99,19 @@ def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _ingest_files(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore) -> UploadLabels:
+def _decoders(ctx: JobContext) -> Decoders:
+    limits = ImageLimits(max_pixels=ctx.settings.max_image_pixels, min_side=ctx.settings.min_image_side)
+    return Decoders(
+        limits=limits,
+        thumbnail_side=ctx.settings.thumbnail_side,
+        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        early_limit=EARLY_DECODES,
+    )
+
+
+def _ingest_files(
+    ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore, decoders: Decoders
+) -> UploadLabels:
     """Plan every file's label (all of them, done or not, so labels read the same on a retry), then decode and
     add the files not done yet, batch by batch."""
     with ctx.transaction() as session:
@@ -109,7 +124,7 @@ def _ingest_files(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStor
         source_folders=bool(ctx.payload.get("source_folders")),
     )
     todo = [entry for entry in files if entry.outcome == EntryOutcome.STAGED]
-    _ingest(ctx, spec, blobs, todo, labelling.plans, done_before=len(files) - len(todo), total=len(files))
+    _ingest(ctx, spec, blobs, decoders, todo, labelling.plans, done_before=len(files) - len(todo), total=len(files))
     return labelling
 
 
@@ -143,7 +158,7 @@ def _staged_file(entry: FileEntry, archive_names: dict[int, str]) -> StagedFile:
 # ---- zips -----------------------------------------------------------------------------------------------
 
 
-def _expand_archives(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore) -> None:
+def _expand_archives(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore, decoders: Decoders) -> None:
     with ctx.transaction() as session:
         archives = ingest.archives_to_expand(session, upload_id=spec.upload_id)
         # One budget for all the zips of the upload, less what earlier tries already expanded.
@@ -155,9 +170,13 @@ def _expand_archives(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobS
                 raise ArchiveError("missing", "the uploaded archive is missing from storage; upload it again")
             path = blobs.path(sha256)
             expected = _entry_count(path)
+            decoders.start(expected)
             done = 0
             limits = replace(DEFAULT_ARCHIVE_LIMITS, max_total_bytes=max(budget, 0))
             for members in _stored_members(blobs, path, limits):
+                for member in members:  # decoding starts now, while the rest of the zip is read
+                    if member.sha256 is not None and member.refusal is None and not is_skipped(member.name):
+                        decoders.decode_early(blobs.path(member.sha256), member.sha256, member.name)
                 budget -= sum(member.size for member in members)
                 with ctx.transaction() as session:
                     ingest.record_members(
@@ -239,68 +258,79 @@ def _written(pending: list[tuple[str, int, Future[str] | None, str | None]]) -> 
 # ---- decoding and adding images -------------------------------------------------------------------------
 
 
-_Submitted = tuple[FileEntry, LabelPlan, "Future[DecodedImage | Rejection] | Rejection | None"]
+# A file in flight: its entry, its label plan, its decode (or why it has none) and its thumbnail's write.
+_Submitted = tuple[FileEntry, LabelPlan, "Future[DecodedImage | Rejection] | Rejection", "Future[str | None] | None"]
 
 
 def _ingest(
     ctx: JobContext,
     spec: ingest.IngestSpec,
     blobs: LocalBlobStore,
+    decoders: Decoders,
     todo: Sequence[FileEntry],
     plans: dict[int, LabelPlan],
     *,
     done_before: int,
     total: int,
 ) -> None:
-    limits = ImageLimits(max_pixels=ctx.settings.max_image_pixels, min_side=ctx.settings.min_image_side)
-    processes = max(1, min(os.cpu_count() or 1, len(todo) // FILES_PER_DECODER))
+    decoders.start(len(todo))
     done = done_before
-    with DecodePool(processes=processes, limits=limits, thumbnail_side=ctx.settings.thumbnail_side) as pool:
 
-        def submit(batch: Sequence[FileEntry]) -> list[_Submitted]:
-            submitted: list[_Submitted] = []
-            for entry in batch:
-                plan = plans[entry.id]
-                # A file without a label is decoded too: its report names every reason, content checks first.
-                if not blobs.exists(entry.sha256):
-                    submitted.append((entry, plan, MISSING_BLOB))
-                else:
-                    submitted.append((entry, plan, pool.submit(blobs.path(entry.sha256), entry.name)))
-            return submitted
+    def submit(batch: Sequence[FileEntry]) -> list[_Submitted]:
+        submitted: list[_Submitted] = []
+        for entry in batch:
+            plan = plans[entry.id]
+            # A file without a label is decoded too: its report names every reason, content checks first.
+            if not blobs.exists(entry.sha256):
+                submitted.append((entry, plan, MISSING_BLOB, None))
+                continue
+            decode = decoders.decode(blobs.path(entry.sha256), entry.sha256, entry.name)
+            # A file refused for its label keeps no thumbnail.
+            submitted.append((entry, plan, decode, _thumbnail(blobs, decode) if plan.problem is None else None))
+        return submitted
 
-        def finish(submitted: list[_Submitted]) -> None:
-            nonlocal done
-            items = _with_thumbnails(blobs, [_collect(entry, plan, s) for entry, plan, s in submitted])
-            with ctx.transaction() as session:
-                ingest.ingest_batch(session, spec=spec, items=items)
-            done += len(items)
-            fraction = EXPAND_SHARE + (1 - EXPAND_SHARE) * done / max(total, 1)
-            ctx.progress(min(fraction, 0.99), f"ingested {done:,} of {total:,} files")
+    def finish(submitted: list[_Submitted]) -> None:
+        nonlocal done
+        items = [_collect(*file) for file in submitted]
+        with ctx.transaction() as session:
+            ingest.ingest_batch(session, spec=spec, items=items)
+        done += len(items)
+        fraction = EXPAND_SHARE + (1 - EXPAND_SHARE) * done / max(total, 1)
+        ctx.progress(min(fraction, 0.99), f"ingested {done:,} of {total:,} files")
 
-        window: deque[list[_Submitted]] = deque()
-        for start in range(0, len(todo), BATCH_FILES):
-            window.append(submit(todo[start : start + BATCH_FILES]))
-            if len(window) > BATCHES_AHEAD:
-                finish(window.popleft())
-        while window:
+    # Batches decode ahead while the previous one is written: the decoders never wait for the database.
+    window: deque[list[_Submitted]] = deque()
+    for start in range(0, len(todo), BATCH_FILES):
+        window.append(submit(todo[start : start + BATCH_FILES]))
+        if len(window) > BATCHES_AHEAD:
             finish(window.popleft())
+    while window:
+        finish(window.popleft())
+
+
+def _thumbnail(blobs: LocalBlobStore, decode: Future[DecodedImage | Rejection]) -> Future[str | None]:
+    """The thumbnail's blob, written by the blob writers as soon as its decode ends (so a batch's writes, each
+    ending in an fsync, are done by the time the batch is, and never hold up the rows)."""
+    written: Future[str | None] = Future()
+
+    def write() -> None:
+        try:
+            result = decode.result()
+            written.set_result(blobs.put_bytes(result.thumbnail) if isinstance(result, DecodedImage) else None)
+        except BaseException as error:  # a full disk, a cancelled decode: for whoever waits on it
+            written.set_exception(error)
+
+    decode.add_done_callback(lambda _: blob_writer().submit(write))
+    return written
 
 
 def _collect(
-    entry: FileEntry, plan: LabelPlan, submitted: Future[DecodedImage | Rejection] | Rejection | None
+    entry: FileEntry,
+    plan: LabelPlan,
+    decode: Future[DecodedImage | Rejection] | Rejection,
+    thumbnail: Future[str | None] | None,
 ) -> BatchFile:
-    result = submitted.result() if isinstance(submitted, Future) else submitted
-    return BatchFile(entry_id=entry.id, name=entry.name, sha256=entry.sha256, plan=plan, result=result)
-
-
-def _with_thumbnails(blobs: LocalBlobStore, items: list[BatchFile]) -> list[BatchFile]:
-    """Write the batch's thumbnails (in parallel) before the rows that name them are committed."""
-    writes = {
-        index: blob_writer().submit(blobs.put_bytes, item.result.thumbnail)
-        for index, item in enumerate(items)
-        if isinstance(item.result, DecodedImage) and item.plan.problem is None  # a rejected file keeps no thumbnail
-    }
-    return [
-        replace(item, thumb_sha256=writes[index].result()) if index in writes else item
-        for index, item in enumerate(items)
-    ]
+    """The file, decoded, with its thumbnail written before the row that names it is committed."""
+    result = decode.result() if isinstance(decode, Future) else decode
+    thumb_sha256 = thumbnail.result() if thumbnail is not None else None
+    return BatchFile(entry.id, entry.name, entry.sha256, plan, result, thumb_sha256=thumb_sha256)

@@ -162,6 +162,7 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
     from app.jobs import service as jobs
     from app.jobs.worker import Worker
     from app.uploads import service
+    from app.uploads.states import UploadStatus
 
     settings = get_settings()
     worker = Worker(settings=settings, engine=get_engine(settings), queues=["default"])
@@ -185,7 +186,7 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
         report = service.upload_report(session, upload_id=upload_id, limit=REPORTED_ITEMS)
         job = jobs.get_job(session, job_id=job_id)
         _print_report(report, job.error)
-    succeeded = report.status == "done"
+    succeeded = report.status == UploadStatus.DONE
     if not succeeded and exit_on_failure:
         raise typer.Exit(1)
     return succeeded

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.uploads.test_upload_browser import Served, served  # noqa: F401  (the fixture)
 
 from tests.browser import chromium, log_in
 from tests.datasets.conftest import noisy_jpeg
+from tests.uploads.test_upload_browser import Served, served  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -155,6 +155,11 @@ class Decoders:
         if self._pool is not None and len(self._early) < self.early_limit:
             self._early.setdefault(_key(sha256, name), self._pool.submit(path, name))
 
+    @property
+    def held(self) -> int:
+        """Early decodes not asked for yet."""
+        return len(self._early)
+
     def decode(self, path: Path, sha256: str, name: str) -> Future[DecodedImage | Rejection]:
         early = self._early.pop(_key(sha256, name), None)
         return early if early is not None else self.start(1).submit(path, name)

@@ -37,7 +37,7 @@ BATCH_FILES = 64  # files per transaction
 BATCHES_AHEAD = 4  # batches decoding while the previous one is written
 # Files decoded while zips are still being expanded, their results held until ingest asks (memory: their
 # thumbnails, some 20 KB each); past this the rest waits, so memory stays flat with the upload's size.
-EARLY_DECODES = 1024
+EARLY_DECODES = 512
 MEMBERS_PER_TRANSACTION = 256
 PENDING_MEMBER_BYTES = 64 * 2**20  # zip members held in memory while their blobs are written
 EXPAND_SHARE = 0.15  # of the progress bar

@@ -32,7 +32,7 @@ class BlobStore(Protocol):
 
 
 def is_sha256(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return len(value) == 64 and not value.strip("0123456789abcdef")  # nothing left once hex digits go
 
 
 def _check_digest(sha256: str) -> str:

@@ -30,7 +30,7 @@ from app.uploads.logic import BatchFile, DecodedImage, LabelPlan, StagedFile, Up
 from app.uploads.repository import FileEntry
 from app.uploads.service import ingest
 from app.uploads.service.lifecycle import INGEST_KIND
-from app.uploads.service.staging import StagedBlob, is_skipped
+from app.uploads.service.staging import StagedBlob
 from app.uploads.states import EntryOutcome
 
 BATCH_FILES = 64  # files per transaction
@@ -175,7 +175,7 @@ def _expand_archives(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobS
             limits = replace(DEFAULT_ARCHIVE_LIMITS, max_total_bytes=max(budget, 0))
             for members in _stored_members(blobs, path, limits):
                 for member in members:  # decoding starts now, while the rest of the zip is read
-                    if member.sha256 is not None and member.refusal is None and not is_skipped(member.name):
+                    if member.sha256 is not None and member.refusal is None:
                         decoders.decode_early(blobs.path(member.sha256), member.sha256, member.name)
                 budget -= sum(member.size for member in members)
                 with ctx.transaction() as session:

@@ -208,10 +208,6 @@ def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:
         yield tuple(row)
 
 
-def get_image(session: Session, image_id: int) -> Image | None:
-    return session.get(Image, image_id)
-
-
 def label_history(session: Session, image_id: int) -> list[tuple[LabelChange, str | None, str | None, str | None]]:
     """(change, old label name, new label name, user name), oldest first."""
     old, new = aliased(Label), aliased(Label)

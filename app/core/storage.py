@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -29,10 +32,62 @@ class BlobStore(Protocol):
     def iter_blobs(self) -> Iterator[StoredBlob]: ...
 
 
+def is_sha256(value: str) -> bool:
+    return len(value) == 64 and not value.strip("0123456789abcdef")  # nothing left once hex digits go
+
+
 def _check_digest(sha256: str) -> str:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not is_sha256(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return sha256
+
+
+def read_blob(blobs: BlobStore, sha256: str) -> bytes:
+    with blobs.open(sha256) as handle:
+        return handle.read()
+
+
+def delete_blobs(blobs: BlobStore, shas: Iterable[str]) -> None:
+    """Delete blobs nothing needs any more; one already gone (or not deletable now) is left to the sweep."""
+    for sha in shas:
+        with contextlib.suppress(OSError):
+            blobs.delete(sha)
+
+
+class _CountingReader:
+    """Counts the bytes `BlobStore.put_file` reads, so a caller learns a file's size in the same pass."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        self.size += len(chunk)
+        return chunk
+
+
+def store_file(blobs: BlobStore, source: BinaryIO) -> tuple[str, int]:
+    """Stream a file into the blob store; (sha256, size)."""
+    reader = _CountingReader(source)
+    return blobs.put_file(reader), reader.size  # type: ignore[arg-type]
+
+
+# One process-wide pool: a blob write ends in fsync, and several in flight hide its latency.
+_blob_writer: ThreadPoolExecutor | None = None
+_blob_writer_lock = threading.Lock()
+
+
+def blob_writer() -> ThreadPoolExecutor:
+    global _blob_writer
+    with _blob_writer_lock:
+        if _blob_writer is None:
+            _blob_writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-writer")
+        return _blob_writer
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from rich.progress import Progress, TextColumn
 
 if TYPE_CHECKING:
     from app.core.running_server import RunningServer
-    from app.datasets.service import UploadReport
+    from app.uploads.service import UploadReport
 
 REPORTED_ITEMS = 20
 
@@ -41,6 +41,7 @@ def import_command(
     from app.core.settings import get_settings
     from app.core.storage import LocalBlobStore
     from app.datasets import service
+    from app.uploads import service as uploads
 
     if not path.exists():
         raise NotFound(f"{path} does not exist")
@@ -52,17 +53,17 @@ def import_command(
         found = service.dataset_by_name(session, name=dataset)
         target = found or service.create_dataset(session, name=dataset, user_id=None)
         dataset_id = target.id
-        upload, _ = service.start_upload(
+        upload, _ = uploads.start_upload(
             session, dataset_id=dataset_id, user_id=None, source=source, label=label, resume=False
         )
         upload_id = upload.id
     typer.echo(f"{'adding to' if found else 'created'} dataset {dataset!r} (id {dataset_id}); upload {upload_id}")
     with session_scope() as session, Progress() as bar:
         task = bar.add_task("Copying files", total=_file_count(path))
-        service.stage_local_path(
+        uploads.stage_local_path(
             session, upload_id=upload_id, path=path, blobs=blobs, progress=lambda n: bar.advance(task, n)
         )
-        job_id = service.finish_upload(
+        job_id = uploads.finish_upload(
             session, upload_id=upload_id, user_id=None, blobs=blobs, settings=settings, labels_csv=csv_bytes
         ).id
     _run_and_report(upload_id=upload_id, job_id=job_id)
@@ -81,6 +82,7 @@ def demo_command(
     from app.core.storage import LocalBlobStore
     from app.datasets import service
     from app.ml.demo import DEMO_CLASSES, OTHER_SOURCE, TARGET_SOURCE, generate_demo_dataset, write_demo_zip
+    from app.uploads import service as uploads
 
     server = _follow_running_server()
     settings = get_settings()
@@ -101,10 +103,10 @@ def demo_command(
         with session_scope() as session:
             dataset = service.create_dataset(session, name=name, description=description, user_id=None)
             dataset_id = dataset.id
-            upload, _ = service.start_upload(session, dataset_id=dataset_id, user_id=None, resume=False)
+            upload, _ = uploads.start_upload(session, dataset_id=dataset_id, user_id=None, resume=False)
             upload_id = upload.id
-            service.stage_local_path(session, upload_id=upload_id, path=archive, blobs=blobs)
-            job_id = service.finish_upload(
+            uploads.stage_local_path(session, upload_id=upload_id, path=archive, blobs=blobs)
+            job_id = uploads.finish_upload(
                 session, upload_id=upload_id, user_id=None, blobs=blobs, settings=settings, source_folders=True
             ).id
     if not _run_and_report(upload_id=upload_id, job_id=job_id, exit_on_failure=False):
@@ -157,9 +159,10 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
     """Run the ingest job here (a worker on this machine may take it instead), with a progress bar."""
     from app.core.db import get_engine, session_scope
     from app.core.settings import get_settings
-    from app.datasets import service
     from app.jobs import service as jobs
     from app.jobs.worker import Worker
+    from app.uploads import service
+    from app.uploads.states import UploadStatus
 
     settings = get_settings()
     worker = Worker(settings=settings, engine=get_engine(settings), queues=["default"])
@@ -183,7 +186,7 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
         report = service.upload_report(session, upload_id=upload_id, limit=REPORTED_ITEMS)
         job = jobs.get_job(session, job_id=job_id)
         _print_report(report, job.error)
-    succeeded = report.status == "done"
+    succeeded = report.status == UploadStatus.DONE
     if not succeeded and exit_on_failure:
         raise typer.Exit(1)
     return succeeded

@@ -12,11 +12,11 @@ from starlette.datastructures import UploadFile
 
 from app.core.errors import Invalid
 from app.core.settings import Settings
-from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
 from app.embeddings.states import UNFINISHED
 from app.jobs import service as jobs
+from app.uploads.router import UploadForm
 from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
 from app.web.templating import render
 

@@ -13,7 +13,7 @@ TaskHandler = Callable[["JobContext"], "dict[str, Any] | None"]
 
 TASK_MODULES = (
     "app.jobs.tasks",
-    "app.datasets.tasks",
+    "app.uploads.tasks",
     "app.splits.tasks",
     "app.training.tasks",
     "app.embeddings.tasks",

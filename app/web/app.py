@@ -25,6 +25,7 @@ from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
 from app.storage.backends import blob_store
 from app.training.router import router as training_router
+from app.uploads.router import router as uploads_router
 from app.web import errors, openapi
 from app.web.deps import DB, Viewer
 from app.web.gate import BodyLimits, RequestGate
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
     routers = (
         jobs_router,
         datasets_router,
+        uploads_router,
         labels_router,
         splits_router,
         training_router,

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from app.ml.demo import generate_demo_dataset
 from tests.browser import chromium, log_in
 from tests.datasets.conftest import zip_of
-from tests.datasets.test_upload_browser import Served, served  # noqa: F401  (the fixture)
+from tests.uploads.test_upload_browser import Served, served  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -39,15 +39,15 @@ def import_command(
     from app.core.errors import NotFound
     from app.core.migrate import upgrade_to_head
     from app.core.settings import get_settings
-    from app.core.storage import LocalBlobStore
     from app.datasets import service
+    from app.storage.backends import blob_store
     from app.uploads import service as uploads
 
     if not path.exists():
         raise NotFound(f"{path} does not exist")
     settings = get_settings()
     upgrade_to_head(get_engine(settings))
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store(settings)
     csv_bytes = labels_csv.read_bytes() if labels_csv is not None else None
     with session_scope() as session:
         found = service.dataset_by_name(session, name=dataset)
@@ -79,16 +79,16 @@ def demo_command(
     from app.core.db import get_engine, session_scope
     from app.core.migrate import upgrade_to_head
     from app.core.settings import get_settings
-    from app.core.storage import LocalBlobStore
     from app.datasets import service
     from app.ml.demo import DEMO_CLASSES, OTHER_SOURCE, TARGET_SOURCE, generate_demo_dataset, write_demo_zip
+    from app.storage.backends import blob_store
     from app.uploads import service as uploads
 
     server = _follow_running_server()
     settings = get_settings()
     typer.echo(f"data dir: {settings.resolved_data_dir}")
     upgrade_to_head(get_engine(settings))
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store(settings)
     typer.echo(f"generating {images} images ({', '.join(DEMO_CLASSES)}) ...")
     generated = generate_demo_dataset(n_images=images, seed=seed)
     flipped = sum(1 for image in generated if image.given_label != image.true_label)

@@ -140,25 +140,10 @@ def parse_label_csv(data: bytes | str, *, upload_paths: Collection[str]) -> Labe
     `labels` is keyed by upload path. Rows with problems are left out; a file given two different labels is
     left out entirely (reported on the later row).
     """
-    try:
-        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.removeprefix("\ufeff")
-    except UnicodeDecodeError:
-        return LabelCsvResult({}, [CsvProblem(None, "the file is not UTF-8 text")])
-    records = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [cell.strip().lower() for cell in next(records, [])]
-    except csv.Error as error:
-        return LabelCsvResult({}, [CsvProblem(1, f"unreadable CSV: {error}")])
-    missing = [column for column in ("filename", "label") if column not in header]
-    if missing:
-        message = (
-            "missing header row: expected filename,label[,source]"
-            if not {"filename", "label", "source"} & set(header)
-            else f"header is missing the column(s): {', '.join(missing)}"
-        )
-        return LabelCsvResult({}, [CsvProblem(1, message)])
-    filename_column, label_column = header.index("filename"), header.index("label")
-    source_column = header.index("source") if "source" in header else None
+    opened = _open_label_csv(data)
+    if isinstance(opened, CsvProblem):
+        return LabelCsvResult({}, [opened])
+    records, (filename_column, label_column, source_column) = opened
 
     resolve = _upload_path_resolver(upload_paths)
     labels: dict[str, CsvLabel] = {}
@@ -195,6 +180,29 @@ def parse_label_csv(data: bytes | str, *, upload_paths: Collection[str]) -> Labe
             continue
         labels.setdefault(upload_path, CsvLabel(label=label, source=source, row=row_number))
     return LabelCsvResult(labels, problems + unmatched)
+
+
+def _open_label_csv(data: bytes | str) -> tuple[Iterator[list[str]], tuple[int, int, int | None]] | CsvProblem:
+    """The CSV's data records and its (filename, label, source) columns, or the problem with its text or header."""
+    try:
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return CsvProblem(None, "the file is not UTF-8 text")
+    records = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [cell.strip().lower() for cell in next(records, [])]
+    except csv.Error as error:
+        return CsvProblem(1, f"unreadable CSV: {error}")
+    missing = [column for column in ("filename", "label") if column not in header]
+    if missing:
+        return CsvProblem(
+            1,
+            "missing header row: expected filename,label[,source]"
+            if not {"filename", "label", "source"} & set(header)
+            else f"header is missing the column(s): {', '.join(missing)}",
+        )
+    source_column = header.index("source") if "source" in header else None
+    return records, (header.index("filename"), header.index("label"), source_column)
 
 
 def _numbered_records(records: Iterator[list[str]], problems: list[CsvProblem]) -> Iterator[tuple[int, list[str]]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.storage import LocalBlobStore
 from app.health import service
 from app.jobs.context import JobContext
 from app.jobs.registry import task
+from app.storage.backends import blob_store
 
 
 @task(service.HEALTH_JOB)
@@ -20,7 +20,7 @@ def scan_health(ctx: JobContext) -> dict[str, Any]:
             findings = service.find_issues(
                 session,
                 dataset_id=dataset_id,
-                blobs=LocalBlobStore(ctx.settings.blob_dir),
+                blobs=blob_store(ctx.settings),
                 embeddings_root=ctx.settings.embeddings_dir,
             )
         ctx.progress(0.85, "storing the findings")

@@ -18,13 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.core.storage import LocalBlobStore, blob_writer, delete_blobs, is_disk_full, read_blob
+from app.core.storage import BlobStore, blob_writer, delete_blobs, is_disk_full, read_blob
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.archives import DEFAULT_ARCHIVE_LIMITS, ArchiveEntry, ArchiveError, ArchiveLimits, iter_zip
 from app.ml.images import ImageLimits, Rejection, content_refusal
 from app.splits import service as splits_service
 from app.splits.input_store import SplitInputStore
+from app.storage.backends import blob_store
 from app.uploads.decode_pool import Decoders
 from app.uploads.logic import BatchFile, DecodedImage, LabelPlan, StagedFile, UploadLabels, plan_labels
 from app.uploads.repository import FileEntry
@@ -75,7 +76,7 @@ class _Phases:
 
 def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
     upload_id = int(ctx.payload["upload_id"])
-    blobs = LocalBlobStore(ctx.settings.blob_dir)
+    blobs = blob_store(ctx.settings)
     with ctx.transaction() as session:
         spec = ingest.begin_ingest(session, upload_id=upload_id)
     if spec is None:
@@ -110,7 +111,7 @@ def _decoders(ctx: JobContext) -> Decoders:
 
 
 def _ingest_files(
-    ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore, decoders: Decoders
+    ctx: JobContext, spec: ingest.IngestSpec, blobs: BlobStore, decoders: Decoders
 ) -> UploadLabels:
     """Plan every file's label (all of them, done or not, so labels read the same on a retry), then decode and
     add the files not done yet, batch by batch."""
@@ -128,7 +129,7 @@ def _ingest_files(
     return labelling
 
 
-def _finish(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore) -> dict[str, int]:
+def _finish(ctx: JobContext, spec: ingest.IngestSpec, blobs: BlobStore) -> dict[str, int]:
     """Close the upload, release the blobs nothing needs, and prepare the split form's input."""
     with ctx.transaction() as session:
         counts = ingest.finish_ingest(session, upload_id=spec.upload_id)
@@ -158,7 +159,7 @@ def _staged_file(entry: FileEntry, archive_names: dict[int, str]) -> StagedFile:
 # ---- zips -----------------------------------------------------------------------------------------------
 
 
-def _expand_archives(ctx: JobContext, spec: ingest.IngestSpec, blobs: LocalBlobStore, decoders: Decoders) -> None:
+def _expand_archives(ctx: JobContext, spec: ingest.IngestSpec, blobs: BlobStore, decoders: Decoders) -> None:
     with ctx.transaction() as session:
         archives = ingest.archives_to_expand(session, upload_id=spec.upload_id)
         # One budget for all the zips of the upload, less what earlier tries already expanded.
@@ -204,7 +205,7 @@ def _entry_count(path: Path) -> int:
         raise ArchiveError("not_zip", "not a ZIP archive") from error
 
 
-def _stored_members(blobs: LocalBlobStore, path: Path, limits: ArchiveLimits) -> Iterator[list[StagedBlob]]:
+def _stored_members(blobs: BlobStore, path: Path, limits: ArchiveLimits) -> Iterator[list[StagedBlob]]:
     """The zip's members, streamed, in batches whose blobs are already written (several fsyncs at once). A
     member whose first bytes show it cannot be an image is refused unstored."""
     pending: list[tuple[str, int, Future[str] | None, str | None]] = []
@@ -223,7 +224,7 @@ class _RefusedPartWay(ArchiveError):
 
 
 def _member_batches(
-    blobs: LocalBlobStore,
+    blobs: BlobStore,
     path: Path,
     limits: ArchiveLimits,
     pending: list[tuple[str, int, Future[str] | None, str | None]],
@@ -265,7 +266,7 @@ _Submitted = tuple[FileEntry, LabelPlan, "Future[DecodedImage | Rejection] | Rej
 def _ingest(
     ctx: JobContext,
     spec: ingest.IngestSpec,
-    blobs: LocalBlobStore,
+    blobs: BlobStore,
     decoders: Decoders,
     todo: Sequence[FileEntry],
     plans: dict[int, LabelPlan],
@@ -308,7 +309,7 @@ def _ingest(
         finish(window.popleft())
 
 
-def _thumbnail(blobs: LocalBlobStore, decode: Future[DecodedImage | Rejection]) -> Future[str | None]:
+def _thumbnail(blobs: BlobStore, decode: Future[DecodedImage | Rejection]) -> Future[str | None]:
     """The thumbnail's blob, written by the blob writers as soon as its decode ends (so a batch's writes, each
     ending in an fsync, are done by the time the batch is, and never hold up the rows)."""
     written: Future[str | None] = Future()

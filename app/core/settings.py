@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     s3_bucket: str = ""
     s3_prefix: str = "errorbook"
     s3_region: str | None = None
+    # How the S3 backend serves images: "stream" through the app (from the host's read-through cache) or
+    # "presigned": a short-lived URL of the object, issued after the user is checked (the browser then reads
+    # the store directly; the store must be reachable from browsers).
+    s3_serve: Literal["stream", "presigned"] = "stream"
 
     # Image validation.
     max_image_pixels: int = 64_000_000

@@ -44,6 +44,10 @@ IMAGE_HEADERS = {
 }
 
 
+# How long a presigned image URL is valid (ERRORBOOK_S3_SERVE=presigned): long enough to load a page of a grid.
+PRESIGNED_SECONDS = 300
+
+
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -172,12 +176,18 @@ def _image_response(request: Request, db: DB, image_id: int, kind: Literal["thum
     etag = f'"{found.sha256}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"etag": etag, **IMAGE_HEADERS})
+    disposition = f"inline; filename*=UTF-8''{quote(found.filename)}"
+    presign = getattr(_blobs(request), "presigned_url", None)
+    if presign is not None and _settings(request).s3_serve == "presigned":
+        # The user was checked by the route; the URL lets only this object be read, for a short while.
+        url = presign(found.sha256, seconds=PRESIGNED_SECONDS, content_type=found.media_type, disposition=disposition)
+        return RedirectResponse(url, status_code=307, headers={"cache-control": "private, no-store"})
     return FileResponse(
         _blobs(request).path(found.sha256),
         media_type=found.media_type,
         headers={
             "etag": etag,
-            "content-disposition": f"inline; filename*=UTF-8''{quote(found.filename)}",
+            "content-disposition": disposition,
             **IMAGE_HEADERS,
         },
     )

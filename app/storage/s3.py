@@ -45,7 +45,9 @@ def make_client(location: S3Location) -> Any:
     from botocore.config import Config
 
     # Bounded retries with backoff: a store that is down mid-job fails the call with its reason, not a hang.
-    config = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    config = Config(
+        retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60, signature_version="s3v4"
+    )
     return boto3.client("s3", endpoint_url=location.endpoint_url, region_name=location.region, config=config)
 
 
@@ -166,11 +168,17 @@ class S3BlobStore:
         digest = _check_digest(sha256)
         (self.cache_dir / digest[:2] / digest[2:4] / digest).unlink(missing_ok=True)
 
-    def presigned_url(self, sha256: str, *, seconds: int = 300) -> str:
-        """A short-lived GET URL; the caller checks the user's access before asking for one."""
-        url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.location.bucket, "Key": self.key(sha256)}, ExpiresIn=seconds
-        )
+    def presigned_url(
+        self, sha256: str, *, seconds: int = 300, content_type: str | None = None, disposition: str | None = None
+    ) -> str:
+        """A short-lived GET URL; the caller checks the user's access before asking for one. The store answers
+        with the given content type and disposition (objects are stored without either)."""
+        params = {"Bucket": self.location.bucket, "Key": self.key(sha256)}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        if disposition:
+            params["ResponseContentDisposition"] = disposition
+        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
         return url
 
     def sweep_abandoned(self, *, older_than_seconds: float) -> int:

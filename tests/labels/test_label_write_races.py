@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.core.errors import DomainError
-from app.uploads import service as uploads
 from app.models import Image, LabelChange, Upload, UploadEntry
 from app.review import relabel
+from app.uploads import service as uploads
 from tests.factories import make_run
 
 Writer = Callable[[Session], Any]

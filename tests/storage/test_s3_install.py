@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.datasets.conftest import Ingest, ingest, noisy_jpeg, stored_blobs  # noqa: F401  (the fixture)
+from tests.datasets.conftest import Ingest, noisy_jpeg, stored_blobs
 from tests.s3_server import S3Server, s3_server, set_credentials
 
 
@@ -50,3 +50,27 @@ def test_upload_ingest_and_thumbnails_live_in_the_object_store(
         thumb = ingest.viewer.get(f"/images/{image['id']}/thumb")
         assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
         assert hashlib.sha256(thumb.content).hexdigest() in keys  # served from the stored object
+
+
+def test_presigned_mode_redirects_checked_users_to_a_short_lived_url(
+    s3_env: str, monkeypatch: pytest.MonkeyPatch, ingest: Ingest
+) -> None:
+    import urllib.request
+
+    from fastapi.testclient import TestClient
+
+    dataset = ingest.create_dataset()
+    ingest.upload(dataset, [("cat/0.jpg", noisy_jpeg(7))], label="cat")
+    image = ingest.reviewer.get(f"/api/datasets/{dataset}/images").json()["items"][0]
+    ingest.app.state.settings = ingest.settings.model_copy(update={"s3_serve": "presigned"})
+    with TestClient(ingest.app, follow_redirects=False) as anonymous:
+        refused = anonymous.get(f"/images/{image['id']}/thumb")
+        assert refused.status_code in (303, 401) and "X-Amz-Signature" not in refused.headers.get("location", "")
+    moved = ingest.viewer.get(f"/images/{image['id']}/full", follow_redirects=False)
+    assert moved.status_code == 307
+    url = moved.headers["location"]
+    assert s3_env in url and "X-Amz-Expires=300" in url
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == noisy_jpeg(7)
+        assert response.headers["content-type"] == "image/jpeg"
+        assert "0.jpg" in response.headers["content-disposition"]

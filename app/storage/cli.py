@@ -11,6 +11,22 @@ def register(cli: typer.Typer) -> None:
     storage_cli = typer.Typer(help="Blob storage upkeep.", no_args_is_help=True)
     cli.add_typer(storage_cli, name="storage")
 
+    @storage_cli.command("init")
+    def init() -> None:
+        """Prepare the configured store: with ERRORBOOK_STORAGE=s3, create the bucket if it does not exist and
+        check it can be used (a deployment runs this once before its web and worker processes)."""
+        from app.core.settings import get_settings
+        from app.storage.backends import blob_store
+        from app.storage.s3 import S3BlobStore
+
+        store = blob_store(get_settings())
+        if not isinstance(store, S3BlobStore):
+            typer.echo("local blob storage: nothing to prepare")
+            return
+        created = store.ensure_bucket()
+        store.check_reachable()
+        typer.echo(f"{'created' if created else 'found'} {store.location.describe()}")
+
     @storage_cli.command("verify")
     def verify(
         digests: Annotated[bool, typer.Option("--digests", help="Also re-hash every object (reads them all).")] = False,

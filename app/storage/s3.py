@@ -88,6 +88,21 @@ class S3BlobStore:
                 f"object store {self.location.describe()} is not usable: {describe_failure(error)}"
             ) from error
 
+    def ensure_bucket(self) -> bool:
+        """Create the bucket when it does not exist yet (a new deployment); True when it was created."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.location.bucket)
+            return False
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
+                raise ObjectStoreUnavailable(
+                    f"object store {self.location.describe()} is not usable: {describe_failure(error)}"
+                ) from error
+        self.client.create_bucket(Bucket=self.location.bucket)
+        return True
+
     # -- the BlobStore interface ----------------------------------------------------------------------------------
 
     def key(self, sha256: str) -> str:

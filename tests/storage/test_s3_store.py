@@ -116,9 +116,7 @@ def test_settings_choose_the_backend(server: S3Server, tmp_path: Path, monkeypat
     with pytest.raises(Invalid, match="ERRORBOOK_S3_BUCKET"):
         blob_store(Settings(data_dir=tmp_path, storage="s3"))
     set_credentials(server, monkeypatch)
-    chosen = blob_store(
-        Settings(data_dir=tmp_path, storage="s3", s3_bucket="any", s3_endpoint_url=server.endpoint_url)
-    )
+    chosen = blob_store(Settings(data_dir=tmp_path, storage="s3", s3_bucket="any", s3_endpoint_url=server.endpoint_url))
     assert isinstance(chosen, S3BlobStore)
     assert chosen.key("a" * 64) == f"errorbook/aa/aa/{'a' * 64}"
 
@@ -177,7 +175,9 @@ def test_migrate_command_then_the_s3_backend_serves_the_blobs(
 
 
 def test_gc_on_the_object_store_deletes_only_unreferenced_objects(
-    store: S3BlobStore, session_maker, tmp_path: Path  # type: ignore[no-untyped-def]
+    store: S3BlobStore,
+    session_maker,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     from app.models import Dataset, Image, Label
     from app.storage.service import collect_garbage
@@ -227,3 +227,32 @@ def test_a_process_refuses_to_start_without_its_object_store(
     assert f"object store s3://errorbook/errorbook at http://127.0.0.1:{port} is not usable" in refused.output
     assert "cannot connect" in refused.output and "a-secret-never-printed" not in refused.output
     assert not (tmp_path / "data" / "errorbook.db").exists()  # refused before anything was written
+
+
+def test_storage_init_creates_the_bucket_once(
+    server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.core.settings import get_settings
+
+    set_credentials(server, monkeypatch)
+    for name, value in {
+        "ERRORBOOK_DATA_DIR": str(tmp_path / "data"),
+        "ERRORBOOK_STORAGE": "s3",
+        "ERRORBOOK_S3_BUCKET": "made-by-init",
+        "ERRORBOOK_S3_ENDPOINT_URL": server.endpoint_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(cli, ["storage", "init"])
+        again = CliRunner().invoke(cli, ["storage", "init"])
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0 and "created s3://made-by-init/" in first.output, first.output
+    assert again.exit_code == 0 and "found s3://made-by-init/" in again.output
+    assert "made-by-init" in {
+        b["Name"] for b in boto3.client("s3", endpoint_url=server.endpoint_url).list_buckets()["Buckets"]
+    }

@@ -89,10 +89,14 @@ class SplitInput:
     group_ids: npt.NDArray[np.integer] | None = None
     # Codes into SUBSETS, UNASSIGNED where the import named none (see imported_subset_codes).
     imported_subsets: npt.NDArray[np.integer] | None = None
+    # Rows a new placement may only put in train: images labelled from the unlabeled pool, chosen by a model's
+    # uncertainty, so not a fair sample for dev/test (the caller leaves target-source ones out of this).
+    train_only: npt.NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         size = np.shape(self.image_ids)
-        columns = [self.image_ids, self.source_codes, self.label_codes, self.group_ids, self.imported_subsets]
+        columns: list[np.ndarray | None] = [self.image_ids, self.source_codes, self.label_codes, self.group_ids]
+        columns += [self.imported_subsets, self.train_only]
         if len(size) != 1 or any(column is not None and np.shape(column) != size for column in columns):
             raise ValueError("all SplitInput columns must be 1-D arrays of the same length")
         _check_codes("source_codes", self.source_codes, 0, len(self.source_names))
@@ -251,6 +255,7 @@ class _Rows:
     imported: Int64Array | None
     source_names: tuple[str, ...]
     label_names: tuple[str, ...]
+    train_only: BoolArray
 
     @property
     def size(self) -> int:
@@ -321,6 +326,7 @@ def _rows_in_id_order(data: SplitInput) -> _Rows:
     sources = np.asarray(data.source_codes, dtype=np.int64)[order]
     labels = np.asarray(data.label_codes, dtype=np.int64)[order]
     imported = None if data.imported_subsets is None else np.asarray(data.imported_subsets, dtype=np.int64)[order]
+    train_only = np.zeros(image_ids.size, dtype=bool) if data.train_only is None else np.asarray(data.train_only)[order]
     return _Rows(
         image_ids=image_ids,
         sources=sources,
@@ -333,6 +339,7 @@ def _rows_in_id_order(data: SplitInput) -> _Rows:
         imported=imported,
         source_names=tuple(data.source_names),
         label_names=tuple(data.label_names),
+        train_only=train_only.astype(bool),
     )
 
 
@@ -438,6 +445,7 @@ def _assign(
     open_groups = group_subset == UNASSIGNED
 
     is_target, target_mode, target_warnings = _target_rows(rows, params)
+    is_target = is_target & ~rows.train_only  # placed like other-source images: in train, with their groups
     warnings.extend(target_warnings)
     mixed_groups = np.bincount(rows.group_index[~is_target], minlength=rows.group_count) > 0
     if target_mode:

@@ -14,6 +14,7 @@ from app.models.base import Base, utcnow
 from app.models.dataset import Dataset, Image, ImageStat, Label, LabelChange, LabelEvent, Upload, UploadEntry
 from app.models.embedding import EmbeddingSet
 from app.models.job import Job, JobExecution
+from app.models.pool import PoolScore, PoolScoring
 from app.models.run import Prediction, Run
 from app.models.split import Split, SplitAssignment
 from app.models.user import ApiToken, LoginFailure, User, UserSession
@@ -36,6 +37,8 @@ __all__ = [
     "LabelChange",
     "LabelEvent",
     "LabelProposal",
+    "PoolScore",
+    "PoolScoring",
     "Prediction",
     "Review",
     "ReviewItem",

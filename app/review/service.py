@@ -51,7 +51,7 @@ class LabelState:
     """An image's label as a client must name it for its next change, and what the last request did."""
 
     image_id: int
-    label: str
+    label: str | None  # None: unlabeled (the pool)
     label_version: int
     excluded_reason: str | None
     change_id: int | None = None  # the history row this request wrote, if it changed anything
@@ -432,10 +432,10 @@ def _image(session: Session, image_id: int) -> Image:
 
 
 def _state(session: Session, image: Image, **extra: Any) -> LabelState:
-    label = repository.get_label(session, image.label_id)
+    label = repository.get_label(session, image.label_id) if image.label_id is not None else None
     return LabelState(
         image_id=image.id,
-        label=label.name if label is not None else "?",
+        label=label.name if label is not None else (None if image.label_id is None else "?"),
         label_version=image.label_version,
         excluded_reason=image.excluded_reason,
         **extra,
@@ -549,7 +549,8 @@ def change_label(
         session,
         LabelChange(
             image_id=image.id,
-            kind="relabel",
+            # The first label of an image uploaded unlabeled is a change like any other, named for what it is.
+            kind="relabel" if old_label_id is not None else "label",
             old_label_id=old_label_id,
             new_label_id=new_label_id,
             version=expected_version + 1,

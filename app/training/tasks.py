@@ -25,18 +25,6 @@ def _scaled(ctx: JobContext, low: float, high: float) -> Any:
     return report
 
 
-def _runtime(ctx: JobContext, mode: Any, backbone: Any, probe: Any) -> Any:
-    """Linear runs score through the worker's runtime; finetuned backbones train and score in PyTorch."""
-    from app.ml import features as feats
-    from app.ml.runtime import InferenceRuntime, RuntimeReport
-
-    if mode.value == "linear":
-        return inference.worker_runtime(ctx.settings, backbone, probe=probe)
-    reason = None if ctx.settings.inference_runtime == "torch" else f"{mode.value} runs train and score in PyTorch"
-    report = RuntimeReport("torch", feats.default_device().type, "float32", None, reason)
-    return InferenceRuntime(report)
-
-
 @task(service.RUN_JOB)
 def train_run(ctx: JobContext) -> dict[str, Any]:
     import torch
@@ -110,7 +98,7 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     cache_dir = ctx.settings.cache_dir / "features"
     history: list[dict[str, float]] = []
     probe = inference.probe_images(paths["train"], backbone.input_spec.preprocessing)
-    runtime = _runtime(ctx, mode, backbone, probe)
+    runtime = inference.scoring_runtime(ctx.settings, mode.value, backbone, probe=probe)
     timings["inference"] = runtime.report.to_dict()
     timings["model_input"] = backbone.input_spec.to_dict()
 

@@ -20,6 +20,7 @@ from app.embeddings.router import router as embeddings_router
 from app.errors.router import router as errors_router
 from app.jobs.router import router as jobs_router
 from app.labels.router import router as labels_router
+from app.pool.router import router as pool_router
 from app.review.router import router as review_router
 from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
         errors_router,
         review_router,
         embeddings_router,
+        pool_router,
     )
     for router in routers:
         app.include_router(router)

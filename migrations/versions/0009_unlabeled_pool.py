@@ -41,7 +41,9 @@ def upgrade() -> None:
         sa.Column("scored", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_pool_scorings_job_id_jobs"), ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_pool_scorings_job_id_jobs"), ondelete="SET NULL"
+        ),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_pool_scorings_run_id_runs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id", name=op.f("pk_pool_scorings")),
     )

@@ -199,10 +199,12 @@ def api_images(
     subset: str | None = None,
     split_id: int | None = None,
     q: str | None = None,
+    unlabeled: bool = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ImagePageOut:
-    query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q)
+    """The dataset's images, newest first; `unlabeled=true`: only those without a label (the pool)."""
+    query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q, unlabeled=unlabeled)
     return ImagePageOut.of(service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset))
 
 
@@ -440,6 +442,7 @@ def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, 
         subset=params.get("subset") or None,
         split_id=int(params["split_id"]) if str(params.get("split_id") or "").isdigit() else None,
         q=params.get("q") or None,
+        unlabeled=params.get("unlabeled") == "true",
     )
     offset = int(params["offset"]) if str(params.get("offset") or "").isdigit() else 0
     page = service.list_images(db, dataset_id=dataset_id, query=query, limit=PAGE_SIZE, offset=offset)
@@ -472,8 +475,10 @@ def dataset_page(
     split_id: str = "",
     q: str = "",
     offset: str = "",
+    unlabeled: str = "",
 ) -> Response:
     params = {"label": label, "source": source, "subset": subset, "split_id": split_id, "q": q, "offset": offset}
+    params["unlabeled"] = unlabeled
     grid = _grid_context(db, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only

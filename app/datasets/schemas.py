@@ -49,6 +49,7 @@ class DatasetOut(BaseModel):
     sources: dict[str, int]
     target_source: str | None
     counts: list[CountOut]
+    unlabeled: int  # images without a label yet (the pool), not in image_count
 
     @classmethod
     def of(cls, summary: service.DatasetSummary) -> DatasetOut:
@@ -58,6 +59,7 @@ class DatasetOut(BaseModel):
             name=dataset.name,
             description=dataset.description,
             image_count=summary.image_count,
+            unlabeled=summary.unlabeled,
             labels={label.name: label.images for label in summary.labels},
             sources=summary.sources,
             target_source=dataset.target_source,
@@ -82,7 +84,7 @@ class LabelOut(BaseModel):
 class ImageItem(BaseModel):
     id: int
     filename: str
-    label: str
+    label: str | None  # None: unlabeled (the pool)
     source: str
     sha256: str
     width: int
@@ -140,7 +142,7 @@ class ImageOut(BaseModel):
     id: int
     dataset_id: int
     filename: str
-    label: str
+    label: str | None  # None: unlabeled (the pool)
     label_version: int
     source: str
     imported_subset: str | None

@@ -123,6 +123,7 @@ class DatasetSummary:
     sources: dict[str, int]
     # images per (label, source): the dataset page's table
     table: dict[str, dict[str, int]]
+    unlabeled: int = 0  # uploaded without a label, not counted in image_count until labelled
 
     @property
     def source_names(self) -> list[str]:
@@ -154,6 +155,7 @@ def dataset_summary(session: Session, *, dataset_id: int) -> DatasetSummary:
         labels=[LabelCount(ids[name], name, count) for name, count in sorted(per_label.items())],
         sources=dict(sorted(sources.items())),
         table=table,
+        unlabeled=repository.unlabeled_count(session, dataset_id),
     )
 
 
@@ -242,6 +244,7 @@ class ImageQuery:
     subset: str | None = None
     split_id: int | None = None
     q: str | None = None
+    unlabeled: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,7 @@ def list_images(session: Session, *, dataset_id: int, query: ImageQuery, limit: 
         split_id=split.id if split is not None and query.subset else None,
         subset=query.subset or None,
         filename_contains=(query.q or "").strip() or None,
+        unlabeled=query.unlabeled,
         matches_nothing=matches_nothing,
     )
     return ImagePage(
@@ -319,14 +323,14 @@ class HistoryEntry:
 class ImageDetail:
     image: Image
     dataset: Dataset
-    label: str
+    label: str | None  # None: unlabeled
     history: list[HistoryEntry]
     subsets: list[tuple[int, int, str]]  # (split id, version, subset)
 
 
 def image_detail(session: Session, *, image_id: int) -> ImageDetail:
     image = get_image(session, image_id=image_id)
-    label = repository.get_label(session, image.label_id)
+    label = repository.get_label(session, image.label_id) if image.label_id is not None else None
     history = [
         HistoryEntry(change.kind, old, new, change.version, change.reason, user, change.created_at)
         for change, old, new, user in repository.label_history(session, image.id)
@@ -334,7 +338,7 @@ def image_detail(session: Session, *, image_id: int) -> ImageDetail:
     return ImageDetail(
         image=image,
         dataset=get_dataset(session, dataset_id=image.dataset_id),
-        label=label.name if label is not None else "",
+        label=label.name if label is not None else (None if image.label_id is None else ""),
         history=history,
         subsets=repository.subsets_of_image(session, image.id),
     )

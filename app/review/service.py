@@ -518,6 +518,12 @@ def change_label(
     image = _image(session, image_id)
     labels = repository.labels_of(session, dataset_id=image.dataset_id)
     by_name = {name: label_id for label_id, name in labels.items()}
+    if label not in by_name and image.label_id is None:
+        # The first label of an image uploaded unlabeled may be new (a dataset can start with no labels at all).
+        from app.datasets.service import add_label
+
+        created = add_label(session, dataset_id=image.dataset_id, name=label, user_id=actor.id)
+        label, by_name[created.name] = created.name, created.id
     if label not in by_name:
         raise Invalid(
             f"dataset has no label {label!r}; known labels: {', '.join(sorted(by_name))}",

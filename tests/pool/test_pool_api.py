@@ -111,8 +111,8 @@ def test_labelling_a_pool_image_is_a_versioned_change_and_it_leaves_the_pool(db,
 
     stale = as_reviewer.post(f"/api/images/{target.id}/label", json={"label": "cat", "expected_version": 1})
     assert stale.status_code == 409 and stale.json()["label"] == "dog"
-    unknown = as_reviewer.post(f"/api/images/{images[1].id}/label", json={"label": "zebra", "expected_version": 1})
-    assert unknown.status_code == 422
+    unknown = as_reviewer.post(f"/api/images/{target.id}/label", json={"label": "zebra", "expected_version": 2})
+    assert unknown.status_code == 422  # a labelled image only takes labels the dataset has
 
     unusable = as_reviewer.post(
         f"/api/images/{images[1].id}/exclude", json={"reason": "not usable", "expected_version": 1}
@@ -123,3 +123,23 @@ def test_labelling_a_pool_image_is_a_versioned_change_and_it_leaves_the_pool(db,
     assert (left["pool_size"], left["labelled_from_pool"]) == (2, 1)
     db.expire_all()
     assert db.get(Image, target.id).label_id == next(lb.id for lb in fixture.labels if lb.name == "dog")
+
+
+def test_the_first_label_of_a_pool_image_may_be_a_new_one(db, as_reviewer) -> None:
+    from app.models import Dataset
+
+    dataset = Dataset(name="started-unlabeled")
+    db.add(dataset)
+    db.flush()
+    image = Image(dataset_id=dataset.id, sha256="ab" * 32, filename="a.jpg", from_pool=True)
+    db.add(image)
+    db.commit()
+    labelled = as_reviewer.post(f"/api/images/{image.id}/label", json={"label": " heron ", "expected_version": 1})
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["label"] == "heron"
+    labels = as_reviewer.get(f"/api/datasets/{dataset.id}/labels").json()
+    assert [label["name"] for label in labels] == ["heron"]
+    # Labelled now: another new name is a typo to refuse, not a label to create.
+    again = as_reviewer.post(f"/api/images/{image.id}/label", json={"label": "egret", "expected_version": 2})
+    assert again.status_code == 422
+    assert [label["name"] for label in as_reviewer.get(f"/api/datasets/{dataset.id}/labels").json()] == ["heron"]

@@ -40,6 +40,8 @@ class Upload(TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default="open")  # open, queued, ingesting, done, failed
     source: Mapped[str] = mapped_column(String(100), default="default")
     label: Mapped[str | None] = mapped_column(String(100))
+    # Store the images without a label (the unlabeled pool), rather than reject them as "no label".
+    unlabeled: Mapped[bool] = mapped_column(default=False, server_default=false())
     labels_csv_sha256: Mapped[str | None] = mapped_column(String(64))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     accepted: Mapped[int] = mapped_column(default=0)

@@ -32,6 +32,8 @@ def upgrade() -> None:
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.alter_column("label_id", existing_type=sa.Integer(), nullable=True)
         batch_op.add_column(sa.Column("from_pool", sa.Boolean(), server_default=sa.false(), nullable=False))
+    with op.batch_alter_table("uploads", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("unlabeled", sa.Boolean(), server_default=sa.false(), nullable=False))
     _sqlite_foreign_keys(True)
     op.create_table(
         "pool_scorings",
@@ -79,6 +81,8 @@ def downgrade() -> None:
     # Pool images have no label to keep under NOT NULL: they go first.
     op.execute("DELETE FROM images WHERE label_id IS NULL")
     _sqlite_foreign_keys(False)
+    with op.batch_alter_table("uploads", schema=None) as batch_op:
+        batch_op.drop_column("unlabeled")
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.drop_column("from_pool")
         batch_op.alter_column("label_id", existing_type=sa.Integer(), nullable=False)

@@ -82,6 +82,17 @@ def current_scores(session: Session, *, run_id: int, dataset_id: int) -> list[Sc
     return [ScoreRow(*row) for row in session.execute(query)]
 
 
+def first_pool_images(session: Session, dataset_id: int, *, limit: int) -> list[tuple[int, int, str, str]]:
+    """(image id, label version, source, filename) of the pool's first `limit` images in upload order."""
+    query = (
+        select(Image.id, Image.label_version, Image.source, Image.filename)
+        .where(*pool_filter(dataset_id))
+        .order_by(Image.id)
+        .limit(limit)
+    )
+    return [(image_id, version, source, filename) for image_id, version, source, filename in session.execute(query)]
+
+
 def label_names(session: Session, dataset_id: int) -> list[tuple[int, str]]:
     """The dataset's labels that can still be chosen (not merged away), by name."""
     query = (

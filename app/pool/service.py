@@ -135,6 +135,26 @@ def _item(
     )
 
 
+def _unranked(session: Session, dataset: Dataset, *, limit: int) -> list[PoolItemOut]:
+    return [
+        PoolItemOut(
+            image_id=image_id,
+            rank=rank,
+            suggestion="",
+            confidence=0.0,
+            score=0.0,
+            top=[],
+            label_version=version,
+            source=source,
+            filename=filename,
+            placement=logic.placement(source=source, target_source=dataset.target_source),
+        )
+        for rank, (image_id, version, source, filename) in enumerate(
+            repository.first_pool_images(session, dataset.id, limit=limit), start=1
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class LabelPage:
     dataset: Dataset
@@ -144,7 +164,8 @@ class LabelPage:
     labels: list[str]
     scoring_job: Job | None
     pool: PoolOut | None
-    refusal: str | None  # why there is no batch to show
+    refusal: str | None  # why there is no ranked batch to show
+    items: list[PoolItemOut]  # the ranked batch, or without a run the pool in upload order (no suggestions)
     strategy: str
     limit: int
     placement_note: str
@@ -161,12 +182,17 @@ def label_page(session: Session, *, dataset_id: int, run_id: int | None, strateg
     elif runs:
         baseline = next((r for r in runs if r.id == dataset.baseline_run_id), None)
         run = baseline or runs[0]
-    page: dict[str, Any] = {"scoring_job": None, "pool": None, "refusal": None}
+    page: dict[str, Any] = {"scoring_job": None, "pool": None, "refusal": None, "items": []}
     if run is None:
-        page["refusal"] = "Train a run first: its model suggests the labels and picks which images to label next."
+        page["refusal"] = (
+            "No finished run yet: these are the pool's first images in upload order, without suggestions. "
+            "Train a run first and its model suggests the labels and picks which images to label next."
+        )
+        page["items"] = _unranked(session, dataset, limit=limit)
     else:
         try:
             page["pool"] = ranked_pool(session, run_id=run.id, strategy=strategy, limit=limit)
+            page["items"] = page["pool"].items
         except Conflict as refused:
             page["refusal"] = refused.message
             job_id = refused.extra.get("job_id")

@@ -46,7 +46,42 @@
     page.querySelector("[data-progress]").textContent = done + " of " + batch + " in this batch labelled";
     page.querySelector("[data-session-count]").textContent = String(done);
     var selected = grid.querySelectorAll("[data-card].selected:not([data-done])").length;
-    if (bulk) {
+    // A label the key list lacks (or the first one of a dataset with none): typed, then applied to the chosen image.
+  var newLabel = page.querySelector("[data-new-label]");
+  var chosen = null;
+  grid.addEventListener("focusin", function (event) {
+    var card = event.target.closest ? event.target.closest("[data-card]") : null;
+    if (card) {
+      chosen = card;
+    }
+  });
+  if (newLabel) {
+    newLabel.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var input = newLabel.querySelector("[data-new-label-name]");
+      var name = input.value.trim();
+      var card = chosen || cards()[0];
+      if (!name || !card) {
+        return;
+      }
+      apply(card, { label: name }).then(function () {
+        if (labels.indexOf(name) < 0 && card.hasAttribute("data-done")) {
+          labels.push(name);
+          var item = document.createElement("li");
+          item.setAttribute("data-key-label", name);
+          var kbd = document.createElement("kbd");
+          kbd.textContent = String(labels.length);
+          item.appendChild(kbd);
+          item.appendChild(document.createTextNode(" " + name));
+          page.querySelector("[data-label-keys]").appendChild(item);
+        }
+        input.value = "";
+        focusCard(nextOpen(card));
+      });
+    });
+  }
+
+  if (bulk) {
       bulk.querySelector("[data-selected-count]").textContent = String(selected);
       bulk.disabled = selected === 0;
     }
@@ -132,6 +167,14 @@
     } else if (key === "ArrowDown" || key === "ArrowUp") {
       move(card, key === "ArrowDown" ? perRow : -perRow);
     } else if (key === "Enter") {
+      if (!card.getAttribute("data-suggestion")) {
+        chosen = card;
+        if (newLabel) {
+          newLabel.querySelector("[data-new-label-name]").focus(); // no model yet: type the label
+        }
+        event.preventDefault();
+        return;
+      }
       apply(card, { label: card.getAttribute("data-suggestion") });
       focusCard(nextOpen(card));
     } else if (/^[1-9]$/.test(key) && labels[Number(key) - 1] !== undefined) {
@@ -160,10 +203,47 @@
     }
   });
 
+  // A label the key list lacks (or the first one of a dataset with none): typed, then applied to the chosen image.
+  var newLabel = page.querySelector("[data-new-label]");
+  var chosen = null;
+  grid.addEventListener("focusin", function (event) {
+    var card = event.target.closest ? event.target.closest("[data-card]") : null;
+    if (card) {
+      chosen = card;
+    }
+  });
+  if (newLabel) {
+    newLabel.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var input = newLabel.querySelector("[data-new-label-name]");
+      var name = input.value.trim();
+      var card = chosen || cards()[0];
+      if (!name || !card) {
+        return;
+      }
+      apply(card, { label: name }).then(function () {
+        if (labels.indexOf(name) < 0 && card.hasAttribute("data-done")) {
+          labels.push(name);
+          var item = document.createElement("li");
+          item.setAttribute("data-key-label", name);
+          var kbd = document.createElement("kbd");
+          kbd.textContent = String(labels.length);
+          item.appendChild(kbd);
+          item.appendChild(document.createTextNode(" " + name));
+          page.querySelector("[data-label-keys]").appendChild(item);
+        }
+        input.value = "";
+        focusCard(nextOpen(card));
+      });
+    });
+  }
+
   if (bulk) {
     bulk.addEventListener("click", function () {
       grid.querySelectorAll("[data-card].selected:not([data-done])").forEach(function (card) {
-        apply(card, { label: card.getAttribute("data-suggestion") });
+        if (card.getAttribute("data-suggestion")) {
+          apply(card, { label: card.getAttribute("data-suggestion") });
+        }
       });
     });
   }

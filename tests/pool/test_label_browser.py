@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.core.db import make_engine
 from app.core.migrate import upgrade_to_head
-from app.models import Image, Label, LabelChange
+from app.models import Dataset, Image, Label, LabelChange
 from tests.browser import add_user, chromium, log_in, serve, server_env
 from tests.factories import make_run
 from tests.pool.conftest import add_pool, score
@@ -35,8 +35,13 @@ def test_a_reviewer_labels_a_ranked_batch_with_the_keyboard(tmp_path: Path) -> N
         images = add_pool(session, fixture, 8, source="web")
         probs = np.random.default_rng(0).dirichlet(np.ones(3), size=8).astype(np.float32)
         score(session, fixture, images, probs, np.random.default_rng(1).normal(size=(8, 16)).astype(np.float32))
+        fresh = Dataset(name="no-labels-yet")
+        session.add(fresh)
+        session.flush()
+        for i in range(2):
+            session.add(Image(dataset_id=fresh.id, sha256=f"{i:064x}", filename=f"new-{i}.jpg", from_pool=True))
         session.commit()
-        dataset_id, run_id = fixture.dataset.id, fixture.run.id
+        dataset_id, run_id, fresh_id = fixture.dataset.id, fixture.run.id, fresh.id
     env = server_env(data_dir=data_dir)
     add_user(env, REVIEWER, password=PASSWORD)
 
@@ -68,6 +73,22 @@ def test_a_reviewer_labels_a_ranked_batch_with_the_keyboard(tmp_path: Path) -> N
         expect(page.locator("[data-progress]")).to_have_text("5 of 6 in this batch labelled")
         expect(cards.nth(0).locator("[data-card-status]")).to_have_text(f"labelled {suggestions[0]}")
 
+        # A dataset uploaded unlabeled, with no labels and no run: the first label is typed, then it has a key.
+        page.goto(f"{base_url}/datasets/{fresh_id}/label")
+        expect(page.locator("[data-refusal]")).to_contain_text("No finished run yet")
+        fresh_cards = page.locator("[data-card]")
+        expect(fresh_cards).to_have_count(2)
+        fresh_cards.nth(0).focus()
+        page.keyboard.press("Enter")  # no suggestion: Enter goes to the label box
+        expect(page.locator("[data-new-label-name]")).to_be_focused()
+        page.keyboard.type("heron")
+        page.keyboard.press("Enter")
+        expect(page.locator("[data-session-count]")).to_have_text("1")
+        expect(page.locator('[data-key-label="heron"]')).to_have_text("1 heron")
+        expect(fresh_cards.nth(1)).to_be_focused()
+        page.keyboard.press("1")
+        expect(page.locator("[data-session-count]")).to_have_text("2")
+
     with Session(engine) as session:
         names = {label.id: label.name for label in session.scalars(select(Label))}
         stored = {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(ids)))}
@@ -78,4 +99,8 @@ def test_a_reviewer_labels_a_ranked_batch_with_the_keyboard(tmp_path: Path) -> N
         assert stored[ids[5]].label_id is None and stored[ids[5]].excluded_reason is None
         kinds = session.scalars(select(LabelChange.kind).where(LabelChange.image_id.in_(ids))).all()
         assert sorted(kinds) == ["ambiguous", "label", "label", "label", "label"]
+        fresh_labels = session.scalars(select(Label.name).where(Label.dataset_id == fresh_id)).all()
+        assert fresh_labels == ["heron"]
+        heron = session.scalars(select(Image.label_id).where(Image.dataset_id == fresh_id)).all()
+        assert len(set(heron)) == 1 and None not in heron
     engine.dispose()

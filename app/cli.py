@@ -11,7 +11,7 @@ import typer
 
 from app.core.db import get_engine, session_scope
 from app.core.migrate import upgrade_to_head
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 
 cli = typer.Typer(
     help="Errorbook: structure an image-classification project.",
@@ -33,7 +33,7 @@ def _logging() -> None:
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema to the newest version."""
-    upgrade_to_head(get_engine())
+    upgrade_to_head(get_engine(get_settings()))
     typer.echo("database is at the newest schema")
 
 
@@ -54,6 +54,7 @@ def serve(
 
     _logging()
     settings = get_settings()
+    _refuse_unusable_storage(settings)
     engine = get_engine(settings)
     upgrade_to_head(engine)
     with session_scope(engine) as session:
@@ -98,6 +99,21 @@ def serve(
             thread.join(timeout=settings.job_shutdown_grace_seconds + 10)
 
 
+def _refuse_unusable_storage(settings: Settings) -> None:
+    """A process that cannot reach its object store stops at once with the reason, not on its first image."""
+    from app.core.errors import DomainError
+    from app.storage.backends import blob_store
+
+    try:
+        store = blob_store(settings)
+        check = getattr(store, "check_reachable", None)
+        if check is not None:
+            check()
+    except DomainError as error:
+        typer.echo(f"errorbook: {error.message}", err=True)
+        raise typer.Exit(2) from error
+
+
 @cli.command()
 def worker(
     queue: Annotated[
@@ -109,6 +125,7 @@ def worker(
 
     _logging()
     settings = get_settings()
+    _refuse_unusable_storage(settings)
     engine = get_engine(settings)
     upgrade_to_head(engine)
     job_worker = Worker(settings=settings, engine=engine, queues=queue or None)
@@ -131,8 +148,9 @@ def users_add(
     """Add a user; prints a new API token for it as the last line."""
     from app.auth import service
 
-    upgrade_to_head(get_engine())
-    with session_scope() as session:
+    engine = get_engine(get_settings())
+    upgrade_to_head(engine)
+    with session_scope(engine) as session:
         user = service.create_user(session, name=name, role=role, password=password)
         _, secret = service.create_token(session, user=user, name="cli")
     typer.echo(f"added {role} {name!r}; API token:")
@@ -144,8 +162,9 @@ def token_create(name: str) -> None:
     """Create an API token for user NAME; prints it as the last line."""
     from app.auth import service
 
-    upgrade_to_head(get_engine())
-    with session_scope() as session:
+    engine = get_engine(get_settings())
+    upgrade_to_head(engine)
+    with session_scope(engine) as session:
         user = service.get_user_by_name(session, name=name)
         _, secret = service.create_token(session, user=user, name="cli")
     typer.echo(f"new API token for {name!r}:")

@@ -44,7 +44,7 @@ from app.auth import service as auth_service  # noqa: E402
 from app.core.db import make_engine  # noqa: E402
 from app.core.migrate import upgrade_to_head  # noqa: E402
 from app.core.settings import normalise_database_url  # noqa: E402
-from app.errors import service as errors_service  # noqa: E402
+from app.error_analysis import service as error_analysis  # noqa: E402
 from app.models import Dataset, Image, Label, LabelChange, Prediction, Run, Split, User, utcnow  # noqa: E402
 
 POSTGRES_URL = os.environ.get("ERRORBOOK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -156,11 +156,11 @@ def _tag_sample(engine: Engine, *, run_id: int, dataset_id: int, reviewer_name: 
         actor = auth_service.get_user_by_name(session, name=reviewer_name)
         assert isinstance(actor, User)
         for name in ("blurry", "occluded", "look-alike classes"):
-            errors_service.add_tag(session, dataset_id=dataset_id, name=name)
-        sample = errors_service.error_sample(session, run_id=run_id, subset="dev")
+            error_analysis.add_tag(session, dataset_id=dataset_id, name=name)
+        sample = error_analysis.error_sample(session, run_id=run_id, subset="dev")
         choices = [["mislabeled"], ["blurry"], ["occluded", "blurry"], ["look-alike classes"]]
         for index, item in enumerate(sample.items[:60]):
-            errors_service.set_annotation(
+            error_analysis.set_annotation(
                 session,
                 run_id=run_id,
                 image_id=item.image_id,

@@ -130,6 +130,7 @@ def measure(mode: str, url: str, dataset_id: int) -> None:
         attempt=1,
         token=claimed.lease_token,
         engine=engine,
+        settings=get_settings(),
     )
     result["job_s"] = time.perf_counter() - start
     with Session(engine) as session:

@@ -73,23 +73,16 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
-    url = (settings or get_settings()).sqlalchemy_url
+def get_engine(settings: Settings) -> Engine:
+    url = settings.sqlalchemy_url
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
             if url.startswith("sqlite"):
-                (settings or get_settings()).resolved_data_dir.mkdir(parents=True, exist_ok=True)
+                settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
             engine = make_engine(url)
             _engines[url] = engine
         return engine
-
-
-def dispose_engines() -> None:
-    with _engines_lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -98,8 +91,11 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on any error. Services only flush."""
-    session = session_factory(engine or get_engine())()
+    """A unit of work: commit on success, roll back on any error. Services only flush.
+
+    Callers pass their engine; the fallback to the global settings is left only for the dataset CLI commands
+    (app/datasets/cli.py), which do not pass one yet."""
+    session = session_factory(engine or get_engine(get_settings()))()
     try:
         yield session
         session.commit()

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     max_form_fields: int = 100
     max_part_bytes: int = 1024 * 1024
 
+    # Where image blobs live: "local" (under data_dir, the default) or "s3" (an S3-compatible object store shared
+    # by every web and worker host; credentials come the SDK's usual way: AWS_* variables, profiles, roles).
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = ""
+    s3_prefix: str = "errorbook"
+    s3_region: str | None = None
+
     # Image validation.
     max_image_pixels: int = 64_000_000
     min_image_side: int = 16

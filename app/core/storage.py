@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ class BlobStore(Protocol):
     def path(self, sha256: str) -> Path: ...
     def open(self, sha256: str) -> BinaryIO: ...
     def delete(self, sha256: str) -> None: ...
+    def modified_at(self, sha256: str) -> float | None: ...
+    def iter_blobs(self) -> Iterator[StoredBlob]: ...
 
 
 def _check_digest(sha256: str) -> str:
@@ -92,17 +93,17 @@ class LocalBlobStore:
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 
+    def modified_at(self, sha256: str) -> float | None:
+        """When the blob was last stored (a re-store refreshes it); None when there is none."""
+        try:
+            return self.path(sha256).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def sweep_abandoned(self, *, older_than_seconds: float) -> int:
         """Delete temp files a killed writer left (a write in progress unlinks its own on any other exit);
         returns how many went. Only old ones: a slow upload may still be streaming into a young one."""
-        cutoff = time.time() - older_than_seconds
-        swept = 0
-        for path in self._tmp.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    swept += 1
-        return swept
+        return sweep_old_files(self._tmp, older_than_seconds=older_than_seconds)
 
     def _publish(self, tmp: Path, digest: str) -> None:
         # rename is atomic on one file system: a reader sees the whole blob or none.
@@ -122,6 +123,18 @@ class LocalBlobStore:
                         yield StoredBlob(path.name, info.st_size, info.st_mtime)
 
 
+def sweep_old_files(folder: Path, *, older_than_seconds: float) -> int:
+    """Delete the files in ``folder`` older than the cutoff; returns how many went."""
+    cutoff = time.time() - older_than_seconds
+    swept = 0
+    for path in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                swept += 1
+    return swept
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a job output next to its final name, then rename (no half files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +147,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-
-
-def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free

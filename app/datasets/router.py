@@ -205,7 +205,8 @@ def api_images(
 ) -> ImagePageOut:
     """The dataset's images, newest first; `unlabeled=true`: only those without a label (the pool)."""
     query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q, unlabeled=unlabeled)
-    return ImagePageOut.of(service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset))
+    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset)
+    return ImagePageOut.model_validate(page)
 
 
 @router.get("/api/images/{image_id}", response_model=ImageOut)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.datasets import service
 
@@ -82,6 +82,8 @@ class LabelOut(BaseModel):
 
 
 class ImageItem(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     filename: str
     label: str | None  # None: unlabeled (the pool)
@@ -93,33 +95,15 @@ class ImageItem(BaseModel):
 
 
 class ImagePageOut(BaseModel):
+    """Read from an ``ImagePage``: ``split_id`` is its split's id (None without a split)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     total: int
     limit: int
     offset: int
-    split_id: int | None
+    split_id: int | None = Field(default=None, validation_alias=AliasChoices(AliasPath("split", "id"), "split_id"))
     items: list[ImageItem]
-
-    @classmethod
-    def of(cls, page: service.ImagePage) -> ImagePageOut:
-        return cls(
-            total=page.total,
-            limit=page.limit,
-            offset=page.offset,
-            split_id=page.split.id if page.split is not None else None,
-            items=[
-                ImageItem(
-                    id=row.id,
-                    filename=row.filename,
-                    label=row.label,
-                    source=row.source,
-                    sha256=row.sha256,
-                    width=row.width,
-                    height=row.height,
-                    imported_subset=row.imported_subset,
-                )
-                for row in page.items
-            ],
-        )
 
 
 class HistoryOut(BaseModel):

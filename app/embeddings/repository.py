@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Dataset, EmbeddingSet, Image, Label, Split, SplitAssignment
+from app.splits.states import SplitStatus
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
@@ -57,7 +58,7 @@ def subsets_of(session: Session, image_ids: list[int]) -> dict[int, list[str]]:
     rows = session.execute(
         select(SplitAssignment.image_id, SplitAssignment.subset)
         .join(Split, Split.id == SplitAssignment.split_id)
-        .where(SplitAssignment.image_id.in_(image_ids), Split.status == "ready")
+        .where(SplitAssignment.image_id.in_(image_ids), Split.status == SplitStatus.READY)
         .order_by(Split.version.desc())
     )
     subsets: dict[int, list[str]] = {image_id: [] for image_id in image_ids}

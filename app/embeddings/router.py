@@ -14,7 +14,7 @@ from app.core.settings import Settings
 from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
-from app.web.deps import DB, Reviewer, Viewer, reads_only
+from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
@@ -44,9 +44,16 @@ def _settings(request: Request) -> Settings:
 
 
 @router.post("/api/datasets/{dataset_id}/embeddings", status_code=202)
-def api_start_embeddings(dataset_id: int, body: EmbeddingsIn, db: DB, user: Reviewer) -> JSONResponse:
+def api_start_embeddings(
+    dataset_id: int, body: EmbeddingsIn, db: DB, user: Reviewer, settings: AppSettings
+) -> JSONResponse:
     embedding_set, job = service.start_embeddings(
-        db, dataset_id=dataset_id, backbone=body.backbone, user_id=user.id, home=service.torch_home()
+        db,
+        dataset_id=dataset_id,
+        backbone=body.backbone,
+        user_id=user.id,
+        home=service.torch_home(),
+        max_attempts=settings.job_max_attempts,
     )
     return JSONResponse({"job_id": job.id, "backbone": embedding_set.backbone}, status_code=202)
 

@@ -2,16 +2,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from app.ml.backbone_choices import DEFAULT_BACKBONE
 
 
 class EmbeddingsIn(BaseModel):
     backbone: str = Field(default=DEFAULT_BACKBONE, min_length=1, max_length=100)
-
-
-class EmbeddingsStarted(BaseModel):
-    job_id: int
-    backbone: str
 
 
 class EmbeddingSetOut(BaseModel):

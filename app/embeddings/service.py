@@ -14,22 +14,21 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.embeddings import repository
+from app.embeddings.states import UNFINISHED, EmbeddingSetStatus
 from app.embeddings.store import EmbeddingStore
 from app.jobs import service as jobs
+from app.jobs import states as job_states
+from app.ml.backbone_choices import BACKBONE_NAMES, DEFAULT_BACKBONE, SCRATCH_BACKBONE, TORCHVISION_PREFIX
 from app.ml.images import Rejection, inspect_image
 from app.ml.similarity import unit_rows
 from app.models import EmbeddingSet, Job
-from app.training.service import BUILTIN_BACKBONES
 
 if TYPE_CHECKING:
     from app.ml.backbones import Backbone
 
 EMBEDDINGS_JOB = "embeddings.build"
-DEFAULT_BACKBONE = "efficientnet_lite0"
 # Random weights (simple_cnn) give vectors that say nothing about the pictures.
-_WITHOUT_PRETRAINED_WEIGHTS = ("simple_cnn",)
-_TORCHVISION_PREFIX = "torchvision:"
-ACTIVE_JOB_STATUSES = ("queued", "running")
+_WITHOUT_PRETRAINED_WEIGHTS = (SCRATCH_BACKBONE,)
 
 
 class EmbeddingsMissing(Conflict):
@@ -52,15 +51,15 @@ def torch_home() -> Path | None:
 
 def check_backbone(name: str, *, home: Path | None) -> None:
     """422 unless `name` is a known backbone whose pretrained weights are installed here (no network)."""
-    usable = [known for known in BUILTIN_BACKBONES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
-    if name not in BUILTIN_BACKBONES:
+    usable = [known for known in BACKBONE_NAMES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
+    if name not in BACKBONE_NAMES:
         raise Invalid(f"unknown backbone {name!r}; backbones with pretrained weights: {', '.join(usable)}")
     if name in _WITHOUT_PRETRAINED_WEIGHTS:
         raise Invalid(f"backbone {name!r} has no pretrained weights, so its embeddings would mean nothing")
-    if name.startswith(_TORCHVISION_PREFIX):
+    if name.startswith(TORCHVISION_PREFIX):
         from app.ml.backbones import torchvision_weights_file  # torch, only for these names
 
-        weights = torchvision_weights_file(name[len(_TORCHVISION_PREFIX) :], home)
+        weights = torchvision_weights_file(name[len(TORCHVISION_PREFIX) :], home)
         if not weights.exists():
             raise Invalid(f"backbone {name!r} has no offline weights: expected them at {weights}")
 
@@ -71,7 +70,13 @@ def _dataset(session: Session, dataset_id: int) -> None:
 
 
 def start_embeddings(
-    session: Session, *, dataset_id: int, backbone: str, user_id: int | None, home: Path | None
+    session: Session,
+    *,
+    dataset_id: int,
+    backbone: str,
+    user_id: int | None,
+    home: Path | None,
+    max_attempts: int | None = None,
 ) -> tuple[EmbeddingSet, Job]:
     """Queue the job (or return the one already queued or running for this dataset and backbone)."""
     _dataset(session, dataset_id)
@@ -81,20 +86,26 @@ def start_embeddings(
     )
     if embedding_set.job_id is not None:
         running = jobs.get_job(session, job_id=embedding_set.job_id)
-        if running.status in ACTIVE_JOB_STATUSES:
+        if running.status in job_states.ACTIVE:
             return embedding_set, running
-    job = jobs.enqueue(session, kind=EMBEDDINGS_JOB, payload={"set_id": embedding_set.id}, created_by_id=user_id)
+    job = jobs.enqueue(
+        session,
+        kind=EMBEDDINGS_JOB,
+        payload={"set_id": embedding_set.id},
+        created_by_id=user_id,
+        max_attempts=max_attempts,
+    )
     embedding_set.job_id = job.id
-    embedding_set.status = "queued"
+    embedding_set.status = EmbeddingSetStatus.QUEUED
     session.flush()
     return embedding_set, job
 
 
 def _status(session: Session, embedding_set: EmbeddingSet) -> str:
     """A set whose job ended without finishing it reads as failed (the job says why)."""
-    unfinished = embedding_set.status in ("queued", "running") and embedding_set.job_id is not None
-    if unfinished and jobs.get_job(session, job_id=embedding_set.job_id or 0).status in ("failed", "cancelled"):
-        return "failed"
+    unfinished = embedding_set.status in UNFINISHED and embedding_set.job_id is not None
+    if unfinished and jobs.get_job(session, job_id=embedding_set.job_id or 0).status in job_states.UNSUCCESSFUL:
+        return EmbeddingSetStatus.FAILED
     return embedding_set.status
 
 
@@ -200,7 +211,7 @@ def begin_build(session: Session, *, set_id: int) -> EmbeddingSet:
     embedding_set = repository.get_set(session, set_id)
     if embedding_set is None:
         raise NotFound(f"embedding set {set_id} not found")
-    embedding_set.status = "running"
+    embedding_set.status = EmbeddingSetStatus.RUNNING
     session.flush()
     return embedding_set
 
@@ -215,7 +226,7 @@ def finish_build(session: Session, *, set_id: int, count: int, dims: int, index_
     embedding_set = repository.get_set(session, set_id)
     if embedding_set is None:
         raise NotFound(f"embedding set {set_id} not found")
-    embedding_set.status, embedding_set.count, embedding_set.dims = "ready", count, dims
+    embedding_set.status, embedding_set.count, embedding_set.dims = EmbeddingSetStatus.READY, count, dims
     embedding_set.index_kind = index_kind
     session.flush()
 
@@ -223,5 +234,5 @@ def finish_build(session: Session, *, set_id: int, count: int, dims: int, index_
 def fail_build(session: Session, *, set_id: int) -> None:
     embedding_set = repository.get_set(session, set_id)
     if embedding_set is not None:
-        embedding_set.status = "failed"
+        embedding_set.status = EmbeddingSetStatus.FAILED
         session.flush()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.storage import LocalBlobStore
 from app.embeddings import service
 from app.embeddings.store import EmbeddingStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.similarity import unit_rows
+from app.storage.backends import blob_store
 
 # Vectors are appended after each chunk, so a killed job loses at most one chunk of work.
 CHUNK_IMAGES = 512
@@ -64,7 +64,7 @@ def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: lis
     backbone = load_backbone(backbone_name, torch_home=service.torch_home())
     # The same frozen-backbone path as a run's extraction (ONNX Runtime where verified), so the cache is shared.
     runtime = worker_runtime(ctx.settings, backbone)
-    blobs = LocalBlobStore(ctx.settings.blob_dir)
+    blobs = blob_store(ctx.settings)
     cache_dir = ctx.settings.cache_dir / "features"  # the same cache a run's extraction fills
     cache_hits = 0
     for start in range(0, len(todo), CHUNK_IMAGES):

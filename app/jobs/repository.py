@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.jobs.states import JobStatus
 from app.models import Job, JobExecution
 
 
@@ -65,7 +66,7 @@ def claim_next(
     On Postgres the candidate row is picked with ``FOR UPDATE SKIP LOCKED`` so workers never wait on
     each other; on SQLite the transaction began with ``BEGIN IMMEDIATE`` so only one writer runs at a time.
     """
-    candidate = select(Job.id).where(Job.status == "queued")
+    candidate = select(Job.id).where(Job.status == JobStatus.QUEUED)
     if queues:
         candidate = candidate.where(Job.queue.in_(list(queues)))
     candidate = candidate.order_by(Job.priority.desc(), Job.id).limit(1)
@@ -74,9 +75,9 @@ def claim_next(
     token = uuid.uuid4().hex
     row = session.execute(
         update(Job)
-        .where(Job.id == candidate.scalar_subquery(), Job.status == "queued")
+        .where(Job.id == candidate.scalar_subquery(), Job.status == JobStatus.QUEUED)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
             lease_token=token,
             worker_id=worker_id,
@@ -98,7 +99,7 @@ def claim_next(
 
 
 def _fenced(job_id: int, token: str) -> Any:
-    return update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+    return update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
 
 
 def heartbeat(session: Session, *, job_id: int, token: str, lease_seconds: float, now: datetime) -> bool:
@@ -135,7 +136,7 @@ def report_progress(
 
 def cancel_requested(session: Session, *, job_id: int, token: str) -> bool:
     row = session.execute(
-        select(Job.cancel_requested).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+        select(Job.cancel_requested).where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
     ).first()
     if row is None:
         raise LeaseLost(f"job {job_id}: lease {token[:8]} is no longer held")
@@ -166,7 +167,7 @@ def finish(
         "error": error,
         "lease_expires_at": None,
     }
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
     if result is not None:
         values["result"] = result
@@ -181,7 +182,7 @@ def release(session: Session, *, job_id: int, token: str, now: datetime, reason:
     done = session.execute(
         _fenced(job_id, token)
         .values(
-            status="queued",
+            status=JobStatus.QUEUED,
             attempts=Job.attempts - 1,
             lease_token=None,
             lease_expires_at=None,
@@ -199,22 +200,22 @@ def retry_or_fail(session: Session, *, job_id: int, token: str, now: datetime, r
     """After losing a job (its runner died), requeue it while attempts remain, else fail it with the reason."""
     job = session.execute(
         select(Job.attempts, Job.max_attempts).where(
-            Job.id == job_id, Job.lease_token == token, Job.status == "running"
+            Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING
         )
     ).first()
     if job is None:
         return None
     if job.attempts >= job.max_attempts:
-        status, values = "failed", {"error": f"{reason} (attempt {job.attempts} of {job.max_attempts})"}
+        status, values = JobStatus.FAILED, {"error": f"{reason} (attempt {job.attempts} of {job.max_attempts})"}
     else:
-        status, values = "queued", {"message": f"retrying: {reason}"[:500]}
+        status, values = JobStatus.QUEUED, {"message": f"retrying: {reason}"[:500]}
     session.execute(
         _fenced(job_id, token)
         .values(status=status, lease_token=None, lease_expires_at=None, worker_id=None, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     )
     _close_execution(session, token=token, outcome="lost", error=reason, now=now)
-    if status == "failed":
+    if status == JobStatus.FAILED:
         session.execute(
             update(Job).where(Job.id == job_id).values(finished_at=now).execution_options(synchronize_session=False)
         )
@@ -223,7 +224,7 @@ def retry_or_fail(session: Session, *, job_id: int, token: str, now: datetime, r
 
 def reap_expired(session: Session, *, now: datetime) -> list[tuple[int, str]]:
     """Move jobs whose lease expired (their worker died) back to the queue, or to failed when out of attempts."""
-    expired = select(Job.id, Job.lease_token).where(Job.status == "running", Job.lease_expires_at < now)
+    expired = select(Job.id, Job.lease_token).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     if session.get_bind().dialect.name == "postgresql":
         expired = expired.with_for_update(skip_locked=True)
     outcomes = []
@@ -254,13 +255,13 @@ def _close_execution(session: Session, *, token: str, outcome: str, error: str |
 def request_cancel(session: Session, *, job_id: int, now: datetime) -> None:
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, updated_at=now, message="cancelled before it started")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, message="cancelled before it started")
         .execution_options(synchronize_session=False)
     )
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
         .values(cancel_requested=True, updated_at=now, message="cancelling…")
         .execution_options(synchronize_session=False)
     )

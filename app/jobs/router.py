@@ -5,7 +5,7 @@ from fastapi.responses import Response
 
 from app.jobs import service
 from app.jobs.schemas import DemoJobIn, JobOut
-from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import DB, AppSettings, Reviewer, Viewer
 from app.web.templating import render
 
 router = APIRouter()
@@ -27,9 +27,13 @@ def api_job_cancel(job_id: int, db: DB, user: Reviewer) -> JobOut:
 
 
 @router.post("/api/jobs/demo", response_model=JobOut, status_code=202)
-def api_job_demo(body: DemoJobIn, db: DB, user: Reviewer) -> JobOut:
+def api_job_demo(body: DemoJobIn, db: DB, user: Reviewer, settings: AppSettings) -> JobOut:
     job = service.enqueue(
-        db, kind="demo.sleep", payload={"seconds": body.seconds, "steps": body.steps}, created_by_id=user.id
+        db,
+        kind="demo.sleep",
+        payload={"seconds": body.seconds, "steps": body.steps},
+        created_by_id=user.id,
+        max_attempts=settings.job_max_attempts,
     )
     return JobOut.model_validate(job)
 
@@ -51,8 +55,11 @@ def job_bar(request: Request, job_id: int, db: DB, user: Viewer) -> Response:
 
 
 @router.post("/jobs/demo", include_in_schema=False)
-def jobs_demo(request: Request, db: DB, user: Reviewer) -> Response:
-    service.enqueue(db, kind="demo.sleep", payload={"seconds": 15, "steps": 30}, created_by_id=user.id)
+def jobs_demo(request: Request, db: DB, user: Reviewer, settings: AppSettings) -> Response:
+    payload = {"seconds": 15, "steps": 30}
+    service.enqueue(
+        db, kind="demo.sleep", payload=payload, created_by_id=user.id, max_attempts=settings.job_max_attempts
+    )
     return render(request, "jobs.html", {"jobs": service.recent_jobs(db)}, block="jobs_table")
 
 

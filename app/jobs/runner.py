@@ -17,11 +17,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from app.core.db import get_engine, session_factory
-from app.core.settings import get_settings
+from app.core.settings import Settings, get_settings
 from app.jobs import repository
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import handler_for, load_all
 from app.jobs.retry import retry_transient
+from app.jobs.states import JobStatus
 from app.models import utcnow
 
 log = logging.getLogger("errorbook.runner")
@@ -51,7 +52,9 @@ def runner_main(conn: Connection, env: dict[str, str]) -> None:
     _allow_child_processes()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the runner stops
     load_all()
-    engine = get_engine()
+    # The runner process's composition root: its settings come from the environment the worker handed it.
+    settings = get_settings()
+    engine = get_engine(settings)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -62,14 +65,23 @@ def runner_main(conn: Connection, env: dict[str, str]) -> None:
             return
         _, job_id, kind, payload, attempt, token = message
         try:
-            run_job(job_id=job_id, kind=kind, payload=payload, attempt=attempt, token=token, engine=engine)
+            run_job(
+                job_id=job_id,
+                kind=kind,
+                payload=payload,
+                attempt=attempt,
+                token=token,
+                engine=engine,
+                settings=settings,
+            )
         except OperationalError:  # the database stayed away: the lease expires and the reaper retries the job
             log.exception("job %s: could not record how it ended", job_id)
         conn.send(("done", job_id))
 
 
-def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, engine: object) -> None:
-    settings = get_settings()
+def run_job(
+    *, job_id: int, kind: str, payload: dict, attempt: int, token: str, engine: object, settings: Settings
+) -> None:
     ctx = JobContext(
         engine=engine,  # type: ignore[arg-type]
         settings=settings,
@@ -79,16 +91,16 @@ def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, 
         attempt=attempt,
         lease_token=token,
     )
-    status, error, result, message = "succeeded", None, None, "done"
+    status, error, result, message = JobStatus.SUCCEEDED, None, None, "done"
     try:
         result = handler_for(kind)(ctx)
     except repository.LeaseLost:
         log.warning("job %s: lease lost while running; leaving it to its new holder", job_id)
         return
     except JobCancelled:
-        status, message = "cancelled", "cancelled by request"
+        status, message = JobStatus.CANCELLED, "cancelled by request"
     except TaskError as exc:
-        status, error, message = "failed", str(exc), "failed"
+        status, error, message = JobStatus.FAILED, str(exc), "failed"
     except OperationalError as exc:
         # The database failed under the task (a restart dropped its connection): not the job's fault. Requeue
         # it while attempts remain; tasks are written to be retried (they skip or redo what they had done).
@@ -97,7 +109,7 @@ def run_job(*, job_id: int, kind: str, payload: dict, attempt: int, token: str, 
         return
     except Exception as exc:  # a task bug must fail its job, not the runner
         log.exception("job %s (%s) failed", job_id, kind)
-        status, error, message = "failed", f"{type(exc).__name__}: {exc}", "failed"
+        status, error, message = JobStatus.FAILED, f"{type(exc).__name__}: {exc}", "failed"
 
     def record_end() -> None:
         session = session_factory(engine)()  # type: ignore[arg-type]

@@ -19,7 +19,10 @@ def enqueue(
     created_by_id: int | None = None,
     max_attempts: int | None = None,
 ) -> Job:
-    """Add a job in the caller's transaction, so it exists exactly when the row that needs it does."""
+    """Add a job in the caller's transaction, so it exists exactly when the row that needs it does.
+
+    Callers pass `max_attempts` from their settings (ERRORBOOK_JOB_MAX_ATTEMPTS). The fallback to the global
+    settings is left only for the upload callers in app/datasets, which do not pass it yet."""
     return repository.add_job(
         session,
         kind=kind,

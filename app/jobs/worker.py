@@ -31,6 +31,7 @@ from app.jobs import repository
 from app.jobs.repository import ClaimedJob, LeaseLost
 from app.jobs.retry import retry_transient
 from app.jobs.runner import runner_main
+from app.jobs.states import JobStatus
 from app.models import utcnow
 from app.storage.service import collect_garbage, release_abandoned_uploads
 
@@ -218,7 +219,7 @@ class Worker:
             if watch.memory_exceeded_mb is not None:
                 self._kill_and_finish(
                     claimed,
-                    "failed",
+                    JobStatus.FAILED,
                     f"the job used {watch.memory_exceeded_mb:.0f} MB, over the "
                     f"{self.settings.job_memory_limit_mb} MB limit (ERRORBOOK_JOB_MEMORY_LIMIT_MB)",
                 )
@@ -227,7 +228,7 @@ class Worker:
                 watch.cancel_seen_at is not None
                 and time.monotonic() - watch.cancel_seen_at > self.settings.job_cancel_grace_seconds
             ):
-                self._kill_and_finish(claimed, "cancelled", None)
+                self._kill_and_finish(claimed, JobStatus.CANCELLED, None)
                 return
             if (
                 self._stop_requested_at is not None
@@ -249,7 +250,7 @@ class Worker:
         except OperationalError as exc:
             log.error("job %s: could not record %s (%s); its lease will expire", claimed.id, what, exc.orig)
 
-    def _kill_and_finish(self, claimed: ClaimedJob, status: str, error: str | None) -> None:
+    def _kill_and_finish(self, claimed: ClaimedJob, status: JobStatus, error: str | None) -> None:
         self._restart_runner()
 
         def finish(session: Session) -> None:
@@ -260,7 +261,7 @@ class Worker:
                     token=claimed.lease_token,
                     status=status,
                     now=utcnow(),
-                    message="cancelled (stopped hard)" if status == "cancelled" else "failed",
+                    message="cancelled (stopped hard)" if status == JobStatus.CANCELLED else "failed",
                     error=error,
                 )
             except LeaseLost:

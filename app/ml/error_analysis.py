@@ -287,41 +287,17 @@ def decide_label_fix(
     worth_fixing = reviewed > 0 and (large_share or small_gap) and not bias_first
     settled = bias_first or (reviewed > 0 and verdict_at(share_low) == worth_fixing == verdict_at(share_high))
 
-    rule = (
-        f"Rule: fixing labels is worth it when mislabeled examples are at least "
-        f"{LABEL_SHARE_WORTH_FIXING:.0%} of the dev errors, or when the runs you compare differ in dev error "
-        f"by less than the error wrong labels cause."
+    explanation = _label_fix_explanation(
+        dev_error=dev_error,
+        mislabeled=mislabeled,
+        reviewed=reviewed,
+        interval=(share_low, share_high),
+        smallest_run_gap=smallest_run_gap,
+        avoidable_bias=avoidable_bias if bias_first else None,
+        large_share=large_share,
+        small_gap=small_gap,
+        settled=settled,
     )
-    if reviewed == 0:
-        explanation = f"No dev errors have been reviewed yet, so there is no estimate. {rule}"
-        if bias_first:
-            explanation += " " + _bias_first_verdict(avoidable_bias or 0.0)
-    else:
-        numbers = (
-            f"Dev error is {format_percent(dev_error)}. {mislabeled} of {reviewed} reviewed errors are "
-            f"mislabeled ({format_percent(share)}, 95% interval {format_percent(share_low)} to "
-            f"{format_percent(share_high)}), so wrong labels account for about {format_percent(label_error)} "
-            f"of dev error and other causes for {format_percent(dev_error - label_error)}."
-        )
-        if bias_first:
-            verdict = _bias_first_verdict(avoidable_bias or 0.0)
-        elif large_share:
-            verdict = "Worth fixing: label errors are a large part of the remaining error."
-        elif small_gap:
-            verdict = (
-                f"Worth fixing: the runs you compare differ by only {format_percent(smallest_run_gap or 0.0)}"
-                f" in dev error, less than the {format_percent(label_error)} that wrong labels cause, so the"
-                f" dev set cannot rank them reliably."
-            )
-        else:
-            verdict = "Not worth it for now: other causes dominate; work on them first."
-        caveat = (
-            ""
-            if settled
-            else " The sample is too small to be sure: within the interval the verdict could go either way; "
-            "review more errors."
-        )
-        explanation = f"{numbers} {rule} {verdict}{caveat}"
 
     return LabelFixDecision(
         dev_error=dev_error,
@@ -341,6 +317,58 @@ def decide_label_fix(
         avoidable_bias=avoidable_bias,
         bias_first=bias_first,
     )
+
+
+def _label_fix_explanation(
+    *,
+    dev_error: float,
+    mislabeled: int,
+    reviewed: int,
+    interval: tuple[float, float],
+    smallest_run_gap: float | None,
+    avoidable_bias: float | None,
+    large_share: bool,
+    small_gap: bool,
+    settled: bool,
+) -> str:
+    """The words of `decide_label_fix`'s verdict: the figures, the rule, the verdict and how sure it is.
+    `avoidable_bias` is given only when bias comes first."""
+    rule = (
+        f"Rule: fixing labels is worth it when mislabeled examples are at least "
+        f"{LABEL_SHARE_WORTH_FIXING:.0%} of the dev errors, or when the runs you compare differ in dev error "
+        f"by less than the error wrong labels cause."
+    )
+    if reviewed == 0:
+        explanation = f"No dev errors have been reviewed yet, so there is no estimate. {rule}"
+        return explanation if avoidable_bias is None else f"{explanation} {_bias_first_verdict(avoidable_bias)}"
+    share = mislabeled / reviewed
+    label_error = dev_error * share
+    share_low, share_high = interval
+    numbers = (
+        f"Dev error is {format_percent(dev_error)}. {mislabeled} of {reviewed} reviewed errors are "
+        f"mislabeled ({format_percent(share)}, 95% interval {format_percent(share_low)} to "
+        f"{format_percent(share_high)}), so wrong labels account for about {format_percent(label_error)} "
+        f"of dev error and other causes for {format_percent(dev_error - label_error)}."
+    )
+    if avoidable_bias is not None:
+        verdict = _bias_first_verdict(avoidable_bias)
+    elif large_share:
+        verdict = "Worth fixing: label errors are a large part of the remaining error."
+    elif small_gap:
+        verdict = (
+            f"Worth fixing: the runs you compare differ by only {format_percent(smallest_run_gap or 0.0)}"
+            f" in dev error, less than the {format_percent(label_error)} that wrong labels cause, so the"
+            f" dev set cannot rank them reliably."
+        )
+    else:
+        verdict = "Not worth it for now: other causes dominate; work on them first."
+    caveat = (
+        ""
+        if settled
+        else " The sample is too small to be sure: within the interval the verdict could go either way; "
+        "review more errors."
+    )
+    return f"{numbers} {rule} {verdict}{caveat}"
 
 
 def _bias_first_verdict(avoidable_bias: float) -> str:

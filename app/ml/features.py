@@ -221,18 +221,9 @@ def extract_features(
         image_sha256s = [file_sha256(path) if cache_dir is not None else "" for path in image_paths]
     if len(image_sha256s) != len(image_paths):
         raise ValueError("one sha256 per image path is needed")
-    views = (False, True) if include_flipped else (False,)
     store = _FeatureStore(cache_dir, backbone, precision) if cache_dir is not None else None
     count = len(image_paths)
-    features = np.zeros((len(views), count, backbone.feature_size), dtype=np.float32)
-    missing: list[int] = []
-    for index, sha in enumerate(image_sha256s):
-        cached = [store.read(sha, flipped) for flipped in views] if store is not None else [None]
-        if any(vector is None for vector in cached):
-            missing.append(index)
-            continue
-        for view_index, vector in enumerate(cached):
-            features[view_index, index] = vector
+    features, missing = _cached_features(store, image_sha256s, backbone.feature_size, include_flipped)
     onnx = runtime.onnx if runtime is not None else None
     if missing:
         device = device or default_device()
@@ -260,6 +251,23 @@ def extract_features(
         extracted=len(missing),
         cache_hits=count - len(missing),
     )
+
+
+def _cached_features(
+    store: _FeatureStore | None, image_sha256s: Sequence[str], feature_size: int, include_flipped: bool
+) -> tuple[npt.NDArray[np.float32], list[int]]:
+    """Features [views, N, size] filled from the cache, and the indices of the images still to extract."""
+    views = (False, True) if include_flipped else (False,)
+    features = np.zeros((len(views), len(image_sha256s), feature_size), dtype=np.float32)
+    missing: list[int] = []
+    for index, sha in enumerate(image_sha256s):
+        cached = [store.read(sha, flipped) for flipped in views] if store is not None else [None]
+        if any(vector is None for vector in cached):
+            missing.append(index)
+            continue
+        for view_index, vector in enumerate(cached):
+            features[view_index, index] = vector
+    return features, missing
 
 
 def _keep_batch(

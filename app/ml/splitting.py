@@ -23,199 +23,64 @@ Rules (seed, "Preparing the data"):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypedDict
-
 import numpy as np
-import numpy.typing as npt
 
-from app.ml.near_duplicates import DEFAULT_HAMMING_THRESHOLD, MAX_HAMMING_THRESHOLD
+from app.ml.split_rows import (
+    Assignment,
+    Rows,
+    round_half_up,
+    rows_in_id_order,
+    run_starts,
+    stable_order,
+    warning,
+)
+from app.ml.split_summary import summarize
+from app.ml.split_types import (
+    DEV,
+    MIN_CLASS_IMAGES_FOR_DEV_AND_TEST,
+    RANDOM_KEY_BITS,
+    SUBSETS,
+    TEST,
+    TRAIN,
+    TRAIN_DEV,
+    UNASSIGNED,
+    BoolArray,
+    Int64Array,
+    PreviousAssignment,
+    SplitInput,
+    SplitParams,
+    SplitResult,
+    SplitSummary,
+    SplitWarning,
+    check_codes,
+    encode_categories,
+    imported_subset_codes,
+    validate_params,
+)
 
-SUBSETS: tuple[str, ...] = ("train", "train_dev", "dev", "test")
-TRAIN, TRAIN_DEV, DEV, TEST = range(len(SUBSETS))
-UNASSIGNED = -1
-IMPORTED_SUBSET_ALIASES: dict[str, int] = {
-    "train": TRAIN,
-    "train_dev": TRAIN_DEV,
-    "train-dev": TRAIN_DEV,
-    "dev": DEV,
-    "val": DEV,
-    "valid": DEV,
-    "validation": DEV,
-    "test": TEST,
-}
-MIN_CLASS_IMAGES_FOR_DEV_AND_TEST = 3
-# Accuracy assumed when judging whether dev can measure a 1-point difference (see _size_warnings).
-TYPICAL_ACCURACY = 0.9
-DEV_TEST_MISMATCH_RATIO = 0.1
-MAX_LISTED_GROUPS = 200
-MAX_LISTED_GROUP_MEMBERS = 20
-MAX_NAMED_CLASSES = 20
-# Random sort keys of this many bits leave room to pack stratum and row index into one 63-bit sort word.
-RANDOM_KEY_BITS = 24
-
-Int64Array = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-
-
-@dataclass(frozen=True)
-class SplitParams:
-    seed: int = 0
-    target_source: str | None = None
-    target_train_fraction: float = 0.8
-    train_dev_fraction: float = 0.0
-    dev_cap: int = 10_000
-    test_cap: int = 10_000
-    small_ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    # Used by the caller to build SplitInput.group_ids (near_duplicates.group_duplicates); stored with the split.
-    near_duplicate_threshold: int = DEFAULT_HAMMING_THRESHOLD
-    use_imported: bool = False
-    # Below 1,000 dev images the standard error of accuracy is about one point or more (see _size_warnings).
-    min_dev_size: int = 1_000
-
-
-@dataclass(frozen=True, eq=False)
-class SplitInput:
-    """One row per image, in any order. Codes index into the name tuples; equal group ids = one duplicate group
-    (any integers, e.g. near_duplicates.group_duplicates(...).group_ids; None = every image alone)."""
-
-    image_ids: npt.NDArray[np.integer]
-    source_codes: npt.NDArray[np.integer]
-    source_names: tuple[str, ...]
-    label_codes: npt.NDArray[np.integer]
-    label_names: tuple[str, ...]
-    group_ids: npt.NDArray[np.integer] | None = None
-    # Codes into SUBSETS, UNASSIGNED where the import named none (see imported_subset_codes).
-    imported_subsets: npt.NDArray[np.integer] | None = None
-    # Rows a new placement may only put in train: images labelled from the unlabeled pool, chosen by a model's
-    # uncertainty, so not a fair sample for dev/test (the caller leaves target-source ones out of this).
-    train_only: npt.NDArray[np.bool_] | None = None
-
-    def __post_init__(self) -> None:
-        size = np.shape(self.image_ids)
-        columns: list[np.ndarray | None] = [self.image_ids, self.source_codes, self.label_codes, self.group_ids]
-        columns += [self.imported_subsets, self.train_only]
-        if len(size) != 1 or any(column is not None and np.shape(column) != size for column in columns):
-            raise ValueError("all SplitInput columns must be 1-D arrays of the same length")
-        _check_codes("source_codes", self.source_codes, 0, len(self.source_names))
-        _check_codes("label_codes", self.label_codes, 0, len(self.label_names))
-        if self.imported_subsets is not None:
-            _check_codes("imported_subsets", self.imported_subsets, UNASSIGNED, len(SUBSETS))
-
-
-@dataclass(frozen=True, eq=False)
-class PreviousAssignment:
-    """A stored split. Within each subset the rows must come in their stored order (ORDER BY position)."""
-
-    image_ids: npt.NDArray[np.integer]
-    subsets: npt.NDArray[np.integer]
-
-
-class SplitWarning(TypedDict):
-    code: str
-    message: str
-
-
-class SubsetCounts(TypedDict):
-    total: int
-    by_source: dict[str, int]
-    by_label: dict[str, int]
-
-
-class GroupEntry(TypedDict):
-    group_id: int
-    size: int
-    subsets: list[str]
-    image_ids: list[int]
-
-
-class GroupSummary(TypedDict):
-    count: int
-    straddling: int
-    listed: list[GroupEntry]
-
-
-@dataclass(frozen=True, eq=False)
-class SplitSummary:
-    """Counts per subset x source x label (`table`, shape (4, sources, labels)), warnings, duplicate groups."""
-
-    table: Int64Array
-    source_names: tuple[str, ...]
-    label_names: tuple[str, ...]
-    counts: dict[str, SubsetCounts]
-    warnings: list[SplitWarning]
-    groups: GroupSummary
-
-    def table_rows(self) -> list[dict[str, str | int]]:
-        """Non-empty cells of `table` as {"subset", "source", "label", "count"} rows."""
-        return [
-            {
-                "subset": SUBSETS[subset],
-                "source": self.source_names[source],
-                "label": self.label_names[label],
-                "count": int(self.table[subset, source, label]),
-            }
-            for subset, source, label in zip(*np.nonzero(self.table), strict=True)
-        ]
-
-
-@dataclass(frozen=True, eq=False)
-class SplitResult:
-    """Rows ordered by subset, then by position (the seeded shuffle); subsets are codes into SUBSETS."""
-
-    image_ids: Int64Array
-    subsets: npt.NDArray[np.int8]
-    positions: Int64Array
-    newly_assigned: BoolArray
-    summary: SplitSummary
-
-
-def validate_params(params: SplitParams) -> list[str]:
-    """Human-readable problems with the parameters; empty when they can be used."""
-    errors: list[str] = []
-    if params.seed < 0:
-        errors.append("seed must be 0 or more")
-    if params.target_source is not None and not params.target_source.strip():
-        errors.append("target_source must be a source name or empty")
-    if not 0.0 <= params.target_train_fraction <= 1.0:
-        errors.append("target_train_fraction must be between 0 and 1")
-    if not 0.0 <= params.train_dev_fraction < 1.0:
-        errors.append("train_dev_fraction must be at least 0 and below 1")
-    if params.dev_cap < 0 or params.test_cap < 0:
-        errors.append("dev_cap and test_cap must be 0 or more")
-    if len(params.small_ratios) != 3 or any(not 0.0 <= ratio <= 1.0 for ratio in params.small_ratios):
-        errors.append("small_ratios must be three fractions (train, dev, test) between 0 and 1")
-    elif not math.isclose(sum(params.small_ratios), 1.0, abs_tol=1e-6):
-        errors.append("small_ratios must add up to 1")
-    if not 0 <= params.near_duplicate_threshold <= MAX_HAMMING_THRESHOLD:
-        errors.append(f"near_duplicate_threshold must be between 0 and {MAX_HAMMING_THRESHOLD} bits")
-    if params.min_dev_size < 0:
-        errors.append("min_dev_size must be 0 or more")
-    return errors
-
-
-def encode_categories(values: Sequence[str]) -> tuple[Int64Array, tuple[str, ...]]:
-    """Codes and sorted names for a column of category names (sources or labels)."""
-    names = tuple(sorted(set(values)))
-    code_of_name = {name: code for code, name in enumerate(names)}
-    codes = np.fromiter((code_of_name[value] for value in values), dtype=np.int64, count=len(values))
-    return codes, names
-
-
-def imported_subset_codes(names: Sequence[str | None]) -> npt.NDArray[np.int8]:
-    """Codes into SUBSETS for imported subset names (val/valid/validation mean dev); None or "" = UNASSIGNED."""
-    code_of_name: dict[str | None, int] = {None: UNASSIGNED}
-    codes = np.empty(len(names), dtype=np.int8)
-    for row, name in enumerate(names):
-        if name not in code_of_name:
-            normalised = name.strip().lower() if name is not None else ""
-            if normalised and normalised not in IMPORTED_SUBSET_ALIASES:
-                raise ValueError(f"unknown imported subset {name!r}; expected one of {sorted(IMPORTED_SUBSET_ALIASES)}")
-            code_of_name[name] = IMPORTED_SUBSET_ALIASES.get(normalised, UNASSIGNED)
-        codes[row] = code_of_name[name]
-    return codes
+# The split's public face: its types live in split_types.py, the row helpers in split_rows.py, the summary and
+# its warnings in split_summary.py; this module holds the assignment itself.
+__all__ = [
+    "DEV",
+    "MIN_CLASS_IMAGES_FOR_DEV_AND_TEST",
+    "SUBSETS",
+    "TEST",
+    "TRAIN",
+    "TRAIN_DEV",
+    "UNASSIGNED",
+    "PreviousAssignment",
+    "SplitInput",
+    "SplitParams",
+    "SplitResult",
+    "SplitSummary",
+    "SplitWarning",
+    "compute_split",
+    "encode_categories",
+    "extend_split",
+    "imported_subset_codes",
+    "preview_split",
+    "validate_params",
+]
 
 
 def compute_split(data: SplitInput, params: SplitParams) -> SplitResult:
@@ -236,111 +101,7 @@ def extend_split(data: SplitInput, previous: PreviousAssignment, params: SplitPa
 def preview_split(data: SplitInput, params: SplitParams, *, previous: PreviousAssignment | None = None) -> SplitSummary:
     """What compute_split (or extend_split, given `previous`) would produce, without ordering the rows."""
     rows, assignment, _ = _assign_rows(data, params, previous)
-    return _summarize(rows, assignment, params)
-
-
-@dataclass(frozen=True, eq=False)
-class _Rows:
-    """The input rows in image-id order, with duplicate groups numbered 0..G-1."""
-
-    image_ids: Int64Array
-    sources: Int64Array
-    labels: Int64Array
-    group_index: Int64Array
-    group_keys: Int64Array
-    group_sizes: Int64Array
-    # Class and stratum (class * sources + source) of each group's representative, its smallest image id.
-    group_labels: Int64Array
-    group_strata: Int64Array
-    imported: Int64Array | None
-    source_names: tuple[str, ...]
-    label_names: tuple[str, ...]
-    train_only: BoolArray
-
-    @property
-    def size(self) -> int:
-        return self.image_ids.size
-
-    @property
-    def group_count(self) -> int:
-        return self.group_sizes.size
-
-
-@dataclass(frozen=True, eq=False)
-class _Assignment:
-    subsets: Int64Array
-    kept_rank: Int64Array  # rank in the previous stored order; -1 for rows placed by this run
-    is_target: BoolArray
-    target_mode: bool
-    warnings: list[SplitWarning]
-
-
-def _check_codes(name: str, codes: npt.NDArray[np.integer], lowest: int, end: int) -> None:
-    values = np.asarray(codes)
-    if values.size and (values.dtype.kind not in "iu" or values.min() < lowest or values.max() >= end):
-        raise ValueError(f"{name} must be integers from {lowest} to {end - 1}")
-
-
-def _round_half_up(value: float) -> int:
-    return math.floor(value + 0.5)
-
-
-def _warning(code: str, message: str) -> SplitWarning:
-    return {"code": code, "message": message}
-
-
-def _stable_order(keys: Int64Array) -> Int64Array:
-    """np.argsort(keys, kind="stable"), faster when (key, row) pairs pack into one 63-bit word: one plain sort."""
-    row_bits = max(1, (keys.size - 1).bit_length())
-    if keys.size and keys.min() >= 0 and int(keys.max()) < 1 << (63 - row_bits):
-        packed = np.sort((keys << row_bits) | np.arange(keys.size, dtype=np.int64))
-        return packed & ((1 << row_bits) - 1)
-    return np.argsort(keys, kind="stable")
-
-
-def _run_starts(sorted_values: Int64Array) -> BoolArray:
-    """True where a run of equal values starts."""
-    starts = np.ones(sorted_values.size, dtype=bool)
-    np.not_equal(sorted_values[1:], sorted_values[:-1], out=starts[1:])
-    return starts
-
-
-def _rows_in_id_order(data: SplitInput) -> _Rows:
-    input_ids = np.asarray(data.image_ids, dtype=np.int64)
-    order = _stable_order(input_ids)
-    image_ids = input_ids[order]
-    if np.any(image_ids[1:] == image_ids[:-1]):
-        raise ValueError("image_ids must be unique")
-    if data.group_ids is None:
-        group_index = np.arange(image_ids.size, dtype=np.int64)
-        group_keys, group_first_row = image_ids, group_index
-    else:
-        group_ids = np.asarray(data.group_ids, dtype=np.int64)[order]
-        rows_by_group = _stable_order(group_ids)
-        sorted_ids = group_ids[rows_by_group]
-        starts_group = _run_starts(sorted_ids)
-        group_keys = sorted_ids[starts_group]
-        group_first_row = rows_by_group[starts_group]
-        group_index = np.empty(image_ids.size, dtype=np.int64)
-        group_index[rows_by_group] = np.cumsum(starts_group) - 1
-    sources = np.asarray(data.source_codes, dtype=np.int64)[order]
-    labels = np.asarray(data.label_codes, dtype=np.int64)[order]
-    imported = None if data.imported_subsets is None else np.asarray(data.imported_subsets, dtype=np.int64)[order]
-    train_only = np.zeros(image_ids.size, dtype=bool) if data.train_only is None else np.asarray(data.train_only)[order]
-    return _Rows(
-        image_ids=image_ids,
-        sources=sources,
-        labels=labels,
-        group_index=group_index,
-        group_keys=group_keys,
-        group_sizes=np.bincount(group_index, minlength=group_keys.size).astype(np.int64),
-        group_labels=labels[group_first_row],
-        group_strata=labels[group_first_row] * len(data.source_names) + sources[group_first_row],
-        imported=imported,
-        source_names=tuple(data.source_names),
-        label_names=tuple(data.label_names),
-        train_only=train_only.astype(bool),
-    )
+    return summarize(rows, assignment, params)
 
 
 def _split_result(data: SplitInput, params: SplitParams, previous: PreviousAssignment | None) -> SplitResult:
@@ -349,7 +110,7 @@ def _split_result(data: SplitInput, params: SplitParams, previous: PreviousAssig
     shuffle_key = _random_keys(rng, rows.size)
     kept = assignment.kept_rank >= 0
     within_subset = np.where(kept, assignment.kept_rank, assignment.kept_rank.max(initial=-1) + 1 + shuffle_key)
-    order = _stable_order(assignment.subsets * (within_subset.max(initial=0) + 1) + within_subset)
+    order = stable_order(assignment.subsets * (within_subset.max(initial=0) + 1) + within_subset)
     ordered_subsets = assignment.subsets[order]
     subset_starts = np.searchsorted(ordered_subsets, np.arange(len(SUBSETS)))
     return SplitResult(
@@ -357,17 +118,17 @@ def _split_result(data: SplitInput, params: SplitParams, previous: PreviousAssig
         subsets=ordered_subsets.astype(np.int8),
         positions=np.arange(rows.size, dtype=np.int64) - subset_starts[ordered_subsets],
         newly_assigned=~kept[order],
-        summary=_summarize(rows, assignment, params),
+        summary=summarize(rows, assignment, params),
     )
 
 
 def _assign_rows(
     data: SplitInput, params: SplitParams, previous: PreviousAssignment | None
-) -> tuple[_Rows, _Assignment, np.random.Generator]:
+) -> tuple[Rows, Assignment, np.random.Generator]:
     errors = validate_params(params)
     if errors:
         raise ValueError("; ".join(errors))
-    rows = _rows_in_id_order(data)
+    rows = rows_in_id_order(data)
     fixed = np.full(rows.size, UNASSIGNED, dtype=np.int64)
     kept_rank = np.full(rows.size, -1, dtype=np.int64)
     warnings: list[SplitWarning] = []
@@ -383,7 +144,7 @@ def _assign_rows(
         without_subset = int(np.count_nonzero(fixed == UNASSIGNED))
         if without_subset:
             warnings.append(
-                _warning(
+                warning(
                     "imported_subset_missing",
                     f"{without_subset} images had no imported subset; they were placed by the split rules.",
                 )
@@ -392,14 +153,14 @@ def _assign_rows(
     return rows, _assign(rows, params, fixed, kept_rank, rng, warnings), rng
 
 
-def _match_previous(rows: _Rows, previous: PreviousAssignment) -> tuple[Int64Array, Int64Array, Int64Array]:
+def _match_previous(rows: Rows, previous: PreviousAssignment) -> tuple[Int64Array, Int64Array, Int64Array]:
     """Rows of `rows` that `previous` assigned, their rank in the stored order, and their subsets."""
     previous_ids = np.asarray(previous.image_ids, dtype=np.int64)
     previous_subsets = np.asarray(previous.subsets, dtype=np.int64)
     if previous_ids.shape != previous_subsets.shape or previous_ids.ndim != 1:
         raise ValueError("previous image_ids and subsets must be 1-D arrays of the same length")
-    _check_codes("previous subsets", previous_subsets, 0, len(SUBSETS))
-    ranks = _stable_order(previous_ids)
+    check_codes("previous subsets", previous_subsets, 0, len(SUBSETS))
+    ranks = stable_order(previous_ids)
     sorted_ids = previous_ids[ranks]
     if np.any(sorted_ids[1:] == sorted_ids[:-1]):
         raise ValueError("previous image_ids must be unique")
@@ -409,7 +170,7 @@ def _match_previous(rows: _Rows, previous: PreviousAssignment) -> tuple[Int64Arr
     return candidate_rows[still_present], ranks[still_present], previous_subsets[ranks[still_present]]
 
 
-def _target_rows(rows: _Rows, params: SplitParams) -> tuple[BoolArray, bool, list[SplitWarning]]:
+def _target_rows(rows: Rows, params: SplitParams) -> tuple[BoolArray, bool, list[SplitWarning]]:
     """Which rows count as target images, whether the different-distributions rule applies, and warnings."""
     if params.target_source is None:
         return np.ones(rows.size, dtype=bool), False, []
@@ -420,20 +181,20 @@ def _target_rows(rows: _Rows, params: SplitParams) -> tuple[BoolArray, bool, lis
         target_code = rows.source_names.index(params.target_source)
     if target_code not in present_sources:
         message = f"The target source {params.target_source!r} has no images; dev and test stay empty."
-        return np.zeros(rows.size, dtype=bool), False, [_warning("target_source_missing", message)]
+        return np.zeros(rows.size, dtype=bool), False, [warning("target_source_missing", message)]
     if present_sources.size == 1:
         return np.ones(rows.size, dtype=bool), False, []
     return rows.sources == target_code, True, []
 
 
 def _assign(
-    rows: _Rows,
+    rows: Rows,
     params: SplitParams,
     fixed: Int64Array,
     kept_rank: Int64Array,
     rng: np.random.Generator,
     warnings: list[SplitWarning],
-) -> _Assignment:
+) -> Assignment:
     holdout_key = _random_keys(rng, rows.group_count)
     train_dev_key = _random_keys(rng, rows.group_count)
     # A group with an assigned member keeps all its members there (first assigned member in image-id order).
@@ -452,7 +213,7 @@ def _assign(
         held_in_train = int(np.count_nonzero(is_target & mixed_groups[rows.group_index] & (subsets == UNASSIGNED)))
         if held_in_train:
             warnings.append(
-                _warning(
+                warning(
                     "target_images_held_in_train",
                     f"{held_in_train} target images are duplicates of other-source images and stay in train.",
                 )
@@ -461,8 +222,8 @@ def _assign(
 
     dev_ratio, test_ratio = ((1.0 - params.target_train_fraction) / 2,) * 2 if target_mode else params.small_ratios[1:]
     target_count = int(np.count_nonzero(is_target))
-    dev_quota = max(0, min(_round_half_up(dev_ratio * target_count), params.dev_cap) - _count(subsets, DEV))
-    test_quota = max(0, min(_round_half_up(test_ratio * target_count), params.test_cap) - _count(subsets, TEST))
+    dev_quota = max(0, min(round_half_up(dev_ratio * target_count), params.dev_cap) - _count(subsets, DEV))
+    test_quota = max(0, min(round_half_up(test_ratio * target_count), params.test_cap) - _count(subsets, TEST))
     holdout_pool = np.flatnonzero(open_groups & ~mixed_groups)
     group_subset[holdout_pool] = _place_holdout(
         rows, holdout_pool, holdout_key[holdout_pool], dev_quota, test_quota, subsets, is_target
@@ -471,12 +232,12 @@ def _assign(
     train_pool = np.flatnonzero(open_groups & (group_subset == TRAIN))
     train_total = int(np.count_nonzero((subsets == TRAIN) | (subsets == TRAIN_DEV)))
     train_total += int(rows.group_sizes[train_pool].sum())
-    train_dev_quota = max(0, _round_half_up(params.train_dev_fraction * train_total) - _count(subsets, TRAIN_DEV))
+    train_dev_quota = max(0, round_half_up(params.train_dev_fraction * train_total) - _count(subsets, TRAIN_DEV))
     if train_dev_quota:
         group_subset[train_pool] = _place_train_dev(rows, train_pool, train_dev_key[train_pool], train_dev_quota)
 
     subsets = np.where(subsets != UNASSIGNED, subsets, group_subset[rows.group_index])
-    return _Assignment(subsets, kept_rank, is_target, target_mode, warnings)
+    return Assignment(subsets, kept_rank, is_target, target_mode, warnings)
 
 
 def _count(subsets: Int64Array, subset: int) -> int:
@@ -490,11 +251,11 @@ def _random_keys(rng: np.random.Generator, count: int) -> Int64Array:
 
 def _order_within_strata(strata: Int64Array, random_key: Int64Array) -> Int64Array:
     """Group positions sorted by stratum, in seeded random order inside each stratum."""
-    return _stable_order((strata << RANDOM_KEY_BITS) | random_key)
+    return stable_order((strata << RANDOM_KEY_BITS) | random_key)
 
 
 def _place_holdout(
-    rows: _Rows,
+    rows: Rows,
     pool: Int64Array,
     random_key: Int64Array,
     dev_quota: int,
@@ -529,7 +290,7 @@ def _place_holdout(
     return placement
 
 
-def _place_train_dev(rows: _Rows, pool: Int64Array, random_key: Int64Array, quota: int) -> Int64Array:
+def _place_train_dev(rows: Rows, pool: Int64Array, random_key: Int64Array, quota: int) -> Int64Array:
     """Subset (TRAIN_DEV or TRAIN) for each group newly put in train, stratified like train."""
     strata, sizes = rows.group_strata[pool], rows.group_sizes[pool]
     available = np.bincount(strata, weights=sizes, minlength=len(rows.label_names) * len(rows.source_names)).astype(
@@ -592,10 +353,10 @@ def _take_prefixes(strata: Int64Array, sizes: Int64Array, quota: Int64Array) -> 
     With single images this takes exactly the quota; a larger group is taken when at least half of it fits.
     """
     before = np.cumsum(sizes) - sizes
-    starts_stratum = _run_starts(strata)
-    run_starts = np.flatnonzero(starts_stratum)
+    starts_stratum = run_starts(strata)
+    first_rows = np.flatnonzero(starts_stratum)
     run_index = np.cumsum(starts_stratum) - 1
-    before_in_stratum = before - before[run_starts][run_index]
+    before_in_stratum = before - before[first_rows][run_index]
     return np.asarray(2 * before_in_stratum + sizes < 2 * quota[strata])
 
 
@@ -630,138 +391,3 @@ def _share_dev_test(
         else:
             placement.append(TRAIN)
     return placement
-
-
-def _summarize(rows: _Rows, assignment: _Assignment, params: SplitParams) -> SplitSummary:
-    source_count, label_count = len(rows.source_names), len(rows.label_names)
-    cells = (assignment.subsets * source_count + rows.sources) * label_count + rows.labels
-    table = np.bincount(cells, minlength=len(SUBSETS) * source_count * label_count).astype(np.int64)
-    table = table.reshape(len(SUBSETS), source_count, label_count)
-    counts: dict[str, SubsetCounts] = {
-        name: {
-            "total": int(table[subset].sum()),
-            "by_source": dict(zip(rows.source_names, table[subset].sum(axis=1).tolist(), strict=True)),
-            "by_label": dict(zip(rows.label_names, table[subset].sum(axis=0).tolist(), strict=True)),
-        }
-        for subset, name in enumerate(SUBSETS)
-    }
-    groups = _group_summary(rows, assignment.subsets)
-    warnings = list(assignment.warnings)
-    warnings.extend(_size_warnings(counts["dev"]["total"], counts["test"]["total"], params))
-    target_by_label = np.bincount(rows.labels[assignment.is_target], minlength=label_count)
-    warnings.extend(_class_warnings(table, target_by_label, rows.label_names))
-    if groups["straddling"]:
-        warnings.append(
-            _warning(
-                "group_straddles_subsets",
-                f"{groups['straddling']} duplicate groups have members in more than one subset, so near-identical"
-                " images are both trained on and evaluated.",
-            )
-        )
-    if assignment.target_mode:
-        in_holdout = (assignment.subsets == DEV) | (assignment.subsets == TEST)
-        non_target = int(np.count_nonzero(in_holdout & ~assignment.is_target))
-        if non_target:
-            warnings.append(
-                _warning(
-                    "non_target_in_dev_test",
-                    f"{non_target} dev/test images are not from the target source {params.target_source!r};"
-                    " dev and test should hold target images only.",
-                )
-            )
-    return SplitSummary(table, rows.source_names, rows.label_names, counts, warnings, groups)
-
-
-def _size_warnings(dev_total: int, test_total: int, params: SplitParams) -> list[SplitWarning]:
-    """Dev too small to measure a 1-point accuracy difference, and dev/test sizes far apart.
-
-    The standard error of an accuracy p measured on n images is sqrt(p (1 - p) / n): at p = 0.9 it is one point
-    at n = 900, so below `min_dev_size` (1,000 by default) a 1-point difference between two models is within
-    one standard error and cannot be told apart from noise.
-    """
-    warnings: list[SplitWarning] = []
-    if dev_total < params.min_dev_size:
-        if dev_total:
-            error_points = 100 * math.sqrt(TYPICAL_ACCURACY * (1 - TYPICAL_ACCURACY) / dev_total)
-            detail = (
-                f"at {TYPICAL_ACCURACY:.0%} accuracy its standard error is about {error_points:.1f} points, so a"
-                " 1-point accuracy difference cannot be measured reliably."
-            )
-        else:
-            detail = "no accuracy can be measured."
-        warnings.append(
-            _warning("dev_too_small", f"Dev has {dev_total} images (fewer than {params.min_dev_size}); {detail}")
-        )
-    larger = max(dev_total, test_total)
-    if abs(dev_total - test_total) > max(1, DEV_TEST_MISMATCH_RATIO * larger):
-        warnings.append(
-            _warning(
-                "dev_test_size_mismatch",
-                f"Dev has {dev_total} images and test {test_total}; they differ by more than"
-                f" {DEV_TEST_MISMATCH_RATIO:.0%}.",
-            )
-        )
-    return warnings
-
-
-def _named(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_NAMED_CLASSES])
-    return shown if len(names) <= MAX_NAMED_CLASSES else f"{shown} and {len(names) - MAX_NAMED_CLASSES} more"
-
-
-def _class_warnings(table: Int64Array, target_by_label: Int64Array, label_names: tuple[str, ...]) -> list[SplitWarning]:
-    warnings: list[SplitWarning] = []
-    rare = np.flatnonzero((target_by_label > 0) & (target_by_label < MIN_CLASS_IMAGES_FOR_DEV_AND_TEST))
-    if rare.size:
-        warnings.append(
-            _warning(
-                "class_too_rare",
-                f"{rare.size} classes have fewer than {MIN_CLASS_IMAGES_FOR_DEV_AND_TEST} target images, too few"
-                f" for train, dev and test each: {_named([label_names[label] for label in rare])}.",
-            )
-        )
-    for subset in (DEV, TEST):
-        by_label = table[subset].sum(axis=0)
-        if not by_label.sum():
-            continue
-        missing = np.flatnonzero((target_by_label > 0) & (by_label == 0))
-        if missing.size:
-            warnings.append(
-                _warning(
-                    f"class_missing_from_{SUBSETS[subset]}",
-                    f"{missing.size} classes with target images have none in {SUBSETS[subset]}:"
-                    f" {_named([label_names[label] for label in missing])}.",
-                )
-            )
-    return warnings
-
-
-def _group_summary(rows: _Rows, subsets: Int64Array) -> GroupSummary:
-    """Groups with more than one member: how many, how many straddle subsets, and the first few listed."""
-    multi = np.flatnonzero(rows.group_sizes > 1)
-    if not multi.size:
-        return {"count": 0, "straddling": 0, "listed": []}
-    cells = np.bincount(rows.group_index * len(SUBSETS) + subsets, minlength=rows.group_count * len(SUBSETS))
-    presence = cells.reshape(rows.group_count, len(SUBSETS))[multi] > 0
-    straddles = presence.sum(axis=1) > 1
-    # Straddling groups first (they are problems), then the largest.
-    # Group numbers follow the caller's group ids, so ties fall back to those.
-    ranking = np.lexsort((-rows.group_sizes[multi], ~straddles))[:MAX_LISTED_GROUPS]
-    listed_groups = multi[ranking]
-    member_rows = np.flatnonzero(np.isin(rows.group_index, listed_groups))
-    member_rows = member_rows[_stable_order(rows.group_index[member_rows])]
-    member_groups = rows.group_index[member_rows]
-    listed: list[GroupEntry] = []
-    for group, present in zip(listed_groups.tolist(), presence[ranking].tolist(), strict=True):
-        start = int(np.searchsorted(member_groups, group))
-        # Only this group's rows: the next group's members follow right after them.
-        members = member_rows[start : start + min(int(rows.group_sizes[group]), MAX_LISTED_GROUP_MEMBERS)]
-        listed.append(
-            {
-                "group_id": int(rows.group_keys[group]),
-                "size": int(rows.group_sizes[group]),
-                "subsets": [name for name, is_present in zip(SUBSETS, present, strict=True) if is_present],
-                "image_ids": rows.image_ids[members].tolist(),
-            }
-        )
-    return {"count": int(multi.size), "straddling": int(np.count_nonzero(straddles)), "listed": listed}

@@ -5,9 +5,10 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.embeddings.states import EmbeddingSetStatus
 from app.models.base import Base, TimestampMixin, utcnow
 
-EMBEDDING_STATUSES = ("queued", "running", "ready", "failed")
+EMBEDDING_STATUSES = tuple(EmbeddingSetStatus)
 
 
 class EmbeddingSet(TimestampMixin, Base):
@@ -20,7 +21,7 @@ class EmbeddingSet(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     backbone: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=EmbeddingSetStatus.QUEUED.value)
     count: Mapped[int] = mapped_column(default=0)
     dims: Mapped[int] = mapped_column(default=0)
     index_kind: Mapped[str] = mapped_column(String(16), default="exact")

@@ -6,9 +6,10 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.jobs.states import JobStatus
 from app.models.base import Base, TimestampMixin, utcnow
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = tuple(JobStatus)
 
 
 class Job(TimestampMixin, Base):
@@ -21,7 +22,7 @@ class Job(TimestampMixin, Base):
     kind: Mapped[str] = mapped_column(String(64))
     queue: Mapped[str] = mapped_column(String(32), default="default")
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(default=0)
     progress: Mapped[float] = mapped_column(default=0.0)
     message: Mapped[str] = mapped_column(String(500), default="")

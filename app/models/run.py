@@ -6,6 +6,7 @@ from sqlalchemy import ForeignKey, Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TimestampMixin
+from app.training.states import RunStatus
 
 
 class Run(TimestampMixin, Base):
@@ -14,7 +15,7 @@ class Run(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     split_id: Mapped[int] = mapped_column(ForeignKey("splits.id"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED.value)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     label_names: Mapped[list[Any]] = mapped_column(default=list)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -6,6 +6,7 @@ from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TimestampMixin
+from app.splits.states import SplitStatus
 
 SUBSETS = ("train", "train_dev", "dev", "test")
 
@@ -20,7 +21,7 @@ class Split(TimestampMixin, Base):
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     version: Mapped[int]
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("splits.id"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=SplitStatus.QUEUED.value)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     warnings: Mapped[list[Any]] = mapped_column(default=list)

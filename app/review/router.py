@@ -126,12 +126,12 @@ def api_reject(review_id: int, image_id: int, db: DB, user: Reviewer, body: Reje
 
 @router.get("/api/reviews/{review_id}/agreement", response_model=AgreementOut)
 def api_agreement(review_id: int, db: DB, user: Viewer) -> AgreementOut:
-    return AgreementOut.of(agreement.agreement_view(db, review_id=review_id))
+    return AgreementOut.model_validate(agreement.agreement_view(db, review_id=review_id))
 
 
 @router.get("/api/reviews/{review_id}/honesty", response_model=HonestyOut)
 def api_honesty(review_id: int, db: DB, user: Viewer) -> HonestyOut:
-    return HonestyOut.of(honesty.honesty_view(db, review_id=review_id))
+    return HonestyOut.model_validate(honesty.honesty_view(db, review_id=review_id))
 
 
 @router.post("/api/images/{image_id}/exclude", response_model=LabelOut)
@@ -150,7 +150,7 @@ def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> Label
 
 @router.get("/api/images/{image_id}/history", response_model=list[HistoryOut])
 def api_history(image_id: int, db: DB, user: Viewer) -> list[HistoryOut]:
-    return [HistoryOut.of(row) for row in service.image_history(db, image_id=image_id)]
+    return [HistoryOut.model_validate(row) for row in service.image_history(db, image_id=image_id)]
 
 
 @router.post("/api/label-changes/{change_id}/revert", response_model=LabelOut)
@@ -169,7 +169,7 @@ def api_rescored(run_id: int, db: DB, user: Viewer) -> dict[str, dict[str, Any]]
 
 @router.get("/api/runs/{run_id}/suspicious", response_model=SuspicionOut)
 def api_suspicious(run_id: int, db: DB, user: Viewer, subset: str = "dev", limit: int = 50) -> SuspicionOut:
-    return SuspicionOut.of(service.suspicious_examples(db, run_id=run_id, subset=subset, limit=limit))
+    return SuspicionOut.model_validate(service.suspicious_examples(db, run_id=run_id, subset=subset, limit=limit))
 
 
 # --- pages -------------------------------------------------------------------------------------------------------

@@ -3,20 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.core.limits import MAX_SEED
-from app.review.agreement import AgreementView, ProposalView
-from app.review.honesty import HonestyView
-from app.review.logic import ErrorsLeft, FlagPrecision, SubsetProgress
-from app.review.repository import HistoryRow
-from app.review.service import (
-    DEFAULT_CLAIM_SIZE,
-    ItemView,
-    LabelState,
-    ReviewView,
-    SubsetSuspicionSummary,
-)
+from app.review.agreement import ProposalView
+from app.review.service import DEFAULT_CLAIM_SIZE, ItemView, LabelState, ReviewView
 
 
 class ReviewIn(BaseModel):
@@ -35,17 +26,17 @@ class ReviewCreated(BaseModel):
 
 
 class ProgressOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     done: int
     total: int
     relabeled: int
     ambiguous: int
 
-    @classmethod
-    def of(cls, row: SubsetProgress) -> ProgressOut:
-        return cls(done=row.done, total=row.total, relabeled=row.relabeled, ambiguous=row.ambiguous)
-
 
 class ProposalOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     image_id: int
     subset: str
@@ -62,10 +53,6 @@ class ProposalOut(BaseModel):
     change_id: int | None
     stale: bool
     withdrawn: bool
-
-    @classmethod
-    def of(cls, view: ProposalView) -> ProposalOut:
-        return cls.model_validate(view, from_attributes=True)
 
 
 class ItemOut(BaseModel):
@@ -94,7 +81,7 @@ class ItemOut(BaseModel):
             status=item.status,
             excluded_reason=item.excluded_reason,
             claimed_by=item.claimed_by if item.claim_active else None,
-            proposal=ProposalOut.of(proposal) if proposal is not None else None,
+            proposal=ProposalOut.model_validate(proposal) if proposal is not None else None,
         )
 
 
@@ -128,7 +115,7 @@ class ReviewOut(BaseModel):
             status=review.status,
             require_agreement=review.require_agreement,
             items=[ItemOut.of(item, proposals.get(item.image_id)) for item in view.items],
-            progress={row.subset: ProgressOut.of(row) for row in view.status.progress},
+            progress={row.subset: ProgressOut.model_validate(row) for row in view.status.progress},
             drift=view.status.drift,
             rescored=view.status.rescored,
         )
@@ -188,11 +175,13 @@ class LabelOut(BaseModel):
             excluded_reason=state.excluded_reason,
             change_id=state.change_id,
             review_status=state.review_status,
-            proposal=ProposalOut.of(proposal) if proposal is not None else None,
+            proposal=ProposalOut.model_validate(proposal) if proposal is not None else None,
         )
 
 
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     kind: str
     old_label: str | None
@@ -205,24 +194,10 @@ class HistoryOut(BaseModel):
     confirmed_by: str | None  # the second reviewer, for a relabel applied by agreement
     created_at: datetime
 
-    @classmethod
-    def of(cls, row: HistoryRow) -> HistoryOut:
-        return cls(
-            id=row.id,
-            kind=row.kind,
-            old_label=row.old_label,
-            new_label=row.new_label,
-            version=row.version,
-            reason=row.reason,
-            review_id=row.review_id,
-            reverts_change_id=row.reverts_change_id,
-            user=row.user,
-            confirmed_by=row.confirmed_by,
-            created_at=row.created_at,
-        )
-
 
 class SuspiciousOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     image_id: int
     label: str
     suggested: str | None
@@ -231,57 +206,43 @@ class SuspiciousOut(BaseModel):
 
 
 class SuspicionOut(BaseModel):
+    """Read from a ``SubsetSuspicionSummary``: ``items`` are its ``top`` examples."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     subset: str
     size: int
     flagged: int
-    items: list[SuspiciousOut]
-
-    @classmethod
-    def of(cls, summary: SubsetSuspicionSummary) -> SuspicionOut:
-        return cls(
-            subset=summary.subset,
-            size=summary.size,
-            flagged=summary.flagged,
-            items=[
-                SuspiciousOut(
-                    image_id=row.image_id,
-                    label=row.label,
-                    suggested=row.suggested,
-                    suspicion=row.suspicion,
-                    flagged=row.flagged,
-                )
-                for row in summary.top
-            ],
-        )
+    items: list[SuspiciousOut] = Field(validation_alias=AliasChoices("top", "items"))
 
 
 class RejectIn(BaseModel):
     reason: str = ""
 
 
+def _stat(name: str, field: str) -> AliasChoices:
+    """A field read from the view's ``stats`` (or, re-read from JSON, under its own name)."""
+    return AliasChoices(AliasPath("stats", name), field)
+
+
 class AgreementOut(BaseModel):
+    """Read from an ``AgreementView``."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     required: bool
     open: list[ProposalOut]
     disagreements: list[ProposalOut]
-    confirmed: int
-    rejected: int  # by a second reviewer (disagreements)
-    withdrawn: int
-    rate: float | None  # confirmed / (confirmed + rejected); None before any second-reviewer decision
-
-    @classmethod
-    def of(cls, view: AgreementView) -> AgreementOut:
-        return cls(
-            required=view.required,
-            open=[ProposalOut.of(p) for p in view.open],
-            disagreements=[ProposalOut.of(p) for p in view.disagreements],
-            confirmed=view.stats.confirmed,
-            rejected=view.stats.disagreements,
-            withdrawn=view.stats.withdrawn,
-            rate=view.stats.rate,
-        )
+    confirmed: int = Field(validation_alias=_stat("confirmed", "confirmed"))
+    rejected: int = Field(validation_alias=_stat("disagreements", "rejected"))  # by a second reviewer
+    withdrawn: int = Field(validation_alias=_stat("withdrawn", "withdrawn"))
+    # confirmed / (confirmed + rejected); None before any second-reviewer decision
+    rate: float | None = Field(validation_alias=_stat("rate", "rate"))
 
 
 class PrecisionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     subset: str
     reviewed: int
     errors: int
@@ -289,12 +250,10 @@ class PrecisionOut(BaseModel):
     awaiting: int
     precision: float | None
 
-    @classmethod
-    def of(cls, row: FlagPrecision) -> PrecisionOut:
-        return cls.model_validate(row, from_attributes=True)
-
 
 class ErrorsLeftOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     subset: str
     unreviewed: int
     doubted: int
@@ -302,24 +261,16 @@ class ErrorsLeftOut(BaseModel):
     agreeing: float | None
     total: float | None
 
-    @classmethod
-    def of(cls, row: ErrorsLeft) -> ErrorsLeftOut:
-        return cls.model_validate(row, from_attributes=True)
-
 
 class HonestyOut(BaseModel):
-    """The live precision of the suspicion ranking, and the estimated label errors left in dev and test."""
+    """The live precision of the suspicion ranking, and the estimated label errors left in dev and test (read
+    from a ``HonestyView``)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     precision: list[PrecisionOut]
-    calibration: float | None
-    agreeing_rate: float | None
-    errors_left: list[ErrorsLeftOut]
-
-    @classmethod
-    def of(cls, view: HonestyView) -> HonestyOut:
-        return cls(
-            precision=[PrecisionOut.of(row) for row in view.precision],
-            calibration=view.rates.calibration,
-            agreeing_rate=view.rates.agreeing_rate,
-            errors_left=[ErrorsLeftOut.of(row) for row in view.left],
-        )
+    calibration: float | None = Field(validation_alias=AliasChoices(AliasPath("rates", "calibration"), "calibration"))
+    agreeing_rate: float | None = Field(
+        validation_alias=AliasChoices(AliasPath("rates", "agreeing_rate"), "agreeing_rate")
+    )
+    errors_left: list[ErrorsLeftOut] = Field(validation_alias=AliasChoices("left", "errors_left"))

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, DomainError, Invalid, NotFound
-from app.errors import service as errors_service
+from app.error_analysis import service as error_analysis
 from app.ml.error_analysis import LabelFixDecision, decide_label_fix
 from app.ml.metrics import rescore
 from app.models import Dataset, Image, LabelChange, Review, ReviewItem, Run, User, utcnow
@@ -768,7 +768,7 @@ def rescored_metrics(session: Session, *, run_id: int) -> dict[str, dict[str, An
     for subset in REVIEWED_SUBSETS:
         # The cached subset (kept current by label changes) rather than a join of the predictions with the images
         # on every campaign page and progress poll.
-        state = errors_service.subset_state(session, run=run, subset=subset)
+        state = error_analysis.subset_state(session, run=run, subset=subset)
         if not state.image_ids.size:
             continue
         before = rescore(state.predicted, state.labels_at_prediction, np.zeros(state.image_ids.size, dtype=bool))
@@ -808,10 +808,10 @@ def label_fix_decision(session: Session, *, run: Run) -> tuple[LabelFixDecision,
     dev_error = dev.get("error") or 0.0
     sampled = repository.has_current_error_sample(session, run_id=run.id, subset="dev")
     if sampled:
-        analysis = errors_service.analyse(session, run_id=run.id, subset="dev")
+        analysis = error_analysis.analyse(session, run_id=run.id, subset="dev")
         dev_error = analysis.subset_error
         reviewed = analysis.reviewed
-        mislabeled = next((row.count for row in analysis.rows if row.tag == errors_service.MISLABELED), 0)
+        mislabeled = next((row.count for row in analysis.rows if row.tag == error_analysis.MISLABELED), 0)
     decision = decide_label_fix(
         dev_error=dev_error,
         mislabeled=mislabeled,

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.ml.splitting import SUBSETS
 from app.models import Dataset, Image, Label, LabelChange, Split, SplitAssignment
+from app.splits.states import SplitStatus
 
 
 @dataclass(frozen=True)
@@ -209,5 +210,7 @@ def export_rows(session: Session, split_id: int) -> Iterator[tuple[str, str, str
 
 def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
     return session.scalar(
-        select(Split).where(Split.dataset_id == dataset_id, Split.status == "ready").order_by(Split.version.desc())
+        select(Split)
+        .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
+        .order_by(Split.version.desc())
     )

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 
 from app.datasets.logic import csv_safe_cell
 from app.jobs import service as jobs
+from app.jobs import states as job_states
+from app.jobs.states import JobStatus
 from app.models import Split
 from app.splits import service
 from app.splits.logic import (
@@ -23,7 +25,8 @@ from app.splits.logic import (
     stream_zip,
 )
 from app.splits.schemas import PreviewOut, SplitCreated, SplitIn, SplitOut
-from app.web.deps import DB, Reviewer, Viewer, reads_only
+from app.splits.states import UNFINISHED, SplitStatus
+from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
@@ -35,12 +38,12 @@ def _params(body: SplitIn) -> Any:
 
 def _status(db: DB, split: Split) -> str:
     """A split whose job ended without building it is reported as failed, with the job saying why."""
-    if split.status in ("queued", "building") and split.job_id:
+    if split.status in UNFINISHED and split.job_id:
         job = jobs.get_job(db, job_id=split.job_id)
-        if job.status in ("failed", "cancelled"):
+        if job.status in job_states.UNSUCCESSFUL:
             return job.status
-        if job.status == "running":  # the job bar beside it says running: so does the split
-            return "building"
+        if job.status == JobStatus.RUNNING:  # the job bar beside it says running: so does the split
+            return SplitStatus.BUILDING
     return split.status
 
 
@@ -60,7 +63,9 @@ def _split_out(db: DB, split: Split) -> SplitOut:
 
 
 @router.post("/api/datasets/{dataset_id}/splits", response_model=None)
-def api_create_split(request: Request, dataset_id: int, body: SplitIn, db: DB, user: Reviewer) -> Response:
+def api_create_split(
+    request: Request, dataset_id: int, body: SplitIn, db: DB, user: Reviewer, settings: AppSettings
+) -> Response:
     if body.dry_run:
         preview = service.preview(
             db,
@@ -71,7 +76,9 @@ def api_create_split(request: Request, dataset_id: int, body: SplitIn, db: DB, u
         )
         out = PreviewOut(counts=preview.counts, warnings=preview.warnings, groups=preview.groups)
         return JSONResponse(out.model_dump(), status_code=200)
-    split, job = service.create_split(db, dataset_id=dataset_id, params=_params(body), user_id=user.id)
+    split, job = service.create_split(
+        db, dataset_id=dataset_id, params=_params(body), user_id=user.id, max_attempts=settings.job_max_attempts
+    )
     return JSONResponse(SplitCreated(split_id=split.id, job_id=job.id).model_dump(), status_code=202)
 
 
@@ -86,8 +93,8 @@ def api_get_split(split_id: int, db: DB, user: Viewer) -> SplitOut:
 
 
 @router.post("/api/splits/{split_id}/extend", response_model=SplitCreated, status_code=202)
-def api_extend_split(split_id: int, db: DB, user: Reviewer) -> SplitCreated:
-    split, job = service.extend_split(db, split_id=split_id, user_id=user.id)
+def api_extend_split(split_id: int, db: DB, user: Reviewer, settings: AppSettings) -> SplitCreated:
+    split, job = service.extend_split(db, split_id=split_id, user_id=user.id, max_attempts=settings.job_max_attempts)
     return SplitCreated(split_id=split.id, job_id=job.id)
 
 
@@ -185,12 +192,17 @@ def splits_preview(request: Request, dataset_id: int, form: FormFields, db: DB, 
 
 
 @router.post("/datasets/{dataset_id}/splits", include_in_schema=False)
-def splits_create(request: Request, dataset_id: int, form: FormFields, db: DB, user: Reviewer) -> Response:
+def splits_create(
+    request: Request, dataset_id: int, form: FormFields, db: DB, user: Reviewer, settings: AppSettings
+) -> Response:
     values, problems = read_split_form(form)
     if problems:  # the form again, as typed, each problem beside its field
         context = _list_context(db, dataset_id, form, problems)
         return render(request, "splits/list.html", context, status_code=422)
-    split, _job = service.create_split(db, dataset_id=dataset_id, params=params_from_dict(values), user_id=user.id)
+    params = params_from_dict(values)
+    split, _job = service.create_split(
+        db, dataset_id=dataset_id, params=params, user_id=user.id, max_attempts=settings.job_max_attempts
+    )
     return RedirectResponse(f"/splits/{split.id}", status_code=303)
 
 
@@ -211,6 +223,6 @@ def split_page(request: Request, split_id: int, db: DB, user: Viewer) -> Respons
 
 
 @router.post("/splits/{split_id}/extend", include_in_schema=False)
-def split_extend(request: Request, split_id: int, db: DB, user: Reviewer) -> Response:
-    split, _job = service.extend_split(db, split_id=split_id, user_id=user.id)
+def split_extend(request: Request, split_id: int, db: DB, user: Reviewer, settings: AppSettings) -> Response:
+    split, _job = service.extend_split(db, split_id=split_id, user_id=user.id, max_attempts=settings.job_max_attempts)
     return RedirectResponse(f"/splits/{split.id}", status_code=303)

@@ -28,6 +28,7 @@ from app.models import Job, Split
 from app.splits import repository
 from app.splits.input_store import ImagesKey, SplitInputStore, StableColumns
 from app.splits.logic import params_from_dict, params_to_dict
+from app.splits.states import SplitStatus
 
 SPLIT_JOB = "split.build"
 
@@ -252,7 +253,13 @@ def preview(
 
 
 def create_split(
-    session: Session, *, dataset_id: int, params: SplitParams, user_id: int | None, parent: Split | None = None
+    session: Session,
+    *,
+    dataset_id: int,
+    params: SplitParams,
+    user_id: int | None,
+    parent: Split | None = None,
+    max_attempts: int | None = None,
 ) -> tuple[Split, Job]:
     dataset = _dataset(session, dataset_id)
     check_params(params)
@@ -263,22 +270,26 @@ def create_split(
         dataset_id=dataset_id,
         version=repository.next_version(session, dataset_id),
         parent_id=parent.id if parent else None,
-        status="queued",
+        status=SplitStatus.QUEUED,
         params=params_to_dict(params),
         created_by_id=user_id,
     )
     session.add(split)
     session.flush()
-    job = jobs.enqueue(session, kind=SPLIT_JOB, payload={"split_id": split.id}, created_by_id=user_id)
+    job = jobs.enqueue(
+        session, kind=SPLIT_JOB, payload={"split_id": split.id}, created_by_id=user_id, max_attempts=max_attempts
+    )
     split.job_id = job.id
     session.flush()
     return split, job
 
 
-def extend_split(session: Session, *, split_id: int, user_id: int | None) -> tuple[Split, Job]:
+def extend_split(
+    session: Session, *, split_id: int, user_id: int | None, max_attempts: int | None = None
+) -> tuple[Split, Job]:
     """A new version that keeps every assignment of ``split_id`` and places only the images added since."""
     parent = get_split(session, split_id=split_id)
-    if parent.status != "ready":
+    if parent.status != SplitStatus.READY:
         raise Conflict(f"split v{parent.version} is {parent.status}; only a ready split can be extended")
     return create_split(
         session,
@@ -286,6 +297,7 @@ def extend_split(session: Session, *, split_id: int, user_id: int | None) -> tup
         params=params_from_dict(parent.params),
         user_id=user_id,
         parent=parent,
+        max_attempts=max_attempts,
     )
 
 
@@ -307,7 +319,7 @@ def newest_ready_split(session: Session, *, dataset_id: int) -> Split | None:
 
 def ready_split(session: Session, *, split_id: int) -> Split:
     split = get_split(session, split_id=split_id)
-    if split.status != "ready":
+    if split.status != SplitStatus.READY:
         raise Conflict(f"split v{split.version} is {split.status}, not ready yet")
     return split
 
@@ -342,8 +354,8 @@ def previous_assignment(session: Session, *, split_id: int) -> PreviousAssignmen
 
 def begin_build(session: Session, *, split_id: int) -> Split:
     split = get_split(session, split_id=split_id)
-    if split.status != "ready":
-        split.status = "building"
+    if split.status != SplitStatus.READY:
+        split.status = SplitStatus.BUILDING
         repository.clear_assignments(session, split.id)  # a retried job starts its writes afresh
         session.flush()
     return split
@@ -361,14 +373,14 @@ def finish_build(session: Session, *, split_id: int, summary: SplitSummary) -> S
     split.counts = dict(summary.counts)
     split.warnings = [{"code": w["code"], "message": w["message"]} for w in summary.warnings]
     split.groups = dict(summary.groups)
-    split.status = "ready"
+    split.status = SplitStatus.READY
     session.flush()
     return split
 
 
 def fail_build(session: Session, *, split_id: int) -> None:
     split = get_split(session, split_id=split_id)
-    split.status = "failed"
+    split.status = SplitStatus.FAILED
     repository.clear_assignments(session, split.id)
     session.flush()
 

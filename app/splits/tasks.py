@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.storage import LocalBlobStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.splitting import compute_split, extend_split
 from app.splits import service
 from app.splits.input_store import SplitInputStore
 from app.splits.logic import params_from_dict
+from app.splits.states import SplitStatus
+from app.storage.backends import blob_store
 
 
 @task(service.SPLIT_JOB)
@@ -19,7 +20,7 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
     # Progress is reported between transactions, never inside one: on SQLite a second writer would wait.
     with ctx.transaction() as session:
         split = service.begin_build(session, split_id=split_id)
-        if split.status == "ready":
+        if split.status == SplitStatus.READY:
             return {"split_id": split_id, "already_built": True}
         params = params_from_dict(split.params)
         dataset_id, parent_id = split.dataset_id, split.parent_id
@@ -29,7 +30,7 @@ def build_split(ctx: JobContext) -> dict[str, Any]:
             session,
             dataset_id=dataset_id,
             params=params,
-            blobs=LocalBlobStore(ctx.settings.blob_dir),
+            blobs=blob_store(ctx.settings),
             store=SplitInputStore(ctx.settings.split_input_dir),
         )
         previous = service.previous_assignment(session, split_id=parent_id) if parent_id else None

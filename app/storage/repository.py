@@ -28,3 +28,14 @@ def referenced(session: Session, shas: Collection[str]) -> set[str]:
     )
     found |= set(session.scalars(entries))
     return {sha for sha in found if sha}
+
+
+def image_blobs_after(session: Session, *, after_id: int, limit: int) -> list[tuple[int, int, str, str, str | None]]:
+    """(image id, dataset id, file name, sha256, thumbnail sha256) of the next `limit` images by id (keyset)."""
+    rows = session.execute(
+        select(Image.id, Image.dataset_id, Image.filename, Image.sha256, Image.thumb_sha256)
+        .where(Image.id > after_id)
+        .order_by(Image.id)
+        .limit(limit)
+    )
+    return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]

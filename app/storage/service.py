@@ -8,7 +8,6 @@ against the database right before its blobs are deleted.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from app.core.settings import Settings
-from app.core.storage import LocalBlobStore, StoredBlob
+from app.core.storage import BlobStore, StoredBlob
 from app.datasets import discard
 from app.models import utcnow
 from app.storage import repository
@@ -34,7 +33,7 @@ class GcResult:
 
 
 def collect_garbage(
-    *, sessions: Callable[[], Session], blobs: LocalBlobStore, grace_seconds: float, dry_run: bool = False
+    *, sessions: Callable[[], Session], blobs: BlobStore, grace_seconds: float, dry_run: bool = False
 ) -> GcResult:
     """Delete the blobs no row refers to that are older than `grace_seconds` (with `dry_run`, only count)."""
     result = GcResult()
@@ -50,14 +49,13 @@ def collect_garbage(
                 result.kept_young += 1
                 continue
             if not dry_run:
-                with contextlib.suppress(FileNotFoundError):
-                    blobs.path(blob.sha256).unlink()
+                blobs.delete(blob.sha256)
             result.deleted += 1
             result.deleted_bytes += blob.size
     return result
 
 
-def release_abandoned_uploads(*, sessions: Callable[[], Session], blobs: LocalBlobStore, settings: Settings) -> int:
+def release_abandoned_uploads(*, sessions: Callable[[], Session], blobs: BlobStore, settings: Settings) -> int:
     """Discard the uploads whose ingest failed or was cancelled more than `upload_retry_days` ago (they were
     kept for a retry), releasing their bytes; returns how many blobs went."""
     ended_before = utcnow() - timedelta(days=settings.upload_retry_days)
@@ -65,17 +63,14 @@ def release_abandoned_uploads(*, sessions: Callable[[], Session], blobs: LocalBl
         released = discard.release_abandoned(session, settings=settings, ended_before=ended_before)
         session.commit()
     for sha in released:  # after the commit: a row never names a deleted blob
-        with contextlib.suppress(FileNotFoundError):
-            blobs.path(sha).unlink()
+        blobs.delete(sha)
     return len(released)
 
 
-def _still_old(blobs: LocalBlobStore, sha256: str, cutoff: float) -> bool:
+def _still_old(blobs: BlobStore, sha256: str, cutoff: float) -> bool:
     """Looked at again right before deleting: a request may have re-stored it since the listing."""
-    try:
-        return blobs.path(sha256).stat().st_mtime < cutoff
-    except FileNotFoundError:
-        return False
+    modified = blobs.modified_at(sha256)
+    return modified is not None and modified < cutoff
 
 
 def _batches(items: Iterator[StoredBlob]) -> Iterator[list[StoredBlob]]:

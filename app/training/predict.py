@@ -32,6 +32,7 @@ from app.models import Run
 from app.training import service
 from app.training.inference import MODEL_ONNX
 from app.training.schemas import LabelProbability, PredictItem, PredictOut, Refusal
+from app.training.states import RunStatus
 
 TOP_K = 5
 KEPT_MODELS = 4  # models kept loaded per web process (an EfficientNet-Lite0 session holds ~20 MB)
@@ -55,7 +56,7 @@ def too_many_files(limit: int) -> TooLarge:
 def predict(session: Session, *, run_id: int, files: Sequence[tuple[str, Opener]], settings: Settings) -> PredictOut:
     run = service.get_run(session, run_id=run_id)
     status = service.run_status(session, run)
-    if status != "succeeded" or not run.model_path:
+    if status != RunStatus.SUCCEEDED or not run.model_path:
         raise Conflict(f"run {run_id} is {status}; only a finished run can predict")
     if not files:
         raise Invalid("send one or more image files in the form field 'files'")

@@ -14,12 +14,14 @@ from app.core.errors import Conflict, NotAuthenticated
 from app.core.settings import Settings
 from app.jobs import service as jobs
 from app.ml.backbone_choices import backbone_choices
-from app.ml.modes import propose_mode
+from app.ml.modes import TrainingMode, propose_mode
 from app.ml.run_wording import gap_note, timing_lines
 from app.models import Run
+from app.splits.states import SplitStatus
 from app.training import predict, service
 from app.training.schemas import PredictionsOut, PredictOut, RunCreated, RunIn, RunOut
-from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer, reads_only
+from app.training.states import UNFINISHED, RunStatus
+from app.web.deps import DB, SESSION_COOKIE, AppSettings, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
 router = APIRouter()
@@ -42,7 +44,7 @@ def _rescored(db: DB, run: Run) -> dict[str, Any] | None:
         from app.review.service import rescored_metrics
     except ImportError:  # label review not installed in this build
         return None
-    if service.run_status(db, run) != "succeeded":
+    if service.run_status(db, run) != RunStatus.SUCCEEDED:
         return None
     return rescored_metrics(db, run_id=run.id)
 
@@ -68,8 +70,8 @@ def _run_out(db: DB, run: Run) -> RunOut:
 
 
 @router.post("/api/runs", response_model=RunCreated, status_code=202)
-def api_create_run(body: RunIn, db: DB, user: Reviewer) -> RunCreated:
-    run, job = service.create_run(db, body=body, user_id=user.id)
+def api_create_run(body: RunIn, db: DB, user: Reviewer, settings: AppSettings) -> RunCreated:
+    run, job = service.create_run(db, body=body, user_id=user.id, settings=settings)
     return RunCreated(run_id=run.id, job_id=job.id)
 
 
@@ -178,12 +180,14 @@ def new_run_page(request: Request, db: DB, user: Reviewer, split_id: int | None 
     from app.splits import service as splits
 
     split = splits.get_split(db, split_id=split_id) if split_id else None
-    if split is not None and split.status != "ready":
+    if split is not None and split.status != SplitStatus.READY:
         raise Conflict(f"split v{split.version} is {split.status}; pick a ready split to train on")
     train_size = int(split.counts.get("train", {}).get("total", 0)) if split else 0
     proposal = propose_mode(train_size=train_size)
     finished = [
-        r for r in service.runs_of(db, dataset_id=split.dataset_id if split else None) if r.status == "succeeded"
+        r
+        for r in service.runs_of(db, dataset_id=split.dataset_id if split else None)
+        if r.status == RunStatus.SUCCEEDED
     ]
     return render(
         request,
@@ -192,6 +196,7 @@ def new_run_page(request: Request, db: DB, user: Reviewer, split_id: int | None 
             "split": split,
             "splits": service.split_choices(db, dataset_id=split.dataset_id) if split else [],
             "proposal": proposal,
+            "modes": list(TrainingMode),
             "backbones": backbone_choices(),
             "dataset": service.dataset_of(db, dataset_id=split.dataset_id) if split else None,
             "previous_runs": finished,
@@ -201,8 +206,10 @@ def new_run_page(request: Request, db: DB, user: Reviewer, split_id: int | None 
 
 
 @router.post("/runs", include_in_schema=False)
-def create_run_form(request: Request, form: Annotated[RunIn, Form()], db: DB, user: Reviewer) -> Response:
-    run, _job = service.create_run(db, body=form, user_id=user.id)
+def create_run_form(
+    request: Request, form: Annotated[RunIn, Form()], db: DB, user: Reviewer, settings: AppSettings
+) -> Response:
+    run, _job = service.create_run(db, body=form, user_id=user.id, settings=settings)
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
@@ -232,7 +239,7 @@ def run_live(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
     """The part of the run page that updates while it trains (progress, curves)."""
     context = _run_context(request, db, run_id)
     response = render(request, "training/detail.html", {**context, "live_only": True}, block="live")
-    if context["status"] not in ("queued", "running"):
+    if context["status"] not in UNFINISHED:
         # Only a page that was polling asks: its header (status, error analysis, review, model links) is stale.
         response.headers["HX-Refresh"] = "true"
     return response

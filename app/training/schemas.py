@@ -5,6 +5,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.core.limits import MAX_SEED
+from app.ml.backbone_choices import DEFAULT_BACKBONE
+from app.ml.modes import TrainingMode
 
 
 class RunIn(BaseModel):
@@ -14,8 +16,8 @@ class RunIn(BaseModel):
 
     dataset_id: int
     split_id: int
-    backbone: str = "efficientnet_lite0"
-    mode: str = "linear"
+    backbone: str = DEFAULT_BACKBONE
+    mode: str = TrainingMode.LINEAR.value  # checked by the service (one error naming the modes)
     epochs: int = Field(default=30, ge=1, le=1000)
     lr: float = Field(default=3e-3, gt=0, le=10)
     batch_size: int = Field(default=32, ge=1, le=4096)

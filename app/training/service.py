@@ -10,23 +10,19 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
-from app.core.settings import get_settings
+from app.core.settings import Settings
 from app.jobs import service as jobs
+from app.jobs import states as job_states
+from app.jobs.states import JobStatus
+from app.ml.backbone_choices import BACKBONE_NAMES
+from app.ml.modes import TrainingMode
 from app.models import Job, Run
+from app.splits.states import SplitStatus
 from app.training import repository
 from app.training.schemas import PredictionOut, RunIn
+from app.training.states import UNFINISHED, RunStatus
 
 RUN_JOB = "training.run"
-MODES = ("linear", "finetune", "full")
-BUILTIN_BACKBONES = (
-    "efficientnet_lite0",
-    "simple_cnn",
-    "torchvision:resnet18",
-    "torchvision:resnet50",
-    "torchvision:mobilenet_v3_large",
-    "torchvision:efficientnet_b0",
-    "torchvision:convnext_tiny",
-)
 RUN_FILES = {
     "model.pt": "model.pt",
     "labels.json": "labels.json",
@@ -35,8 +31,8 @@ RUN_FILES = {
 }
 
 
-def run_dir(run_id: int) -> Path:
-    return get_settings().resolved_data_dir / "runs" / str(run_id)
+def run_dir(settings: Settings, run_id: int) -> Path:
+    return settings.resolved_data_dir / "runs" / str(run_id)
 
 
 def get_run(session: Session, *, run_id: int) -> Run:
@@ -48,17 +44,17 @@ def get_run(session: Session, *, run_id: int) -> Run:
 
 def run_status(session: Session, run: Run) -> str:
     """A run whose job ended without finishing it reports the job's end (failed or cancelled)."""
-    if run.status in ("queued", "running") and run.job_id:
+    if run.status in UNFINISHED and run.job_id:
         job = jobs.get_job(session, job_id=run.job_id)
-        if job.status in ("failed", "cancelled"):
-            return job.status
-        if job.status == "running":
-            return "running"
+        if job.status in job_states.UNSUCCESSFUL:
+            return RunStatus(job.status)
+        if job.status == JobStatus.RUNNING:
+            return RunStatus.RUNNING
     return run.status
 
 
 def _check_backbone(session: Session, name: str) -> None:
-    if name in BUILTIN_BACKBONES:
+    if name in BACKBONE_NAMES:
         return
     if name.startswith("run:"):
         try:
@@ -66,29 +62,40 @@ def _check_backbone(session: Session, name: str) -> None:
         except ValueError:
             raise Invalid(f"{name!r}: run:<id> needs a number") from None
         source = get_run(session, run_id=source_id)
-        if source.status != "succeeded" or not source.model_path:
+        if source.status != RunStatus.SUCCEEDED or not source.model_path:
             raise Invalid(f"run {source_id} has no trained model to start from (it is {source.status})")
         return
-    raise Invalid(f"unknown backbone {name!r}; choose one of {', '.join(BUILTIN_BACKBONES)} or run:<id>")
+    raise Invalid(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)} or run:<id>")
 
 
-def create_run(session: Session, *, body: RunIn, user_id: int | None) -> tuple[Run, Job]:
+def create_run(session: Session, *, body: RunIn, user_id: int | None, settings: Settings) -> tuple[Run, Job]:
     split = repository.get_split(session, body.split_id)
     if split is None or split.dataset_id != body.dataset_id:
         raise NotFound(f"split {body.split_id} does not exist in dataset {body.dataset_id}")
-    if split.status != "ready":
+    if split.status != SplitStatus.READY:
         raise Conflict(f"split v{split.version} is {split.status}; wait until it is ready")
-    if body.mode not in MODES:
-        raise Invalid(f"mode must be one of {', '.join(MODES)}")
+    if body.mode not in tuple(TrainingMode):
+        raise Invalid(f"mode must be one of {', '.join(TrainingMode)}")
     if not split.counts.get("train", {}).get("total") or not split.counts.get("dev", {}).get("total"):
         raise Invalid("the split needs images in both train and dev to train and evaluate")
     _check_backbone(session, body.backbone)
     config = body.model_dump(exclude={"dataset_id", "split_id"})
-    run = Run(dataset_id=body.dataset_id, split_id=body.split_id, status="queued", config=config, created_by_id=user_id)
+    run = Run(
+        dataset_id=body.dataset_id,
+        split_id=body.split_id,
+        status=RunStatus.QUEUED,
+        config=config,
+        created_by_id=user_id,
+    )
     session.add(run)
     session.flush()
     job = jobs.enqueue(
-        session, kind=RUN_JOB, payload={"run_id": run.id}, queue=get_settings().training_queue, created_by_id=user_id
+        session,
+        kind=RUN_JOB,
+        payload={"run_id": run.id},
+        queue=settings.training_queue,
+        created_by_id=user_id,
+        max_attempts=settings.job_max_attempts,
     )
     run.job_id = job.id
     session.flush()
@@ -123,7 +130,7 @@ def datasets_with_runs(session: Session) -> list[Any]:
 
 def set_baseline(session: Session, *, run_id: int) -> Run:
     run = get_run(session, run_id=run_id)
-    if run.status != "succeeded":
+    if run.status != RunStatus.SUCCEEDED:
         raise Conflict("only a finished run can be the dataset's baseline")
     dataset = repository.get_dataset(session, run.dataset_id)
     assert dataset is not None
@@ -179,4 +186,4 @@ def dataset_of(session: Session, *, dataset_id: int) -> Any:
 def split_choices(session: Session, *, dataset_id: int) -> list[Any]:
     from app.splits import repository as splits
 
-    return [s for s in splits.splits_of(session, dataset_id) if s.status == "ready"]
+    return [s for s in splits.splits_of(session, dataset_id) if s.status == SplitStatus.READY]

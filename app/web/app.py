@@ -14,16 +14,16 @@ from starlette.types import ASGIApp
 from app.auth.router import router as auth_router
 from app.core.db import get_engine, session_factory
 from app.core.settings import PROJECT_ROOT, Settings, get_settings
-from app.core.storage import LocalBlobStore
 from app.datasets.router import router as datasets_router
 from app.embeddings.router import router as embeddings_router
-from app.errors.router import router as errors_router
+from app.error_analysis.router import router as error_analysis_router
 from app.jobs.router import router as jobs_router
 from app.labels.router import router as labels_router
 from app.pool.router import router as pool_router
 from app.review.router import router as review_router
 from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
+from app.storage.backends import blob_store
 from app.training.router import router as training_router
 from app.web import errors, openapi
 from app.web.deps import DB, Viewer
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
     app.state.settings = settings
     app.state.session_maker = session_maker or session_factory(get_engine(settings))
     app.state.secret_key = settings.secret_key()
-    app.state.blobs = LocalBlobStore(settings.blob_dir)
+    app.state.blobs = blob_store(settings)
     app.state.split_inputs = SplitInputStore(settings.split_input_dir)
 
     errors.install(app)
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
         labels_router,
         splits_router,
         training_router,
-        errors_router,
+        error_analysis_router,
         review_router,
         embeddings_router,
         pool_router,

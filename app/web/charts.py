@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
+from app.core.palette import CATEGORY_PALETTE as CATEGORY_PALETTE
+
 PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6", "#ec4899", "#84cc16")
-# Colours for new error categories: no reds or pinks, which read as "mislabeled" (#dc2626).
-CATEGORY_PALETTE = ("#3b82f6", "#f59e0b", "#10b981", "#8b5cf6", "#14b8a6", "#84cc16", "#0ea5e9", "#a16207")
 LEGEND_ROW = 18
 CHAR_PX = 6.5  # about the width of one character of an 11-12 px label, to lay out legends and cut long names
 

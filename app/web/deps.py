@@ -64,6 +64,8 @@ def _get_db(request: Request) -> Iterator[Session]:
 
 
 DB = Annotated[Session, Depends(_get_db, scope="function")]
+# The app's settings, for routes to hand to services: nothing below the routes reads a global settings object.
+AppSettings = Annotated[Settings, Depends(get_settings_dep)]
 
 
 def cookie_signer(request: Request) -> URLSafeSerializer:

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.core.settings import PROJECT_ROOT
+from app.jobs.states import JobStatus
 from app.web import charts
 
 env = Environment(
@@ -35,7 +36,7 @@ def _counted(count: object, word: str, plural: str | None = None) -> str:
 
 
 # A job's message beside its status badge, unless it only repeats it ("queued queued", "succeeded done").
-_STATUS_ECHOES = {"queued", "done", "running", "succeeded", "failed", "cancelled"}
+_STATUS_ECHOES = {*JobStatus, "done"}
 
 
 def _beyond_status(message: str | None, status: str) -> str:

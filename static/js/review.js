@@ -1,5 +1,5 @@
-// A label-review campaign, driven from the keyboard: arrows move, digits choose a class, k keeps, a marks the
-// item ambiguous (with the reason typed in the large view), u undoes this page's last action. Space or Ctrl-click
+// A label-review campaign, driven from the keyboard: arrows move (grid.js), digits choose a class, k keeps, a marks
+// the item ambiguous (with the reason typed in the large view), u undoes this page's last action. Space or Ctrl-click
 // picks items for a bulk relabel. Every action names the label version the reviewer saw; a 409 means someone
 // changed the image meanwhile: the card shows the current label and nothing is overwritten.
 (function () {
@@ -12,18 +12,24 @@
   var canReview = grid.getAttribute("data-can-review") === "1";
   var toolbar = document.querySelector("[data-review-toolbar]");
   var detail = document.getElementById("review-detail");
-  var selectedId = null;
   var picked = {};
   var undoStack = [];
   // Actions go one after another, so each one names the version the previous one produced.
   var queue = Promise.resolve();
 
-  function cards() {
-    return Array.prototype.slice.call(grid.querySelectorAll("[data-item]"));
-  }
+  var nav = window.errorbook.keyboardGrid({
+    grid: grid,
+    card: "[data-item]",
+    idPrefix: "item-",
+    onSelect: loadDetail,
+    onKey: onKey,
+    onTypingKey: onTypingKey,
+  });
+  var cards = nav.cards;
+  var cardById = nav.cardById;
 
-  function cardById(id) {
-    return id === null ? null : document.getElementById("item-" + id);
+  function select(card) {
+    nav.select(card, true);
   }
 
   var flashTimer = null;
@@ -56,47 +62,9 @@
   }
 
   function loadDetail() {
-    if (detail && selectedId !== null && window.htmx) {
-      htmx.ajax("GET", "/reviews/" + reviewId + "/items/" + selectedId, { target: "#review-detail", swap: "innerHTML" });
+    if (detail && nav.selectedId() !== null && window.htmx) {
+      htmx.ajax("GET", "/reviews/" + reviewId + "/items/" + nav.selectedId(), { target: "#review-detail", swap: "innerHTML" });
     }
-  }
-
-  function select(card) {
-    if (!card) {
-      return;
-    }
-    var previous = cardById(selectedId);
-    if (previous) {
-      previous.classList.remove("selected");
-      previous.removeAttribute("aria-current");
-    }
-    selectedId = card.getAttribute("data-image-id");
-    card.classList.add("selected");
-    card.setAttribute("aria-current", "true");
-    card.scrollIntoView({ block: "nearest" });
-    loadDetail();
-  }
-
-  function columns(list) {
-    if (list.length === 0) {
-      return 1;
-    }
-    var top = list[0].offsetTop;
-    var count = 0;
-    while (count < list.length && list[count].offsetTop === top) {
-      count += 1;
-    }
-    return Math.max(count, 1);
-  }
-
-  function move(step) {
-    var list = cards();
-    if (list.length === 0) {
-      return;
-    }
-    var index = list.indexOf(cardById(selectedId));
-    var next = index < 0 ? 0 : Math.min(Math.max(index + step, 0), list.length - 1);
-    select(list[next]);
   }
 
   function advanceFrom(imageId) {
@@ -208,7 +176,7 @@
   }
 
   function chooseLabel(label) {
-    var card = cardById(selectedId);
+    var card = cardById(nav.selectedId());
     if (!canReview || !card || !label) {
       return;
     }
@@ -224,7 +192,7 @@
   }
 
   function keep() {
-    var card = cardById(selectedId);
+    var card = cardById(nav.selectedId());
     if (!canReview || !card) {
       return;
     }
@@ -244,7 +212,7 @@
   }
 
   function ambiguous() {
-    var card = cardById(selectedId);
+    var card = cardById(nav.selectedId());
     if (!canReview || !card) {
       return;
     }
@@ -360,36 +328,20 @@
     });
   }
 
-  document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey) {
-      return;
-    }
-    var target = event.target;
-    var typing = target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" ||
-      target.tagName === "SELECT" || target.isContentEditable);
-    if (typing) {
-      if (event.key === "Escape") {
-        target.blur();
-      } else if (event.key === "Enter" && target.hasAttribute("data-reason")) {
-        event.preventDefault();
-        target.blur();
-        if (target.getAttribute("data-submit") === "ambiguous") {
-          target.removeAttribute("data-submit");
-          ambiguous();
-        }
+  // Enter in the reason field ends it, and finishes "ambiguous" when that is what asked for the reason.
+  function onTypingKey(event, target) {
+    if (event.key === "Enter" && target.hasAttribute("data-reason")) {
+      event.preventDefault();
+      target.blur();
+      if (target.getAttribute("data-submit") === "ambiguous") {
+        target.removeAttribute("data-submit");
+        ambiguous();
       }
-      return;
     }
-    var key = event.key;
-    if (key === "ArrowRight") {
-      move(1);
-    } else if (key === "ArrowLeft") {
-      move(-1);
-    } else if (key === "ArrowDown") {
-      move(columns(cards()));
-    } else if (key === "ArrowUp") {
-      move(-columns(cards()));
-    } else if (/^[0-9]$/.test(key)) {
+  }
+
+  function onKey(key) {
+    if (/^[0-9]$/.test(key)) {
       var button = toolbar ? toolbar.querySelector('[data-key="' + key + '"]') : null;
       chooseLabel(button ? button.getAttribute("data-label-key") : null);
     } else if (key === "k" || key === "K") {
@@ -399,15 +351,15 @@
     } else if (key === "u" || key === "U") {
       undo();
     } else if (key === " ") {
-      var card = cardById(selectedId);
+      var card = cardById(nav.selectedId());
       if (card && canReview) {
         togglePick(card);
       }
     } else {
-      return;
+      return false;
     }
-    event.preventDefault();
-  });
+    return true;
+  }
 
   grid.addEventListener("click", function (event) {
     var card = event.target.closest("[data-item]");

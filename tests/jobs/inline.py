@@ -5,13 +5,16 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from app.core.settings import Settings
 from app.jobs import repository
 from app.jobs.runner import run_job
 from app.models import Job, utcnow
 
 
-def drain_jobs(engine: Engine, *, limit: int = 100) -> list[Job]:
-    """Claim and run queued jobs one by one until none is left; returns them as they ended."""
+def drain_jobs(engine: Engine, *, limit: int = 100, settings: Settings | None = None) -> list[Job]:
+    """Claim and run queued jobs one by one until none is left; returns them as they ended. The settings are
+    the environment's unless given, read once per call (as a runner reads them once per process)."""
+    settings = settings or Settings()
     finished = []
     for _ in range(limit):
         with Session(engine) as session:
@@ -26,6 +29,7 @@ def drain_jobs(engine: Engine, *, limit: int = 100) -> list[Job]:
             attempt=claimed.attempt,
             token=claimed.lease_token,
             engine=engine,
+            settings=settings,
         )
         with Session(engine, expire_on_commit=False) as session:
             job = session.get(Job, claimed.id)

@@ -187,13 +187,13 @@ def _colour_dataset(engine, blobs: LocalBlobStore, per_class: int = 8) -> int:  
         return dataset.id
 
 
-def _create_run(engine, dataset_id: int, split_id: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _create_run(engine, dataset_id: int, split_id: int, settings: Settings) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     # The default mode (features cached per image, the head checkpointed per epoch) on the smallest backbone.
     body = RunIn(
         dataset_id=dataset_id, split_id=split_id, backbone="simple_cnn", epochs=EPOCHS, patience=EPOCHS, lr=0.01
     )
     with Session(engine) as session:
-        run, job = training.create_run(session, body=body, user_id=None)
+        run, job = training.create_run(session, body=body, user_id=None, settings=settings)
         session.commit()
         return run.id, job.id
 
@@ -223,7 +223,7 @@ def test_a_training_run_killed_between_epochs_resumes_from_its_checkpoint(fresh_
     split_id, split_job = _create_split(engine, dataset_id, target_source=None)
     wait_until(lambda: _finished(engine, split_job), timeout=120, interval=0.1)
     assert _job(engine, split_job).status == "succeeded", workers.logs()[-3000:]
-    run_id, job_id = _create_run(engine, dataset_id, split_id)
+    run_id, job_id = _create_run(engine, dataset_id, split_id, settings)
     checkpoint = settings.resolved_data_dir / "jobs" / str(job_id) / "training_state.pt"
 
     def between_epochs() -> bool:
@@ -256,7 +256,7 @@ def test_a_training_run_killed_between_epochs_resumes_from_its_checkpoint(fresh_
     assert len(predictions) == split_images == len({image_id for image_id, _, _ in predictions})
 
     # The same run, never interrupted: the same predictions (training is seeded per epoch).
-    clean_id, clean_job = _create_run(engine, dataset_id, split_id)
+    clean_id, clean_job = _create_run(engine, dataset_id, split_id, settings)
     wait_until(lambda: _finished(engine, clean_job), timeout=240, interval=0.2)
     assert _job(engine, clean_job).status == "succeeded", _job(engine, clean_job).error
     clean = _run(engine, clean_id)

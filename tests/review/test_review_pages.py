@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.errors import service as errors_service
+from app.error_analysis import service as error_analysis
 from app.ml.error_analysis import format_percent
 from app.models import User
 from tests.conftest import api_client, browser_login
@@ -38,12 +38,12 @@ def test_the_run_page_says_whether_fixing_labels_is_worth_it(as_viewer, people, 
 
     reviewer = db.get(User, people["reviewer"].user_id)
     assert reviewer is not None
-    errors_service.add_tag(db, dataset_id=run.dataset.id, name="blurry")
-    sample = errors_service.error_sample(db, run_id=run.run.id, subset="dev")
+    error_analysis.add_tag(db, dataset_id=run.dataset.id, name="blurry")
+    sample = error_analysis.error_sample(db, run_id=run.run.id, subset="dev")
     errors = [item for item in sample.items if item.is_error]
     mislabeled, blurry = errors[:3], errors[3:8]
     for item, tag in [(i, "mislabeled") for i in mislabeled] + [(i, "blurry") for i in blurry]:
-        errors_service.set_annotation(
+        error_analysis.set_annotation(
             db, run_id=run.run.id, image_id=item.image_id, tags=[tag], note=None, actor=reviewer
         )
     db.commit()

@@ -9,20 +9,20 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import service as errors_service
+from app.error_analysis import service as error_analysis
 from app.ml.error_analysis import decide_label_fix
 from app.models import Prediction, User
 from tests.factories import RunFixture, make_run
 
 
 def _tag_mislabeled(db: Session, fixture: RunFixture, reviewer: User, *, mislabeled: int, other: int) -> None:
-    errors_service.add_tag(db, dataset_id=fixture.dataset.id, name="blurry")
-    sample = errors_service.error_sample(db, run_id=fixture.run.id, subset="dev")
+    error_analysis.add_tag(db, dataset_id=fixture.dataset.id, name="blurry")
+    sample = error_analysis.error_sample(db, run_id=fixture.run.id, subset="dev")
     errors = [item for item in sample.items if item.is_error]
     tagged = [(item, "mislabeled") for item in errors[:mislabeled]]
     tagged += [(item, "blurry") for item in errors[mislabeled : mislabeled + other]]
     for item, tag in tagged:
-        errors_service.set_annotation(
+        error_analysis.set_annotation(
             db, run_id=fixture.run.id, image_id=item.image_id, tags=[tag], note=None, actor=reviewer
         )
     db.commit()

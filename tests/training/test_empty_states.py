@@ -8,7 +8,7 @@ import re
 
 from sqlalchemy.orm import Session
 
-from app.errors import service as errors_service
+from app.error_analysis import service as error_analysis
 from app.ml.error_analysis import CeilingRow, describe_ceiling
 from tests.factories import RunFixture, make_run
 
@@ -79,7 +79,7 @@ def test_ceilings_without_errors_or_without_tagged_errors_say_so() -> None:
 
 def test_a_run_with_no_dev_errors_has_no_empty_ceiling_sentence(db, as_viewer) -> None:
     fixture = _scored(db, sizes={"train": 10, "dev": 10, "test": 10}, error_rate=0.0)
-    errors_service.add_tag(db, dataset_id=fixture.dataset.id, name="blurry")
+    error_analysis.add_tag(db, dataset_id=fixture.dataset.id, name="blurry")
     db.commit()
     page = as_viewer.get(f"/runs/{fixture.run.id}/errors?subset=dev").text
     assert "from 0.0% to at best 0.0%" not in page

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import colorsys
 import re
 
-from app.errors.service import MISLABELED_COLOR
-from app.web.charts import CATEGORY_PALETTE, PALETTE, bar_chart, heatmap, line_chart, stacked_bar_chart
+from app.web.charts import PALETTE, bar_chart, heatmap, line_chart, stacked_bar_chart
 
 
 def test_stacked_bar_totals_read_as_counts_or_one_decimal() -> None:
@@ -41,17 +39,3 @@ def test_bars_keep_their_pixel_size_and_take_each_category_colour() -> None:
     assert 'class="chart-scroll"' in svg and re.search(r'<svg class="chart chart-fixed"[^>]* width="\d+"', svg)
     fills = re.findall(r'<rect [^>]*fill="([^"]+)"', svg)
     assert fills == ["#dc2626", PALETTE[0]]
-
-
-def _hue(colour: str) -> float:
-    red, green, blue = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
-    return 360 * colorsys.rgb_to_hsv(red, green, blue)[0]
-
-
-def test_new_category_colours_are_far_from_mislabeled_red() -> None:
-    """Issue 15.14: the default palette gave the fourth category a red next to mislabeled's."""
-    red = _hue(MISLABELED_COLOR)
-    for colour in CATEGORY_PALETTE:
-        apart = abs(_hue(colour) - red) % 360
-        assert min(apart, 360 - apart) >= 30, colour
-    assert len(set(CATEGORY_PALETTE)) == len(CATEGORY_PALETTE)

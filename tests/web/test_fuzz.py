@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from sqlalchemy.orm import Session
 
-from app.errors import service as errors_service
+from app.error_analysis import service as error_analysis
 from app.models import ApiToken, Job, User
 from tests.conftest import Person, api_client
 from tests.factories import make_run
@@ -51,10 +51,10 @@ def _world(db: Session, app: Any, admin: Person) -> World:
     fixture = make_run(db, sizes={"train": 20, "dev": 20, "test": 20}, error_rate=0.4, seed=5)
     actor = db.get(User, admin.user_id)
     assert actor is not None
-    tag = errors_service.add_tag(db, dataset_id=fixture.dataset.id, name="blurry")
-    sample = errors_service.error_sample(db, run_id=fixture.run.id, subset="dev")
+    tag = error_analysis.add_tag(db, dataset_id=fixture.dataset.id, name="blurry")
+    sample = error_analysis.error_sample(db, run_id=fixture.run.id, subset="dev")
     first_error = next(item for item in sample.items if item.is_error)
-    errors_service.set_annotation(
+    error_analysis.set_annotation(
         db, run_id=fixture.run.id, image_id=first_error.image_id, tags=["blurry"], note="n", actor=actor
     )
     for images in fixture.images.values():  # the blobs behind the rows, so exports run to the end

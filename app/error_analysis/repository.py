@@ -11,7 +11,6 @@ from sqlalchemy import Select, and_, case, delete, func, insert, literal, or_, s
 from sqlalchemy.orm import Session, aliased
 
 from app.models import (
-    Dataset,
     ErrorAnnotation,
     ErrorAnnotationTag,
     ErrorSample,
@@ -20,7 +19,6 @@ from app.models import (
     Label,
     LabelChange,
     Prediction,
-    Run,
     Tag,
     User,
 )
@@ -52,18 +50,6 @@ class HistoryRow:
     reason: str
     user: str | None
     created_at: datetime
-
-
-def get_run(session: Session, run_id: int) -> Run | None:
-    return session.get(Run, run_id)
-
-
-def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
-    return session.get(Dataset, dataset_id)
-
-
-def get_image(session: Session, image_id: int) -> Image | None:
-    return session.get(Image, image_id)
 
 
 def label_watermark(session: Session) -> int:
@@ -242,12 +228,6 @@ def set_annotation_tags(session: Session, *, annotation_id: int, tag_ids: set[in
         session.execute(
             insert(ErrorAnnotationTag), [{"annotation_id": annotation_id, "tag_id": t} for t in sorted(added)]
         )
-
-
-def labels_of(session: Session, *, dataset_id: int) -> list[tuple[int, str, int | None]]:
-    """(id, name, merged into) of every label of the dataset, merged ones included."""
-    query = select(Label.id, Label.name, Label.merged_into_id).where(Label.dataset_id == dataset_id)
-    return [(label_id, name, merged_into) for label_id, name, merged_into in session.execute(query)]
 
 
 def tags_of(session: Session, *, dataset_id: int) -> list[Tag]:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.models import Prediction
-from tests.errors.conftest import change_label, correct_of, errors_of
+from tests.error_analysis.conftest import change_label, correct_of, errors_of
 from tests.factories import make_run
 
 

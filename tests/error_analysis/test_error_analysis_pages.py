@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 
 from tests.conftest import Person, browser_login
-from tests.errors.conftest import errors_of
+from tests.error_analysis.conftest import errors_of
 from tests.factories import make_run
 
 HOSTILE = '<img src=x onerror="alert(1)">'

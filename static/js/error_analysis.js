@@ -1,4 +1,4 @@
-// The error grid, driven from the keyboard: arrows move, 1-9 toggle a category, m marks mislabeled,
+// The error grid, driven from the keyboard: arrows move (grid.js), 1-9 toggle a category, m marks mislabeled,
 // Enter opens the large view, Esc closes it. Each toggle is an htmx request that saves at once and answers
 // with the example's card and (out of band) the updated ceiling table.
 (function () {
@@ -11,42 +11,21 @@
   var detail = document.getElementById("detail");
   var canTag = grid.getAttribute("data-can-tag") === "1";
   var subset = grid.getAttribute("data-subset");
-  var selectedId = null;
   var following = false;  // a large view for a newly selected example is on its way
   // Toggles go one after another, so each answer's ceiling table is at least as new as the one before.
   var saving = Promise.resolve();
-
-  function cards() {
-    return Array.prototype.slice.call(grid.querySelectorAll("[data-card]"));
-  }
-
-  function cardById(id) {
-    return id === null ? null : document.getElementById("card-" + id);
-  }
-
-  function markSelected(card) {
-    card.classList.add("selected");
-    card.setAttribute("aria-current", "true");
-  }
-
-  function select(card, scroll) {
-    if (!card) {
-      return;
-    }
-    var previous = cardById(selectedId);
-    if (previous) {
-      previous.classList.remove("selected");
-      previous.removeAttribute("aria-current");
-    }
-    selectedId = card.getAttribute("data-image-id");
-    markSelected(card);
-    if (scroll) {
-      card.scrollIntoView({ block: "nearest" });
-    }
-    followInDetail(card);
-    // Keep the place across reloads without making the browser jump to an anchor.
-    history.replaceState(null, "", "#image-" + selectedId);
-  }
+  var nav = window.errorbook.keyboardGrid({
+    grid: grid,
+    card: "[data-card]",
+    idPrefix: "card-",
+    onSelect: function (card) {
+      followInDetail(card);
+      // Keep the place across reloads without making the browser jump to an anchor.
+      history.replaceState(null, "", "#image-" + nav.selectedId());
+    },
+    onKey: onKey,
+  });
+  var cardById = nav.cardById;
 
   function shownId() {
     var open = detail ? detail.querySelector("[data-detail]") : null;
@@ -58,7 +37,7 @@
   function followInDetail(card) {
     var shown = shownId();
     var link = card.querySelector("[data-open]");
-    if (shown === null || shown === selectedId || !link) {
+    if (shown === null || shown === nav.selectedId() || !link) {
       return;
     }
     detail.querySelector("[data-detail]").classList.add("stale");  // dimmed until the selected one arrives
@@ -69,44 +48,22 @@
     function landed() {
       following = false;
       var open = shownId();
-      var card = cardById(selectedId);
-      if (open !== null && open !== selectedId && card) {
+      var card = cardById(nav.selectedId());
+      if (open !== null && open !== nav.selectedId() && card) {
         followInDetail(card);
       }
     }
     htmx.ajax("GET", link.getAttribute("hx-get"), { target: "#detail" }).then(landed, landed);
   }
 
-  function columns(list) {
-    if (list.length === 0) {
-      return 1;
-    }
-    var top = list[0].offsetTop;
-    var count = 0;
-    while (count < list.length && list[count].offsetTop === top) {
-      count += 1;
-    }
-    return Math.max(count, 1);
-  }
-
-  function move(step) {
-    var list = cards();
-    if (list.length === 0) {
-      return;
-    }
-    var index = list.indexOf(cardById(selectedId));
-    var next = index < 0 ? 0 : Math.min(Math.max(index + step, 0), list.length - 1);
-    select(list[next], true);
-  }
-
   function toggle(tagId) {
-    var card = cardById(selectedId);
+    var card = cardById(nav.selectedId());
     if (!canTag || !card || !tagId) {
       return;
     }
-    var url = grid.getAttribute("data-toggle-base") + selectedId + "/tags/" + tagId + "/toggle?subset=" +
+    var url = grid.getAttribute("data-toggle-base") + nav.selectedId() + "/tags/" + tagId + "/toggle?subset=" +
       encodeURIComponent(subset);
-    var target = "#card-" + selectedId;
+    var target = "#card-" + nav.selectedId();
     saving = saving.then(function () {
       return htmx.ajax("POST", url, { target: target, swap: "outerHTML" });
     }).catch(function () {
@@ -120,7 +77,7 @@
   }
 
   function openSelected() {
-    var card = cardById(selectedId);
+    var card = cardById(nav.selectedId());
     var link = card ? card.querySelector("[data-open]") : null;
     if (link) {
       link.click();
@@ -131,35 +88,14 @@
     if (detail) {
       detail.innerHTML = "";
     }
-    var card = cardById(selectedId);
+    var card = cardById(nav.selectedId());
     if (card) {
       card.scrollIntoView({ block: "nearest" });
     }
   }
 
-  document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey) {
-      return;
-    }
-    var target = event.target;
-    var typing = target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" ||
-      target.tagName === "SELECT" || target.isContentEditable);
-    if (typing) {
-      if (event.key === "Escape") {
-        target.blur();
-      }
-      return;
-    }
-    var key = event.key;
-    if (key === "ArrowRight") {
-      move(1);
-    } else if (key === "ArrowLeft") {
-      move(-1);
-    } else if (key === "ArrowDown") {
-      move(columns(cards()));
-    } else if (key === "ArrowUp") {
-      move(-columns(cards()));
-    } else if (key === "Enter") {
+  function onKey(key) {
+    if (key === "Enter") {
       openSelected();
     } else if (key === "Escape") {
       closeDetail();
@@ -168,15 +104,15 @@
     } else if (key === "m" || key === "M") {
       toggle(tagIdOf("[data-mislabeled]"));
     } else {
-      return;
+      return false;
     }
-    event.preventDefault();
-  });
+    return true;
+  }
 
   grid.addEventListener("click", function (event) {
     var card = event.target.closest("[data-card]");
     if (card) {
-      select(card, false);
+      nav.select(card, false);
     }
   });
 
@@ -205,8 +141,8 @@
       return;
     }
     var imageId = element.getAttribute("data-image-id");
-    if (imageId === selectedId) {
-      markSelected(element);
+    if (imageId === nav.selectedId()) {
+      nav.markSelected(element);
     }
     var open = detail ? detail.querySelector('[data-detail][data-image-id="' + imageId + '"] [data-detail-tags]') : null;
     var chips = element.querySelector(".ecard-tags");
@@ -216,8 +152,8 @@
   });
 
   var fromHash = /^#image-(\d+)$/.exec(window.location.hash);
-  var first = (fromHash && cardById(fromHash[1])) || cards()[0];
+  var first = (fromHash && cardById(fromHash[1])) || nav.cards()[0];
   if (first) {
-    select(first, Boolean(fromHash));
+    nav.select(first, Boolean(fromHash));
   }
 })();

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import service as auth_service
 from app.core.db import READ_MOSTLY_OPTION, session_factory
-from app.errors import service
+from app.error_analysis import service
 from app.models import ErrorSample, Image, LabelChange, Prediction, Run, User
 from tests.conftest import FreshDatabase
-from tests.errors.conftest import errors_of
+from tests.error_analysis.conftest import errors_of
 from tests.factories import RunFixture, make_run
 
 

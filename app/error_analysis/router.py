@@ -10,8 +10,8 @@ from fastapi.responses import RedirectResponse, Response
 
 from app.auth.service import role_at_least
 from app.core.errors import Invalid
-from app.errors import service
-from app.errors.schemas import (
+from app.error_analysis import service
+from app.error_analysis.schemas import (
     AnalysisOut,
     AnnotationIn,
     ErrorDetailOut,
@@ -66,7 +66,7 @@ def api_errors(
         label=label,
         predicted=predicted,
     )
-    return ErrorListOut.of(view)
+    return ErrorListOut.model_validate(view)
 
 
 @router.post("/api/runs/{run_id}/errors/sample", response_model=ErrorListOut, status_code=201)
@@ -80,23 +80,23 @@ def api_new_sample(run_id: int, body: NewSampleIn, db: DB, user: Reviewer) -> Er
         include_correct=body.include_correct,
         actor=user,
     )
-    return ErrorListOut.of(service.error_sample(db, run_id=run_id, subset=body.subset))
+    return ErrorListOut.model_validate(service.error_sample(db, run_id=run_id, subset=body.subset))
 
 
 @router.get("/api/runs/{run_id}/errors/{image_id}", response_model=ErrorDetailOut)
 def api_error_detail(run_id: int, image_id: int, db: DB, user: Viewer) -> ErrorDetailOut:
-    return ErrorDetailOut.of(service.error_detail(db, run_id=run_id, image_id=image_id))
+    return ErrorDetailOut.model_validate(service.error_detail(db, run_id=run_id, image_id=image_id))
 
 
 @router.put("/api/runs/{run_id}/errors/{image_id}/tags", response_model=ErrorItemOut)
 def api_set_tags(run_id: int, image_id: int, body: AnnotationIn, db: DB, user: Reviewer) -> ErrorItemOut:
     item = service.set_annotation(db, run_id=run_id, image_id=image_id, tags=body.tags, note=body.note, actor=user)
-    return ErrorItemOut.of(item)
+    return ErrorItemOut.model_validate(item)
 
 
 @router.get("/api/runs/{run_id}/error-analysis", response_model=AnalysisOut)
 def api_error_analysis(run_id: int, db: DB, user: Viewer, subset: str = "dev") -> AnalysisOut:
-    return AnalysisOut.of(service.analyse(db, run_id=run_id, subset=subset))
+    return AnalysisOut.model_validate(service.analyse(db, run_id=run_id, subset=subset))
 
 
 @router.get("/api/runs/{run_id}/error-analysis.csv")
@@ -148,7 +148,7 @@ def errors_page(
     scored = page.sample.run.metrics or service.ANALYSED_SUBSETS
     return render(
         request,
-        "errors/page.html",
+        "error_analysis/page.html",
         {
             "page": page,
             "run": page.sample.run,
@@ -159,6 +159,7 @@ def errors_page(
             # Only the subsets this run scored: a split without train-dev gets no train-dev tab.
             "subsets": [name for name in service.ANALYSED_SUBSETS if name in scored],
             "correct_toggle_count": service.correct_examples_for(page.sample.size),
+            "next_color": service.next_color(page.tags),
         },
     )
 
@@ -196,7 +197,7 @@ def error_detail_page(request: Request, run_id: int, image_id: int, db: DB, user
         "tags": detail.tags,
         "can_tag": role_at_least(user, "reviewer"),
     }
-    template = "errors/_detail.html" if is_htmx(request) else "errors/detail.html"
+    template = "error_analysis/_detail.html" if is_htmx(request) else "error_analysis/detail.html"
     return render(request, template, context)
 
 
@@ -215,7 +216,7 @@ def error_toggle_tag(
         "tags": page.tags,
         "can_tag": True,
     }
-    return render(request, "errors/_tagged.html", context)
+    return render(request, "error_analysis/_tagged.html", context)
 
 
 @router.post("/runs/{run_id}/errors/{image_id}/note", include_in_schema=False)
@@ -237,7 +238,7 @@ def error_note(
         "can_tag": True,
         "saved": True,
     }
-    return render(request, "errors/_noted.html", context)
+    return render(request, "error_analysis/_noted.html", context)
 
 
 @router.post("/datasets/{dataset_id}/tags", include_in_schema=False)

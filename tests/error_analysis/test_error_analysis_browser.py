@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy.orm import Session
 
-from app.errors import service
+from app.error_analysis import service
 from tests.browser import add_user, chromium, log_in, serve, server_env
 from tests.conftest import BACKENDS, _new_database
 from tests.factories import make_run

@@ -1,0 +1,151 @@
+"""One example of a run: its card, its large view, and the categories and note reviewers give it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.errors import Invalid, NotFound
+from app.core.lookup import get_or_404
+from app.error_analysis import repository
+from app.error_analysis.logic import clean_note
+from app.error_analysis.repository import HistoryRow
+from app.error_analysis.runs import finished_run, label_map
+from app.error_analysis.samples import ErrorItem, items_of
+from app.error_analysis.tags import TagView, ensure_tags, tag_of, tag_views
+from app.models import Image, Run, User, utcnow
+
+
+@dataclass(frozen=True)
+class TopClass:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    run: Run
+    subset: str
+    item: ErrorItem
+    filename: str
+    width: int
+    height: int
+    top: list[TopClass]
+    history: list[HistoryRow]
+    tags: list[TagView]
+
+
+def _predicted_example(session: Session, *, run_id: int, image_id: int) -> tuple[Run, str]:
+    run = finished_run(session, run_id=run_id)
+    row = repository.prediction(session, run_id=run.id, image_id=image_id)
+    if row is None:
+        raise NotFound(f"image {image_id} has no prediction in run {run_id}")
+    return run, row.subset
+
+
+def error_item(session: Session, *, run_id: int, image_id: int) -> ErrorItem:
+    run, _ = _predicted_example(session, run_id=run_id, image_id=image_id)
+    labels = label_map(session, dataset_id=run.dataset_id)
+    tags = tag_views(ensure_tags(session, dataset_id=run.dataset_id))
+    rows = list(repository.item_rows(session, run_id=run.id, image_ids=[image_id]).values())
+    (item,) = items_of(session, rows=rows, labels=labels, tags=tags)
+    return item
+
+
+def error_detail(session: Session, *, run_id: int, image_id: int) -> ErrorDetail:
+    """The large view: top-5 class probabilities (in the run's label order) and the label history."""
+    run, subset = _predicted_example(session, run_id=run_id, image_id=image_id)
+    prediction = repository.prediction(session, run_id=run.id, image_id=image_id)
+    image = get_or_404(session, Image, image_id)
+    assert prediction is not None
+    probs = np.frombuffer(prediction.probs, dtype=np.float32)
+    names = list(run.label_names)
+    order = np.argsort(-probs, kind="stable")[:5]
+    top = [TopClass(label=str(names[i]) if i < len(names) else f"#{i}", probability=float(probs[i])) for i in order]
+    return ErrorDetail(
+        run=run,
+        subset=subset,
+        item=error_item(session, run_id=run_id, image_id=image_id),
+        filename=image.filename,
+        width=image.width,
+        height=image.height,
+        top=top,
+        history=repository.label_history(session, image_id=image_id),
+        tags=tag_views(ensure_tags(session, dataset_id=run.dataset_id)),
+    )
+
+
+def _write_annotation(
+    session: Session,
+    *,
+    run: Run,
+    image_id: int,
+    tag_ids: set[int] | None,
+    note: str | None,
+    actor: User,
+    toggle_tag_id: int | None = None,
+) -> None:
+    # The annotation row is locked before its tags are read, so two reviewers writing the same example at once
+    # are applied one after the other (on Postgres, reading first would let the second undo half of the first);
+    # a savepoint lets the loser of a race to create the row carry on with the winner's.
+    annotation = repository.annotation(session, run_id=run.id, image_id=image_id, for_update=True)
+    if annotation is None:
+        try:
+            with session.begin_nested():
+                annotation = repository.add_annotation(session, run_id=run.id, image_id=image_id)
+        except IntegrityError:
+            annotation = repository.annotation(session, run_id=run.id, image_id=image_id, for_update=True)
+    assert annotation is not None
+    if toggle_tag_id is not None:
+        current = repository.annotation_tag_ids(session, annotation_ids=[annotation.id]).get(annotation.id, set())
+        tag_ids = current ^ {toggle_tag_id}
+    if tag_ids is not None:
+        repository.set_annotation_tags(session, annotation_id=annotation.id, tag_ids=tag_ids)
+    if note is not None:
+        annotation.note = note
+    annotation.updated_by_id = actor.id
+    annotation.updated_at = utcnow()
+    session.flush()
+
+
+def set_annotation(
+    session: Session,
+    *,
+    run_id: int,
+    image_id: int,
+    tags: Sequence[str] | None,
+    note: str | None,
+    actor: User,
+) -> ErrorItem:
+    """Replace an example's tags (by name) and/or note; ``None`` leaves that part as it is."""
+    run, _ = _predicted_example(session, run_id=run_id, image_id=image_id)
+    tag_ids = None
+    if tags is not None:
+        known = {tag.name.casefold(): tag.id for tag in ensure_tags(session, dataset_id=run.dataset_id)}
+        unknown = sorted({name for name in tags if name.strip().casefold() not in known})
+        if unknown:
+            raise Invalid(
+                f"unknown categories for this dataset: {', '.join(unknown)}; add them first",
+                extra={"unknown": unknown},
+            )
+        tag_ids = {known[name.strip().casefold()] for name in tags}
+    cleaned_note = None if note is None else clean_note(note)
+    _write_annotation(session, run=run, image_id=image_id, tag_ids=tag_ids, note=cleaned_note, actor=actor)
+    return error_item(session, run_id=run_id, image_id=image_id)
+
+
+def toggle_tag(session: Session, *, run_id: int, image_id: int, tag_id: int, actor: User) -> ErrorItem:
+    """Add the tag to the example, or take it off if it is there (what a digit key does)."""
+    run, _ = _predicted_example(session, run_id=run_id, image_id=image_id)
+    ensure_tags(session, dataset_id=run.dataset_id)
+    tag_of(session, dataset_id=run.dataset_id, tag_id=tag_id)
+    _write_annotation(session, run=run, image_id=image_id, tag_ids=None, note=None, actor=actor, toggle_tag_id=tag_id)
+    return error_item(session, run_id=run_id, image_id=image_id)
+
+
+def set_note(session: Session, *, run_id: int, image_id: int, note: str, actor: User) -> ErrorItem:
+    return set_annotation(session, run_id=run_id, image_id=image_id, tags=None, note=note, actor=actor)

@@ -1,0 +1,195 @@
+"""Content-addressed blobs in an S3-compatible object store (issue 18), behind the same interface as the local store.
+
+Keys are ``<prefix>/ab/cd/<sha256>``, as the local store's folders. A write hashes into a local temp file, then PUTs
+the object under its digest: S3 makes an object visible whole or not at all, and the row naming it is committed only
+after the PUT returned, so no row ever points at a missing object. Readers that need a file (Pillow, the decoders)
+get one from a per-host read-through cache under ``cache_dir``: scratch, disposable, safe to delete at any time.
+
+boto3 rather than obstore: the SDK's usual credential chain (environment, shared files, instance roles) and
+presigned URLs come with it, and every S3-compatible store tests against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from app.core.errors import DomainError
+from app.core.storage import CHUNK, StoredBlob, _check_digest, sweep_old_files
+
+
+class ObjectStoreUnavailable(DomainError):
+    status_code = 503
+    code = "object_store_unavailable"
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def describe(self) -> str:
+        where = self.endpoint_url or "AWS"
+        return f"s3://{self.bucket}/{self.prefix} at {where}"
+
+
+def make_client(location: S3Location) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    # Bounded retries with backoff: a store that is down mid-job fails the call with its reason, not a hang.
+    config = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    return boto3.client("s3", endpoint_url=location.endpoint_url, region_name=location.region, config=config)
+
+
+def describe_failure(error: Exception) -> str:
+    """The store's reason in words, never the credentials (botocore's messages name the key id at most)."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(error, NoCredentialsError):
+        return "no credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
+    if isinstance(error, EndpointConnectionError):
+        return f"cannot connect to {error.kwargs.get('endpoint_url', 'the endpoint')}"
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "?")
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AccessDenied"}:
+            return f"the store refused the credentials ({code})"
+        if code in {"NoSuchBucket", "404"}:
+            return "the bucket does not exist"
+        return f"the store answered {code}"
+    return f"{type(error).__name__}"
+
+
+class S3BlobStore:
+    def __init__(self, location: S3Location, *, cache_dir: Path, client: Any | None = None) -> None:
+        self.location = location
+        self.client = client if client is not None else make_client(location)
+        self.cache_dir = cache_dir
+        self._tmp = cache_dir / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    # -- reachability ---------------------------------------------------------------------------------------------
+
+    def check_reachable(self) -> None:
+        """Refuse to start against a store that cannot be used, with the reason (and never the secret)."""
+        try:
+            self.client.head_bucket(Bucket=self.location.bucket)
+        except Exception as error:  # noqa: BLE001 - every SDK failure becomes one clear message
+            raise ObjectStoreUnavailable(
+                f"object store {self.location.describe()} is not usable: {describe_failure(error)}"
+            ) from error
+
+    # -- the BlobStore interface ----------------------------------------------------------------------------------
+
+    def key(self, sha256: str) -> str:
+        digest = _check_digest(sha256)
+        prefix = self.location.prefix.strip("/")
+        return f"{prefix + '/' if prefix else ''}{digest[:2]}/{digest[2:4]}/{digest}"
+
+    def exists(self, sha256: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return True
+
+    def modified_at(self, sha256: str) -> float | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return float(head["LastModified"].timestamp())
+
+    def _refresh(self, digest: str) -> bool:
+        """Mark an existing object as just stored, as the local store touches its file: the garbage collector
+        spares young objects (the row naming this one may not be committed yet). False when there is none."""
+        if not self.exists(digest):
+            return False
+        key = self.key(digest)
+        self.client.copy_object(
+            Bucket=self.location.bucket,
+            Key=key,
+            CopySource={"Bucket": self.location.bucket, "Key": key},
+            MetadataDirective="REPLACE",
+        )
+        return True
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if not self._refresh(digest):
+            self.client.put_object(Bucket=self.location.bucket, Key=self.key(digest), Body=data)
+        return digest
+
+    def put_file(self, src: BinaryIO) -> str:
+        """Stream ``src`` to a local temp file, hashing as it goes, then upload it under its digest."""
+        hasher = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := src.read(CHUNK):
+                    hasher.update(chunk)
+                    fh.write(chunk)
+            digest = hasher.hexdigest()
+            if not self._refresh(digest):
+                self.client.upload_file(tmp_name, self.location.bucket, self.key(digest))
+            return digest
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """A local copy (the read-through cache), fetched on first use and renamed into place whole."""
+        digest = _check_digest(sha256)
+        cached = self.cache_dir / digest[:2] / digest[2:4] / digest
+        if cached.exists():
+            return cached
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        os.close(fd)
+        try:
+            self.client.download_file(self.location.bucket, self.key(digest), tmp_name)
+            os.replace(tmp_name, cached)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+        return cached
+
+    def open(self, sha256: str) -> BinaryIO:
+        return self.path(sha256).open("rb")
+
+    def delete(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        digest = _check_digest(sha256)
+        (self.cache_dir / digest[:2] / digest[2:4] / digest).unlink(missing_ok=True)
+
+    def presigned_url(self, sha256: str, *, seconds: int = 300) -> str:
+        """A short-lived GET URL; the caller checks the user's access before asking for one."""
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.location.bucket, "Key": self.key(sha256)}, ExpiresIn=seconds
+        )
+        return url
+
+    def sweep_abandoned(self, *, older_than_seconds: float) -> int:
+        return sweep_old_files(self._tmp, older_than_seconds=older_than_seconds)
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = self.location.prefix.strip("/")
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=f"{prefix}/" if prefix else ""):
+            for item in page.get("Contents", ()):
+                name = item["Key"].rsplit("/", 1)[-1]
+                if len(name) == 64:
+                    yield StoredBlob(name, int(item["Size"]), item["LastModified"].timestamp())

@@ -363,6 +363,7 @@ def plan_labels(
     typed_label: str | None = None,
     labels_csv: bytes | None = None,
     source_folders: bool = False,
+    unlabeled: bool = False,
 ) -> UploadLabels:
     """Label, imported subset and source of every file of an upload, keyed by `StagedFile.key`.
 
@@ -370,7 +371,8 @@ def plan_labels(
     files). Labels come from the labels CSV when one is given (a file it does not label is then rejected, so a
     typo in the CSV never silently falls back to folder names), else from the typed label, else from the class
     folder. Sources come from the CSV's source column, else (with `source_folders`) the top folder, else
-    `default_source`.
+    `default_source`. With `unlabeled` every file is stored without a label (the pool) and without a subset:
+    it enters no split until someone labels it.
     """
     by_archive: dict[int | None, list[StagedFile]] = defaultdict(list)
     for staged in files:
@@ -387,6 +389,9 @@ def plan_labels(
     for staged in files:
         path_label = from_paths[staged.key]
         source = path_label.source or default_source
+        if unlabeled:
+            plans[staged.key] = LabelPlan(label=None, subset=None, source=source)
+            continue
         if csv_result is not None:
             row = csv_result.labels.get(staged.path)
             label = row.label if row else None

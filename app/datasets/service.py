@@ -438,16 +438,21 @@ def start_upload(
     source: str | None = None,
     label: str | None = None,
     resume: bool = True,
+    unlabeled: bool = False,
 ) -> tuple[Upload, bool]:
-    """The user's open upload into this dataset (resumed), or a new one; returns (upload, resumed)."""
+    """The user's open upload into this dataset (resumed), or a new one; returns (upload, resumed).
+    `unlabeled`: its images are stored without a label (the pool) instead of being rejected as "no label"."""
     get_dataset(session, dataset_id=dataset_id)
     source_name, label_name = _source_name(source), _optional_label(label)
+    check_upload_fields(label=label_name, labels_csv=None, unlabeled=unlabeled)
     upload = repository.open_upload_of(session, dataset_id=dataset_id, user_id=user_id) if resume else None
     if upload is not None:
-        upload.source, upload.label = source_name, label_name
+        upload.source, upload.label, upload.unlabeled = source_name, label_name, unlabeled
         session.flush()
         return upload, True
-    upload = Upload(dataset_id=dataset_id, source=source_name, label=label_name, created_by_id=user_id)
+    upload = Upload(
+        dataset_id=dataset_id, source=source_name, label=label_name, unlabeled=unlabeled, created_by_id=user_id
+    )
     return repository.add_upload(session, upload), False
 
 
@@ -471,8 +476,10 @@ def check_can_add_files(session: Session, *, upload_id: int, user: User | None) 
     _open_upload(session, upload_id, user)
 
 
-def check_upload_fields(*, label: str | None, labels_csv: bytes | None) -> None:
+def check_upload_fields(*, label: str | None, labels_csv: bytes | None, unlabeled: bool = False) -> None:
     """What a one-request upload's fields can be refused for, checked before its files are stored."""
+    if unlabeled and ((label is not None and label.strip()) or labels_csv is not None):
+        raise Invalid("an unlabeled upload takes no label and no labels CSV: its images are labelled later")
     if labels_csv is not None:
         if label is not None and label.strip():
             raise Invalid("give either one label for every file or a labels CSV, not both")
@@ -820,6 +827,7 @@ def finish_upload(
     `source_folders`: the top folder of each path names the image's source (`source/label/file`, the demo).
     """
     upload = _open_upload(session, upload_id, user)
+    check_upload_fields(label=label, labels_csv=labels_csv, unlabeled=upload.unlabeled)
     if label is not None and label.strip():
         upload.label = _label_name(label)
     if source is not None and source.strip():
@@ -951,8 +959,8 @@ def resolve_conflict(
     if entry.outcome != "conflict" or entry.image_id is None or entry.label is None:
         raise Conflict(f"{entry.name} is not an open conflict")
     image = get_image(session, image_id=entry.image_id)
-    stored = repository.get_label(session, image.label_id)
-    kept = stored.name if stored is not None else "?"
+    stored = repository.get_label(session, image.label_id) if image.label_id is not None else None
+    kept = stored.name if stored is not None else ("?" if image.label_id is not None else "unlabeled")
     if keep == "new":
         label = _label_for(session, dataset_id=image.dataset_id, name=entry.label, upload_id=upload_id, user_id=user_id)
         reason = f"upload {upload_id}: {entry.name} has the same content, labelled {entry.label!r}"
@@ -990,6 +998,7 @@ class IngestSpec:
     label: str | None
     labels_csv_sha256: str | None
     user_id: int | None
+    unlabeled: bool = False
 
 
 def begin_ingest(session: Session, *, upload_id: int) -> IngestSpec | None:
@@ -1006,6 +1015,7 @@ def begin_ingest(session: Session, *, upload_id: int) -> IngestSpec | None:
         label=upload.label,
         labels_csv_sha256=upload.labels_csv_sha256,
         user_id=upload.created_by_id,
+        unlabeled=upload.unlabeled,
     )
 
 
@@ -1074,8 +1084,32 @@ class _Stored:
     """An image already in the dataset, or added earlier in this batch (its id is known after the insert)."""
 
     image_id: int | None
-    label_id: int
+    label_id: int | None  # None: stored unlabeled
     filename: str
+
+
+def _batch_label(
+    session: Session, *, spec: IngestSpec, name: str | None, labels: dict[str, Label], label_names: dict[int, str]
+) -> Label | None:
+    """The label called `name` (made once per batch when new); None for a file of an unlabeled upload."""
+    if name is None:
+        return None
+    if name not in labels:
+        label = _label_for(
+            session, dataset_id=spec.dataset_id, name=name, upload_id=spec.upload_id, user_id=spec.user_id
+        )
+        labels[name], label_names[label.id] = label, label.name
+    return labels[name]
+
+
+def _match_outcome(same: str, match: _Stored, label: Label | None, label_names: dict[int, str]) -> dict[str, str]:
+    """A file whose content the dataset has: a duplicate, or a conflict when it names another label. An unlabeled
+    copy of any image is a duplicate; a labelled copy of an unlabeled image is a conflict to settle (keep "new"
+    labels it)."""
+    if label is None or match.label_id == label.id:
+        return {"outcome": "duplicate", "reason": same}
+    stored = f"labelled {label_names.get(match.label_id, '?')!r}" if match.label_id is not None else "unlabeled"
+    return {"outcome": "conflict", "reason": f"{same}, which is {stored}; this file says {label.name!r}"}
 
 
 def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestItem]) -> BatchOutcome:
@@ -1099,28 +1133,21 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
     }
     labels: dict[str, Label] = {}
     rejected: list[dict[str, Any]] = []
-    matched: list[tuple[IngestItem, Label, _Stored]] = []
+    matched: list[tuple[IngestItem, Label | None, _Stored]] = []
     added: list[tuple[IngestItem, dict[str, Any]]] = []
     for item in todo:
         decoded = item.result
-        if item.plan.problem or item.plan.label is None or not isinstance(decoded, DecodedImage):
+        no_label = item.plan.label is None and not spec.unlabeled  # an unlabeled upload stores it in the pool
+        if item.plan.problem or no_label or not isinstance(decoded, DecodedImage):
             content = decoded.reason if isinstance(decoded, Rejection) else None  # content first, then the label
             reason = "; ".join(r for r in (content, item.plan.problem) if r) or "could not be read"
             rejected.append({"id": item.entry_id, "outcome": "rejected", "reason": reason, "label": item.plan.label})
             continue
-        if item.plan.label not in labels:
-            label = _label_for(
-                session,
-                dataset_id=spec.dataset_id,
-                name=item.plan.label,
-                upload_id=spec.upload_id,
-                user_id=spec.user_id,
-            )
-            labels[item.plan.label], label_names[label.id] = label, label.name
-        label = labels[item.plan.label]
+        label = _batch_label(session, spec=spec, name=item.plan.label, labels=labels, label_names=label_names)
         if item.sha256 in stored:
             matched.append((item, label, stored[item.sha256]))
             continue
+        label_id = label.id if label is not None else None
         row = {
             "dataset_id": spec.dataset_id,
             "sha256": item.sha256,
@@ -1128,7 +1155,8 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
             "filename": item.name,
             "source": item.plan.source,
             "imported_subset": item.plan.subset,
-            "label_id": label.id,
+            "label_id": label_id,
+            "from_pool": label_id is None,
             "width": decoded.width,
             "height": decoded.height,
             "format": decoded.format,
@@ -1137,7 +1165,7 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
             "upload_id": spec.upload_id,
         }
         added.append((item, row))
-        stored[item.sha256] = _Stored(None, label.id, item.name)  # a later copy in this batch matches it
+        stored[item.sha256] = _Stored(None, label_id, item.name)  # a later copy in this batch matches it
     new_ids = repository.insert_images(session, [row for _, row in added])
     repository.insert_import_changes(
         session, [(new_ids[row["sha256"]], row["label_id"]) for _, row in added], user_id=spec.user_id, now=utcnow()
@@ -1156,13 +1184,9 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[IngestIt
     for item, label, match in matched:
         image_id = match.image_id if match.image_id is not None else new_ids[item.sha256]
         same = f"same content as {match.filename} (image {image_id})"
-        if match.label_id == label.id:
-            update = {"outcome": "duplicate", "reason": same}
-        else:
-            stored_label = label_names.get(match.label_id, "?")
-            reason = f"{same}, which is labelled {stored_label!r}; this file says {label.name!r}"
-            update = {"outcome": "conflict", "reason": reason}
-        updates.append({"id": item.entry_id, "image_id": image_id, "label": label.name, **update})
+        update = _match_outcome(same, match, label, label_names)
+        name = label.name if label is not None else None
+        updates.append({"id": item.entry_id, "image_id": image_id, "label": name, **update})
     repository.update_entries(session, updates)
 
     outcome = BatchOutcome(

@@ -86,6 +86,7 @@ def _ingest_upload(ctx: JobContext) -> dict[str, Any]:
         typed_label=spec.label,
         labels_csv=labels_csv,
         source_folders=bool(ctx.payload.get("source_folders")),
+        unlabeled=spec.unlabeled,
     )
     todo = [entry for entry in files if entry.outcome == "staged"]
     _ingest(ctx, spec, blobs, todo, labelling.plans, done_before=len(files) - len(todo), total=len(files))

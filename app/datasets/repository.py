@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from app.models import (
     Dataset,
@@ -22,7 +22,6 @@ from app.models import (
     SplitAssignment,
     Upload,
     UploadEntry,
-    User,
 )
 
 UNFINISHED_UPLOADS = ("open", "queued", "ingesting")
@@ -107,25 +106,6 @@ def add_label_event(
     session: Session, *, dataset_id: int, kind: str, details: dict[str, Any], user_id: int | None
 ) -> None:
     session.add(LabelEvent(dataset_id=dataset_id, kind=kind, details=details, user_id=user_id))
-
-
-def set_image_label(
-    session: Session, *, image: Image, label_id: int, kind: str, reason: str, user_id: int | None
-) -> None:
-    old = image.label_id
-    image.label_id = label_id
-    image.label_version += 1
-    session.add(
-        LabelChange(
-            image_id=image.id,
-            kind=kind,
-            old_label_id=old,
-            new_label_id=label_id,
-            version=image.label_version,
-            reason=reason,
-            user_id=user_id,
-        )
-    )
 
 
 # ---- images ---------------------------------------------------------------------------------------------
@@ -237,20 +217,6 @@ def entry_rows(session: Session, upload_id: int) -> Iterator[tuple[Any, ...]]:
 
 def get_image(session: Session, image_id: int) -> Image | None:
     return session.get(Image, image_id)
-
-
-def label_history(session: Session, image_id: int) -> list[tuple[LabelChange, str | None, str | None, str | None]]:
-    """(change, old label name, new label name, user name), oldest first."""
-    old, new = aliased(Label), aliased(Label)
-    rows = session.execute(
-        select(LabelChange, old.name, new.name, User.name)
-        .outerjoin(old, old.id == LabelChange.old_label_id)
-        .outerjoin(new, new.id == LabelChange.new_label_id)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .where(LabelChange.image_id == image_id)
-        .order_by(LabelChange.id)
-    ).all()
-    return [(change, old_name, new_name, user) for change, old_name, new_name, user in rows]
 
 
 def subsets_of_image(session: Session, image_id: int) -> list[tuple[int, int, str]]:

@@ -37,6 +37,8 @@ from app.datasets.logic import (
 )
 from app.datasets.ownership import DISCARDED, check_owner
 from app.jobs import service as jobs
+from app.labels import service as label_service
+from app.labels.repository import HistoryRow
 from app.ml.archives import UnsafePathError, is_ignored_path, normalise_relative_path
 from app.ml.images import Rejection
 from app.models import Dataset, Image, Job, Label, Split, Upload, UploadEntry, User, utcnow
@@ -309,37 +311,22 @@ def get_image(session: Session, *, image_id: int) -> Image:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    kind: str
-    old_label: str | None
-    new_label: str | None
-    version: int
-    reason: str
-    user: str | None
-    created_at: Any
-
-
-@dataclass(frozen=True)
 class ImageDetail:
     image: Image
     dataset: Dataset
     label: str | None  # None: unlabeled
-    history: list[HistoryEntry]
+    history: list[HistoryRow]
     subsets: list[tuple[int, int, str]]  # (split id, version, subset)
 
 
 def image_detail(session: Session, *, image_id: int) -> ImageDetail:
     image = get_image(session, image_id=image_id)
     label = repository.get_label(session, image.label_id) if image.label_id is not None else None
-    history = [
-        HistoryEntry(change.kind, old, new, change.version, change.reason, user, change.created_at)
-        for change, old, new, user in repository.label_history(session, image.id)
-    ]
     return ImageDetail(
         image=image,
         dataset=get_dataset(session, dataset_id=image.dataset_id),
         label=label.name if label is not None else (None if image.label_id is None else ""),
-        history=history,
+        history=label_service.history(session, image_id=image.id),
         subsets=repository.subsets_of_image(session, image.id),
     )
 
@@ -964,8 +951,10 @@ def resolve_conflict(
     if keep == "new":
         label = _label_for(session, dataset_id=image.dataset_id, name=entry.label, upload_id=upload_id, user_id=user_id)
         reason = f"upload {upload_id}: {entry.name} has the same content, labelled {entry.label!r}"
-        repository.set_image_label(
-            session, image=image, label_id=label.id, kind="relabel", reason=reason, user_id=user_id
+        # Versioned like every label write: a relabel committed since this request read the image refuses it (409).
+        version = image.label_version
+        label_service.set_label(
+            session, image=image, label_id=label.id, expected_version=version, reason=reason, user_id=user_id
         )
         kept = entry.label
     entry.outcome = "resolved"
@@ -976,9 +965,7 @@ def resolve_conflict(
 
 def _label_for(session: Session, *, dataset_id: int, name: str, upload_id: int, user_id: int | None) -> Label:
     """The label called `name` (following merges), created with a history event when new."""
-    label = repository.label_by_name(session, dataset_id, name)
-    while label is not None and label.merged_into_id is not None:
-        label = repository.get_label(session, label.merged_into_id)
+    label = label_service.resolve_name(session, dataset_id=dataset_id, name=name)
     if label is not None:
         return label
     label = repository.add_label(session, dataset_id=dataset_id, name=name)

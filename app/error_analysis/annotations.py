@@ -13,10 +13,11 @@ from app.core.errors import Invalid, NotFound
 from app.core.lookup import get_or_404
 from app.error_analysis import repository
 from app.error_analysis.logic import clean_note
-from app.error_analysis.repository import HistoryRow
 from app.error_analysis.runs import finished_run, label_map
 from app.error_analysis.samples import ErrorItem, items_of
 from app.error_analysis.tags import TagView, ensure_tags, tag_of, tag_views
+from app.labels import service as label_service
+from app.labels.repository import HistoryRow
 from app.models import Image, Run, User, utcnow
 
 
@@ -74,7 +75,7 @@ def error_detail(session: Session, *, run_id: int, image_id: int) -> ErrorDetail
         width=image.width,
         height=image.height,
         top=top,
-        history=repository.label_history(session, image_id=image_id),
+        history=label_service.history(session, image_id=image_id),
         tags=tag_views(ensure_tags(session, dataset_id=run.dataset_id)),
     )
 

@@ -1,11 +1,10 @@
 """Error analysis rules over plain values: which subsets are analysed, what a category name, colour or note may
-be, and how label merges are followed. No database or web imports (tests/core/test_pure_logic.py)."""
+be. No database or web imports (tests/core/test_pure_logic.py)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
 
 from app.core.errors import Invalid
 from app.core.palette import CATEGORY_PALETTE
@@ -54,15 +53,3 @@ def default_color(existing: int) -> str:
     """The colour a new category gets when none is chosen, after ``existing`` categories."""
     return CATEGORY_PALETTE[existing % len(CATEGORY_PALETTE)]
 
-
-def follow_merges(merged_into: Mapping[int, int]) -> dict[int, int]:
-    """Merged label id -> the label it stands for now, following merges of merges to the end."""
-
-    def final(label_id: int) -> int:
-        seen = set()
-        while label_id in merged_into and label_id not in seen:  # a cycle would be a bug elsewhere: stop at it
-            seen.add(label_id)
-            label_id = merged_into[label_id]
-        return label_id
-
-    return {label_id: final(label_id) for label_id in merged_into}

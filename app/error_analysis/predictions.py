@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.error_analysis import repository
 from app.models import Run
+from app.training.states import RunStatus
 
 # A cached subset is read again in full after this long: the backstop should a label change commit out of id order
 # (Postgres hands out ids before commit) later than UNSEEN_SECONDS after a higher id was read.
@@ -179,7 +180,7 @@ def subset_state(session: Session, *, run: Run, subset: str) -> SubsetState:
     # created_at guards against a deleted run's id being reused (SQLite reuses the highest rowid). Every label or
     # exclusion change leaves a label_changes row, so the newest one tells whether the cached state is current.
     watermark = repository.label_watermark(session)
-    if run.status != "succeeded":  # its predictions are written as it succeeds: nothing to keep yet
+    if run.status != RunStatus.SUCCEEDED:  # its predictions are written as it succeeds: nothing to keep yet
         return _load_state(session, run_id=run.id, subset=subset, watermark=watermark)
     key = (run.id, run.created_at, subset)
     with _snapshots.loading(key):

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, case, delete, func, insert, literal, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from app.models import (
     ErrorAnnotation,
@@ -16,7 +16,6 @@ from app.models import (
     ErrorSample,
     ErrorSampleItem,
     Image,
-    Label,
     LabelChange,
     Prediction,
     Tag,
@@ -40,16 +39,6 @@ class ItemRow:
     tagged_by: str | None
     tagged_at: datetime | None
     sampled_as_error: bool | None = None  # set for the examples of a stored sample
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    kind: str
-    old_label: str | None
-    new_label: str | None
-    reason: str
-    user: str | None
-    created_at: datetime
 
 
 def label_watermark(session: Session) -> int:
@@ -252,23 +241,3 @@ def merge_tag(session: Session, *, source: Tag, target: Tag) -> None:
     session.execute(delete(ErrorAnnotationTag).where(ErrorAnnotationTag.tag_id == source.id))
     session.delete(source)
     session.flush()
-
-
-def label_history(session: Session, *, image_id: int) -> list[HistoryRow]:
-    old, new = aliased(Label), aliased(Label)
-    query = (
-        select(
-            LabelChange.kind,
-            old.name,
-            new.name,
-            LabelChange.reason,
-            User.name,
-            LabelChange.created_at,
-        )
-        .outerjoin(old, old.id == LabelChange.old_label_id)
-        .outerjoin(new, new.id == LabelChange.new_label_id)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .where(LabelChange.image_id == image_id)
-        .order_by(LabelChange.id)
-    )
-    return [HistoryRow(*row) for row in session.execute(query)]

@@ -1,12 +1,28 @@
-"""Queries for label merges and their undo: set-wise, every image update conditional on its label_version."""
+"""Queries for labels and label history: versioned writes of one image's label or exclusion (``UPDATE ... WHERE
+label_version = :expected``, then look at the row count), the history of an image, and label merges and their undo
+(set-wise, every image update conditional on its label_version)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import DateTime, Integer, String, Text, func, insert, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from app.models import Image, Label, LabelChange, LabelEvent, User
 
@@ -24,6 +40,145 @@ HISTORY_COLUMNS = [
     "created_at",
     "label_event_id",
 ]
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """A row of an image's label history, with names: every page that shows a history shows these."""
+
+    id: int
+    kind: str
+    old_label: str | None
+    new_label: str | None
+    version: int
+    reason: str
+    review_id: int | None
+    reverts_change_id: int | None
+    user: str | None
+    created_at: datetime
+    confirmed_by: str | None = None  # the second reviewer, for a change applied by agreement
+
+
+def names_of(session: Session, *, dataset_id: int) -> dict[int, str]:
+    """Label id -> name for every label of the dataset, merged ones included."""
+    query = select(Label.id, Label.name).where(Label.dataset_id == dataset_id).order_by(Label.id)
+    return {label_id: name for label_id, name in session.execute(query)}
+
+
+def merges_of(session: Session, *, dataset_id: int) -> list[tuple[int, str, int | None]]:
+    """(id, name, merged into) of every label of the dataset, merged ones included."""
+    query = select(Label.id, Label.name, Label.merged_into_id).where(Label.dataset_id == dataset_id)
+    return [(label_id, name, merged_into) for label_id, name, merged_into in session.execute(query)]
+
+
+# --- one image at a time: versioned writes and the history ------------------------------------------------------
+
+
+def _updated_one(result: Any) -> bool:
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def set_label_if_version(session: Session, *, image_id: int, expected_version: int, label_id: int) -> bool:
+    """Atomic on SQLite and Postgres: a concurrent writer that got there first changed the version, so this
+    matches no row (Postgres re-checks the WHERE clause after waiting for the other writer's row lock)."""
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.label_version == expected_version)
+        .values(label_id=label_id, label_version=Image.label_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def set_exclusion_if_version(
+    session: Session, *, image_id: int, expected_version: int, excluded_reason: str | None
+) -> bool:
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.label_version == expected_version)
+        .values(excluded_reason=excluded_reason, label_version=Image.label_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def lock_if_version(session: Session, *, image_id: int, expected_version: int) -> bool:
+    """Lock the image row if it is still at ``expected_version`` (a no-op UPDATE), for decisions that confirm a
+    label without changing it."""
+    statement = (
+        update(Image)
+        .where(Image.id == image_id, Image.label_version == expected_version)
+        .values(label_version=Image.label_version)
+        .execution_options(synchronize_session=False)
+    )
+    return _updated_one(session.execute(statement))
+
+
+def add_change(session: Session, change: LabelChange) -> LabelChange:
+    session.add(change)
+    session.flush()
+    return change
+
+
+def _change_and_author(
+    session: Session, *where: ColumnElement[bool], order_by: Sequence[Any]
+) -> tuple[LabelChange, str | None] | None:
+    query = select(LabelChange, User.name).outerjoin(User, User.id == LabelChange.user_id).where(*where)
+    row = session.execute(query.order_by(*order_by).limit(1)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
+    return _change_and_author(session, LabelChange.image_id == image_id, order_by=[LabelChange.id.desc()])
+
+
+def first_change_after(session: Session, *, image_id: int, version: int) -> tuple[LabelChange, str | None] | None:
+    """The change that moved an image past ``version``, and who made it."""
+    return _change_and_author(
+        session,
+        LabelChange.image_id == image_id,
+        LabelChange.version > version,
+        order_by=[LabelChange.version, LabelChange.id],
+    )
+
+
+def get_change(session: Session, change_id: int) -> LabelChange | None:
+    return session.get(LabelChange, change_id)
+
+
+def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
+    query = select(LabelChange).where(LabelChange.image_id == image_id).order_by(LabelChange.id)
+    return list(session.scalars(query))
+
+
+def history(session: Session, *, image_id: int) -> list[HistoryRow]:
+    old, new, confirmer = aliased(Label), aliased(Label), aliased(User)
+    query = (
+        select(
+            LabelChange.id,
+            LabelChange.kind,
+            old.name,
+            new.name,
+            LabelChange.version,
+            LabelChange.reason,
+            LabelChange.review_id,
+            LabelChange.reverts_change_id,
+            User.name,
+            LabelChange.created_at,
+            confirmer.name,
+        )
+        .outerjoin(old, old.id == LabelChange.old_label_id)
+        .outerjoin(new, new.id == LabelChange.new_label_id)
+        .outerjoin(User, User.id == LabelChange.user_id)
+        .outerjoin(confirmer, confirmer.id == LabelChange.confirmed_by_id)
+        .where(LabelChange.image_id == image_id)
+        .order_by(LabelChange.id)
+    )
+    rows: Sequence[Any] = session.execute(query).all()
+    return [HistoryRow(*row) for row in rows]
+
+
+# --- label events and merges: many images at once ------------------------------------------------------------------
 
 
 def add_event(

@@ -1,8 +1,11 @@
-"""Merging one label into another, and undoing that merge: exactly the images the merge moved go back, each
-only if its label has not changed since (every update names the label_version the merge left).
+"""The one owner of labels and label history. Every change to an image's label or exclusion, from any domain (a
+review relabel, an agreed proposal, a revert, the resolution of an upload conflict), goes through here as a
+conditional ``UPDATE images ... WHERE label_version = :expected`` followed by a ``label_changes`` row, so a writer
+that read an older version changes nothing and gets 409 with the current label and who set it. Merging one label
+into another (and undoing that) moves images set-wise, each update naming the label_version the merge left.
 
 Services take keyword-only arguments and only flush; the caller's unit of work commits (or rolls back when a
-domain error is raised part-way, so a refused undo changes nothing)."""
+domain error is raised part-way, so a refused change or undo changes nothing)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,284 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
-from app.datasets.service import dataset_label
-from app.labels import repository
-from app.models import Label, utcnow
+from app.core.lookup import get_or_404
+from app.labels import logic, repository
+from app.labels.repository import HistoryRow
+from app.models import Image, Label, LabelChange, LabelEvent, utcnow
 
+RELABEL, AMBIGUOUS, REVERT = "relabel", "ambiguous", repository.REVERT
+MAX_REASON_CHARS = 1_000
 # A refusal lists at most this many of the images relabelled since (the count is always complete).
 LISTED_IMAGES = 200
+
+
+class StaleVersion(Conflict):
+    """A change named a label_version the image has moved past (someone else changed it first)."""
+
+
+# --- reading labels ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A dataset's labels as they stand now. A merged label keeps its row (old predictions point at it) and stands
+    for the label it was merged into, so predicting it for an image of that label is not an error."""
+
+    names: dict[int, str]  # any label id -> the name of the label it stands for
+    merged: dict[int, int]  # merged label id -> the label it stands for (merges followed to the end)
+    offered: list[str]  # names of the labels that still exist, for the filters
+
+    def resolve(self, label_id: int) -> int:
+        return self.merged.get(label_id, label_id)
+
+    def id_of(self, name: str | None) -> int | None:
+        if not name:
+            return None
+        for label_id, label_name in self.names.items():
+            if label_name == name and label_id not in self.merged:
+                return label_id
+        raise Invalid(f"this dataset has no label {name!r}")
+
+
+def label_map(session: Session, *, dataset_id: int) -> LabelMap:
+    rows = repository.merges_of(session, dataset_id=dataset_id)
+    own_names = {label_id: name for label_id, name, _ in rows}
+    merged = logic.follow_merges({label_id: into for label_id, _, into in rows if into is not None})
+    return LabelMap(
+        names={label_id: own_names[merged.get(label_id, label_id)] for label_id in own_names},
+        merged=merged,
+        offered=sorted(name for label_id, name in own_names.items() if label_id not in merged),
+    )
+
+
+def names(session: Session, *, dataset_id: int) -> dict[int, str]:
+    """Label id -> its own name, merged labels included."""
+    return repository.names_of(session, dataset_id=dataset_id)
+
+
+def resolve_name(session: Session, *, dataset_id: int, name: str) -> Label | None:
+    """The label files called ``name`` are stored under: that label, or the one it was merged into (to the end)."""
+    label = repository.label_by_name(session, dataset_id, name)
+    seen: set[int] = set()
+    while label is not None and label.merged_into_id is not None and label.id not in seen:
+        seen.add(label.id)
+        label = repository.get_label(session, label.merged_into_id)
+    return label
+
+
+def label_name(session: Session, label_id: int) -> str:
+    label = repository.get_label(session, label_id)
+    return label.name if label is not None else "?"
+
+
+def get_image(session: Session, image_id: int) -> Image:
+    return get_or_404(session, Image, image_id)
+
+
+def history(session: Session, *, image_id: int) -> list[HistoryRow]:
+    """An image's label history, oldest first, with label and user names: the one query every page shows."""
+    get_image(session, image_id)
+    return repository.history(session, image_id=image_id)
+
+
+def first_change_after(session: Session, *, image_id: int, version: int) -> tuple[LabelChange, str | None] | None:
+    """The change that moved an image past ``version``, and who made it (None if it is still there)."""
+    return repository.first_change_after(session, image_id=image_id, version=version)
+
+
+# --- changing one image: always against the version the writer saw -------------------------------------------------
+
+
+def clean_reason(reason: str, *, required: bool = False) -> str:
+    cleaned = reason.strip()
+    if required and not cleaned:
+        raise Invalid("say why: a reason is recorded with the change")
+    if len(cleaned) > MAX_REASON_CHARS:
+        raise Invalid(f"a reason can be at most {MAX_REASON_CHARS} characters; this one has {len(cleaned)}")
+    return cleaned
+
+
+def stale(session: Session, image: Image, *, expected_version: int) -> StaleVersion:
+    """The 409 for a change made against an old version: the current label, its version and who set it."""
+    session.refresh(image)
+    label = label_name(session, image.label_id) if image.label_id is not None else None  # None: still unlabeled
+    latest = repository.latest_change(session, image_id=image.id)
+    changed_by = latest[1] if latest is not None else None
+    changed_at = latest[0].created_at.isoformat() if latest is not None else None
+    return StaleVersion(
+        f"image {image.id} changed since you looked (you saw version {expected_version}, it is now "
+        f"{image.label_version}): its label is {label!r}"
+        + (f", set by {changed_by}" if changed_by else "")
+        + ". Look again and redo your change if it still applies.",
+        extra={
+            "image_id": image.id,
+            "label": label,
+            "label_version": image.label_version,
+            "excluded_reason": image.excluded_reason,
+            "changed_by": changed_by,
+            "changed_at": changed_at,
+        },
+    )
+
+
+def check_version(session: Session, image: Image, *, expected_version: int) -> None:
+    """Refuse early (before other checks) when the image has visibly moved past the version named."""
+    if image.label_version != expected_version:
+        raise stale(session, image, expected_version=expected_version)
+
+
+def lock_version(session: Session, *, image: Image, expected_version: int) -> None:
+    """Lock the image row at the version named, for a decision that confirms a label without changing it: a
+    concurrent change either finished first (409 here) or waits for this transaction."""
+    if not repository.lock_if_version(session, image_id=image.id, expected_version=expected_version):
+        raise stale(session, image, expected_version=expected_version)
+
+
+def set_label(
+    session: Session,
+    *,
+    image: Image,
+    label_id: int,
+    expected_version: int,
+    reason: str,
+    user_id: int | None,
+    kind: str = RELABEL,
+    review_id: int | None = None,
+    reverts_change_id: int | None = None,
+    confirmed_by_id: int | None = None,
+) -> LabelChange:
+    """Give the image another label, only if it is still at ``expected_version`` (else StaleVersion, 409), and
+    record the change; the image is refreshed to its new state."""
+    check_version(session, image, expected_version=expected_version)
+    old_label_id = image.label_id
+    if not repository.set_label_if_version(
+        session, image_id=image.id, expected_version=expected_version, label_id=label_id
+    ):
+        raise stale(session, image, expected_version=expected_version)
+    return _recorded(
+        session,
+        image,
+        LabelChange(
+            image_id=image.id,
+            kind=kind,
+            old_label_id=old_label_id,
+            new_label_id=label_id,
+            version=expected_version + 1,
+            reason=reason,
+            review_id=review_id,
+            reverts_change_id=reverts_change_id,
+            user_id=user_id,
+            confirmed_by_id=confirmed_by_id,
+        ),
+    )
+
+
+def set_exclusion(
+    session: Session,
+    *,
+    image: Image,
+    excluded_reason: str | None,
+    expected_version: int,
+    reason: str,
+    user_id: int | None,
+    kind: str = AMBIGUOUS,
+    review_id: int | None = None,
+    reverts_change_id: int | None = None,
+) -> LabelChange:
+    """Leave the image out of scoring (``excluded_reason``) or score it again (None), against ``expected_version``
+    like ``set_label``."""
+    check_version(session, image, expected_version=expected_version)
+    if not repository.set_exclusion_if_version(
+        session, image_id=image.id, expected_version=expected_version, excluded_reason=excluded_reason
+    ):
+        raise stale(session, image, expected_version=expected_version)
+    return _recorded(
+        session,
+        image,
+        LabelChange(
+            image_id=image.id,
+            kind=kind,
+            old_label_id=image.label_id,
+            new_label_id=image.label_id,
+            version=expected_version + 1,
+            reason=reason,
+            review_id=review_id,
+            reverts_change_id=reverts_change_id,
+            user_id=user_id,
+        ),
+    )
+
+
+def _recorded(session: Session, image: Image, change: LabelChange) -> LabelChange:
+    repository.add_change(session, change)
+    session.refresh(image)
+    return change
+
+
+@dataclass(frozen=True)
+class Reverted:
+    image: Image
+    change: LabelChange  # the change taken back
+    revert: LabelChange  # the history row that records taking it back
+    effect: logic.Effect  # what the change taken back had done
+
+
+def _effect(session: Session, change: LabelChange) -> logic.Effect:
+    records = {
+        row.id: logic.ChangeRecord(
+            id=row.id,
+            kind=row.kind,
+            old_label_id=row.old_label_id,
+            new_label_id=row.new_label_id,
+            reason=row.reason,
+            reverts_change_id=row.reverts_change_id,
+        )
+        for row in repository.changes_of_image(session, image_id=change.image_id)
+    }
+    try:
+        return logic.effect_of(change.id, records)
+    except logic.NotRevertible as exc:
+        raise Invalid(str(exc)) from exc
+
+
+def revert(
+    session: Session, *, change_id: int, expected_version: int | None, reason: str, user_id: int | None
+) -> Reverted:
+    """Take a change back with a new history row (a revert of a revert redoes the change). Only a change still
+    in effect can be reverted: if a later change touched the same thing, that one has to be reverted first."""
+    change = get_or_404(session, LabelChange, change_id, what="label change")
+    image = get_image(session, change.image_id)
+    cleaned = clean_reason(reason) or f"revert of change {change.id}"
+    effect = _effect(session, change)
+    version = image.label_version if expected_version is None else expected_version
+    check_version(session, image, expected_version=version)
+    current = image.label_id if effect.field == "label" else image.excluded_reason
+    if current != effect.after:
+        raise Conflict(
+            f"change {change.id} is no longer in effect: a later change to image {image.id} replaced it; "
+            "revert that one first",
+            extra={"label_version": image.label_version, "history": f"/api/images/{image.id}/history"},
+        )
+    common: dict[str, Any] = {
+        "image": image,
+        "expected_version": version,
+        "reason": cleaned,
+        "user_id": user_id,
+        "kind": REVERT,
+        "review_id": change.review_id,
+        "reverts_change_id": change.id,
+    }
+    if effect.field == "label":
+        if not isinstance(effect.before, int):
+            raise Invalid(f"change {change.id} has no earlier label to go back to")
+        row = set_label(session, label_id=effect.before, **common)
+    else:
+        before = effect.before if isinstance(effect.before, str) else None
+        row = set_exclusion(session, excluded_reason=before, **common)
+    return Reverted(image=image, change=change, revert=row, effect=effect)
+
+
+# --- merging labels: many images at once ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -48,8 +323,8 @@ def merge_labels(
     retire the first label: its name becomes an alias of the other."""
     if label_id == into_label_id:
         raise Invalid("a label cannot be merged into itself")
-    merged = dataset_label(session, dataset_id=dataset_id, label_id=label_id)
-    into = dataset_label(session, dataset_id=dataset_id, label_id=into_label_id)
+    merged = _live_label(session, dataset_id=dataset_id, label_id=label_id)
+    into = _live_label(session, dataset_id=dataset_id, label_id=into_label_id)
     details: dict[str, Any] = {"from": merged.name, "into": into.name, "from_id": merged.id, "into_id": into.id}
     event = repository.add_event(
         session, dataset_id=dataset_id, kind=repository.MERGE, details=details, user_id=user_id
@@ -70,10 +345,15 @@ def merge_labels(
     return into, moved
 
 
-def _merge_event(session: Session, *, dataset_id: int, event_id: int) -> Any:
-    event = repository.get_event(session, event_id)
-    if event is None or event.dataset_id != dataset_id:
-        raise NotFound(f"label event {event_id} is not an event of dataset {dataset_id}")
+def _live_label(session: Session, *, dataset_id: int, label_id: int) -> Label:
+    label = get_or_404(session, Label, label_id, dataset_id=dataset_id)
+    if label.merged_into_id is not None:
+        raise Conflict(f"label {label.name!r} was merged into another label")
+    return label
+
+
+def _merge_event(session: Session, *, dataset_id: int, event_id: int) -> LabelEvent:
+    event = get_or_404(session, LabelEvent, event_id, what="label event", dataset_id=dataset_id)
     if event.kind != repository.MERGE:
         raise Invalid(f"label event {event_id} is a {event.kind}, not a merge: only merges can be undone here")
     if event.details.get("undone_by"):
@@ -139,9 +419,5 @@ def alias_of(session: Session, *, dataset_id: int, name: str | None) -> str | No
     """The label that files given `name` are stored under when `name` was merged away, else None."""
     if not name:
         return None
-    label = repository.label_by_name(session, dataset_id, name)
-    seen: set[int] = set()
-    while label is not None and label.merged_into_id is not None and label.id not in seen:
-        seen.add(label.id)
-        label = repository.get_label(session, label.merged_into_id)
+    label = resolve_name(session, dataset_id=dataset_id, name=name)
     return label.name if label is not None and label.name != name else None

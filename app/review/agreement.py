@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Forbidden, NotFound
-from app.models import Image, LabelChange, LabelProposal, Review, ReviewItem, User, utcnow
-from app.review import logic, repository, service
+from app.labels import service as label_service
+from app.models import Image, LabelProposal, Review, User, utcnow
+from app.review import campaigns, logic, relabel, repository
+from app.review.relabel import LabelState
 from app.review.repository import ProposalRow
-from app.review.service import LabelState
 
 # A proposal with names, and whether it is stale or withdrawn.
 ProposalView = ProposalRow
@@ -42,8 +43,8 @@ class AgreementView:
 
 
 def start_campaign(session: Session, *, require_agreement: bool | None, **campaign: Any) -> Review:
-    """``service.create_review`` plus the agreement rule: as asked, else on for campaigns that touch test."""
-    review = service.create_review(session, **campaign)
+    """``campaigns.create_review`` plus the agreement rule: as asked, else on for campaigns that touch test."""
+    review = campaigns.create_review(session, **campaign)
     review.require_agreement = logic.requires_agreement(review.subsets.split(","), asked=require_agreement)
     session.flush()
     return review
@@ -66,7 +67,7 @@ def refuse_if_proposed(session: Session, *, review_id: int | None, image_id: int
     proposal = repository.open_proposal(session, review_id=review_id, image_id=image_id)
     if proposal is None:
         return
-    labels = repository.labels_of(session, dataset_id=service._image(session, image_id).dataset_id)
+    labels = label_service.names(session, dataset_id=label_service.get_image(session, image_id).dataset_id)
     proposer = session.get(User, proposal.proposed_by_id) if proposal.proposed_by_id else None
     raise Conflict(
         f"image {image_id} has an open proposal in review {review_id} "
@@ -86,9 +87,9 @@ def change_label(
     reason: str = "",
     actor: User,
 ) -> Outcome:
-    """A relabel: applied at once (``service.change_label``), or, in a campaign that requires agreement, recorded as
+    """A relabel: applied at once (``relabel.change_label``), or, in a campaign that requires agreement, recorded as
     a proposal that leaves the label as it was."""
-    review = service._review(session, review_id) if review_id is not None else None
+    review = campaigns.get_review(session, review_id) if review_id is not None else None
     direct: dict[str, Any] = {
         "image_id": image_id,
         "label": label,
@@ -96,19 +97,18 @@ def change_label(
         "reason": reason,
     }
     if review is None or not review.require_agreement:
-        return Outcome(service.change_label(session, review_id=review_id, actor=actor, **direct))
-    image = service._image(session, image_id)
-    item = service._campaign_item(session, review_id=review.id, image=image)
+        return Outcome(relabel.change_label(session, review_id=review_id, actor=actor, **direct))
+    image = label_service.get_image(session, image_id)
+    item = relabel.campaign_item(session, review_id=review.id, image=image)
     assert item is not None
     refuse_if_proposed(session, review_id=review.id, image_id=image.id)
-    by_name = {name: label_id for label_id, name in repository.labels_of(session, dataset_id=image.dataset_id).items()}
+    by_name = {name: label_id for label_id, name in label_service.names(session, dataset_id=image.dataset_id).items()}
     if by_name.get(label, image.label_id) == image.label_id:
         # An unknown label is refused there; the label it already has keeps the item, as in any campaign.
-        return Outcome(service.change_label(session, review_id=review.id, actor=actor, **direct))
-    cleaned = service._clean_reason(reason)
+        return Outcome(relabel.change_label(session, review_id=review.id, actor=actor, **direct))
+    cleaned = label_service.clean_reason(reason)
     # Lock the image at the version seen: a concurrent relabel either finished first (409 here) or waits.
-    if not repository.lock_if_version(session, image_id=image.id, expected_version=expected_version):
-        raise service._stale(session, image, expected_version=expected_version)
+    label_service.lock_version(session, image=image, expected_version=expected_version)
     proposal = repository.add_proposal(
         session,
         LabelProposal(
@@ -122,20 +122,14 @@ def change_label(
             proposed_by_id=actor.id,
         ),
     )
-    _set_item(item, status=logic.PROPOSED, actor=actor)
+    relabel.decide(item, status=logic.PROPOSED, actor=actor)
     session.flush()
-    return Outcome(service._state(session, image, review_status=logic.PROPOSED), _view(session, proposal))
-
-
-def _set_item(item: ReviewItem, *, status: str, actor: User | None) -> None:
-    item.status = status
-    item.decided_by_id = actor.id if actor is not None else None
-    item.decided_at = utcnow() if actor is not None else None
+    return Outcome(relabel.state(session, image, review_status=logic.PROPOSED), _view(session, proposal))
 
 
 def _open_proposal(session: Session, *, review_id: int, image_id: int) -> tuple[Review, Image, LabelProposal]:
-    review = service._open_review(session, review_id)
-    image = service._image(session, image_id)
+    review = campaigns.open_review(session, review_id)
+    image = label_service.get_image(session, image_id)
     proposal = repository.open_proposal(session, review_id=review.id, image_id=image.id)
     if proposal is not None:
         return review, image, proposal
@@ -158,9 +152,9 @@ def _already_decided(session: Session, proposal: LabelProposal) -> Conflict:
 def _moved_on(session: Session, image: Image, proposal: LabelProposal) -> Conflict:
     """The 409 for a proposal whose image was relabelled since: which change, by whom, and the label now."""
     session.refresh(image)
-    labels = repository.labels_of(session, dataset_id=image.dataset_id)
-    current = service._state(session, image)
-    found = repository.first_change_after(session, image_id=image.id, version=proposal.base_version)
+    labels = label_service.names(session, dataset_id=image.dataset_id)
+    current = relabel.state(session, image)
+    found = label_service.first_change_after(session, image_id=image.id, version=proposal.base_version)
     change, who = found if found is not None else (None, None)
     what = "a later change"
     if change is not None:
@@ -199,33 +193,27 @@ def confirm(session: Session, *, review_id: int, image_id: int, actor: User) -> 
         session, proposal_id=proposal.id, state=logic.CONFIRMED, user_id=actor.id, now=now, reason=""
     ):
         raise _already_decided(session, proposal)
-    if not repository.set_label_if_version(
-        session, image_id=image.id, expected_version=proposal.base_version, label_id=proposal.new_label_id
-    ):
-        raise _moved_on(session, image, proposal)
-    change = repository.add_change(
-        session,
-        LabelChange(
-            image_id=image.id,
-            kind="relabel",
-            old_label_id=proposal.old_label_id,
-            new_label_id=proposal.new_label_id,
-            version=proposal.base_version + 1,
+    try:
+        change = label_service.set_label(
+            session,
+            image=image,
+            label_id=proposal.new_label_id,
+            expected_version=proposal.base_version,
             reason=proposal.reason,
-            review_id=review.id,
             user_id=proposal.proposed_by_id,
+            review_id=review.id,
             confirmed_by_id=actor.id,
-        ),
-    )
+        )
+    except label_service.StaleVersion:
+        raise _moved_on(session, image, proposal) from None
     proposal.change_id = change.id
-    session.refresh(image)
     item = repository.review_item(session, review_id=review.id, image_id=image.id)
     assert item is not None
     # As for any relabel: an item already excluded as ambiguous stays counted as such.
-    _set_item(item, status=logic.AMBIGUOUS if image.excluded_reason else logic.RELABELED, actor=actor)
+    relabel.decide(item, status=logic.AMBIGUOUS if image.excluded_reason else logic.RELABELED, actor=actor)
     session.flush()
     session.refresh(proposal)
-    state = service._state(session, image, change_id=change.id, review_status=item.status)
+    state = relabel.state(session, image, change_id=change.id, review_status=item.status)
     return Outcome(state, _view(session, proposal))
 
 
@@ -233,7 +221,7 @@ def reject(session: Session, *, review_id: int, image_id: int, reason: str = "",
     """A second reviewer disagrees: the label stays and the item counts as kept. The proposer rejecting their own
     proposal withdraws it instead: the item waits for a decision again."""
     review, image, proposal = _open_proposal(session, review_id=review_id, image_id=image_id)
-    cleaned = service._clean_reason(reason)
+    cleaned = label_service.clean_reason(reason)
     if not repository.decide_proposal_if_open(
         session, proposal_id=proposal.id, state=logic.REJECTED, user_id=actor.id, now=utcnow(), reason=cleaned
     ):
@@ -242,14 +230,14 @@ def reject(session: Session, *, review_id: int, image_id: int, reason: str = "",
     item = repository.review_item(session, review_id=review.id, image_id=image.id)
     assert item is not None
     if image.excluded_reason:
-        _set_item(item, status=logic.AMBIGUOUS, actor=actor)
+        relabel.decide(item, status=logic.AMBIGUOUS, actor=actor)
     elif withdrawn:
-        _set_item(item, status=logic.PENDING, actor=None)
+        relabel.decide(item, status=logic.PENDING, actor=None)
     else:
-        _set_item(item, status=logic.KEPT, actor=actor)
+        relabel.decide(item, status=logic.KEPT, actor=actor)
     session.flush()
     session.refresh(proposal)
-    return Outcome(service._state(session, image, review_status=item.status), _view(session, proposal))
+    return Outcome(relabel.state(session, image, review_status=item.status), _view(session, proposal))
 
 
 def proposals_by_image(session: Session, *, review_id: int) -> dict[int, ProposalView]:
@@ -258,7 +246,7 @@ def proposals_by_image(session: Session, *, review_id: int) -> dict[int, Proposa
 
 
 def agreement_view(session: Session, *, review_id: int) -> AgreementView:
-    review = service._review(session, review_id)
+    review = campaigns.get_review(session, review_id)
     rows = repository.proposal_rows(session, review_id=review.id)
     views = rows
     outcomes = [logic.ProposalOutcome(row.state, row.proposed_by_id, row.decided_by_id) for row in rows]

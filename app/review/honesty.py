@@ -8,8 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.models import Review
-from app.review import logic, repository, service
+from app.core.lookup import get_or_404
+from app.labels import service as label_service
+from app.models import Review, Run
+from app.review import campaigns, logic, repository
+from app.review.suspicion import REVIEWED_SUBSETS, rank
 
 
 @dataclass(frozen=True)
@@ -25,19 +28,18 @@ class HonestyView:
 
 
 def honesty_view(session: Session, *, review_id: int) -> HonestyView:
-    review = service._review(session, review_id)
-    run = repository.get_run(session, review.run_id)
-    assert run is not None  # reviews cascade with their run
-    labels = repository.labels_of(session, dataset_id=review.dataset_id)
+    review = campaigns.get_review(session, review_id)
+    run = get_or_404(session, Run, review.run_id)
+    labels = label_service.names(session, dataset_id=review.dataset_id)
     rows = repository.campaign_items(session, review_id=review.id)
     items = [logic.CampaignItem(subset, selection, status, score) for _, subset, selection, status, score in rows]
     # Train (reviewed only on request) is scored in-sample: it would skew the rates that dev and test share.
-    rates = logic.error_rates([item for item in items if item.subset in service.REVIEWED_SUBSETS])
+    rates = logic.error_rates([item for item in items if item.subset in REVIEWED_SUBSETS])
     left = []
-    for subset in service.REVIEWED_SUBSETS:
+    for subset in REVIEWED_SUBSETS:
         reviewed = [image_id for image_id, s, _, status, _ in rows if s == subset and status in logic.REVIEWED]
         picked = [image_id for image_id, s, selection, _, _ in rows if s == subset and selection == logic.SUSPICIOUS]
-        ranked, _ = service._rank(session, run=run, subset=subset, labels=labels)
+        ranked, _ = rank(session, run=run, subset=subset, labels=labels)
         unreviewed = ~np.isin(ranked.image_ids, reviewed)
         doubted = ~ranked.correctly_classified | np.isin(ranked.image_ids, picked)
         left.append(

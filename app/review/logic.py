@@ -1,5 +1,5 @@
-"""Label review rules on plain data: which examples a campaign shows, how a label change is undone, and whether
-dev and test are being reviewed at the same pace.
+"""Label review rules on plain data: which examples a campaign shows, what undoing a label change does to its
+item, and whether dev and test are being reviewed at the same pace.
 
 No database here: the service loads rows, calls these functions and stores what comes back.
 """
@@ -7,12 +7,13 @@ No database here: the service loads rows, calls these functions and stores what 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from app.labels.logic import Effect
 from app.ml.suspicion import rank_suspicious
 
 SUSPICIOUS = "suspicious"
@@ -135,61 +136,7 @@ def select_for_review(
     ]
 
 
-# --- undoing label changes -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChangeRecord:
-    """A row of the label history, as far as reverting it is concerned."""
-
-    id: int
-    kind: str  # import, relabel, merge, ambiguous, revert, ...
-    old_label_id: int | None
-    new_label_id: int | None
-    reason: str
-    reverts_change_id: int | None
-
-
-@dataclass(frozen=True)
-class Effect:
-    """What a change did to one field of an image: ``label`` (label ids) or ``exclusion`` (the reason, or None
-    when the image is scored)."""
-
-    field: str
-    before: int | str | None
-    after: int | str | None
-    undoes: bool  # True when the change takes an earlier change back (an odd number of reverts deep)
-    base_kind: str  # the kind of the original change at the bottom of a chain of reverts
-
-    def inverse(self) -> Effect:
-        return Effect(self.field, self.after, self.before, not self.undoes, self.base_kind)
-
-
-class NotRevertible(ValueError):
-    """The change cannot be taken back (an import, or a kind this module does not know)."""
-
-
-def effect_of(change_id: int, changes: Mapping[int, ChangeRecord]) -> Effect:
-    """What ``change_id`` did; a revert does the inverse of the change it reverts, so reverting a revert redoes
-    the original change. ``changes`` must hold the change and every change its chain of reverts points to."""
-    seen: set[int] = set()
-    depth = 0
-    current = changes.get(change_id)
-    while current is not None and current.kind == "revert":
-        if current.id in seen or current.reverts_change_id is None:
-            raise NotRevertible(f"change {change_id} has a broken chain of reverts")
-        seen.add(current.id)
-        depth += 1
-        current = changes.get(current.reverts_change_id)
-    if current is None:
-        raise NotRevertible(f"change {change_id} or a change it reverts is missing")
-    if current.kind in ("relabel", "merge"):
-        effect = Effect("label", current.old_label_id, current.new_label_id, False, current.kind)
-    elif current.kind == "ambiguous":
-        effect = Effect("exclusion", None, current.reason, False, current.kind)
-    else:
-        raise NotRevertible(f"a change of kind {current.kind!r} cannot be reverted")
-    return effect.inverse() if depth % 2 else effect
+# --- what undoing a label change does to a campaign item ------------------------------------------------------
 
 
 def item_status_for(effect: Effect) -> str:

@@ -1,4 +1,5 @@
-"""Queries for label review: campaign items, versioned label updates, claims, history and re-scoring rows."""
+"""Queries for label review: campaign items, claims, proposals and re-scoring rows (label writes and history are
+``app.labels.repository``'s)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from sqlalchemy import ColumnElement, CursorResult, and_, func, insert, or_, sel
 from sqlalchemy.orm import Session, aliased
 
 from app.models import (
-    Dataset,
     ErrorSample,
     Image,
     Label,
-    LabelChange,
     LabelProposal,
     Prediction,
     Review,
@@ -23,6 +22,7 @@ from app.models import (
     Run,
     User,
 )
+from app.training.states import RunStatus
 
 
 @dataclass(frozen=True)
@@ -53,50 +53,6 @@ class ItemRow:
     excluded_reason: str | None
     predicted_label_id: int | None
     image_sha256: str  # of the thumbnail when there is one: a cache key for the image URLs
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    id: int
-    kind: str
-    old_label: str | None
-    new_label: str | None
-    version: int
-    reason: str
-    review_id: int | None
-    reverts_change_id: int | None
-    user: str | None
-    created_at: datetime
-    confirmed_by: str | None = None  # the second reviewer, for a change applied by agreement
-
-
-def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
-    return session.get(Dataset, dataset_id)
-
-
-def get_run(session: Session, run_id: int) -> Run | None:
-    return session.get(Run, run_id)
-
-
-def get_image(session: Session, image_id: int) -> Image | None:
-    return session.get(Image, image_id)
-
-
-def get_review(session: Session, review_id: int) -> Review | None:
-    return session.get(Review, review_id)
-
-
-def get_change(session: Session, change_id: int) -> LabelChange | None:
-    return session.get(LabelChange, change_id)
-
-
-def get_label(session: Session, label_id: int) -> Label | None:
-    return session.get(Label, label_id)
-
-
-def labels_of(session: Session, *, dataset_id: int) -> dict[int, str]:
-    query = select(Label.id, Label.name).where(Label.dataset_id == dataset_id).order_by(Label.id)
-    return {label_id: name for label_id, name in session.execute(query)}
 
 
 def subset_rows(session: Session, *, run_id: int, subset: str) -> list[SubsetRow]:
@@ -187,97 +143,8 @@ def status_counts(session: Session, *, review_id: int) -> list[tuple[str, str, i
     return [(subset, status, count) for subset, status, count in session.execute(query)]
 
 
-# --- versioned label updates: UPDATE ... WHERE label_version = :expected, then look at the row count ---------
-
-
 def _updated_one(result: Any) -> bool:
     return cast(CursorResult[Any], result).rowcount == 1
-
-
-def set_label_if_version(session: Session, *, image_id: int, expected_version: int, label_id: int) -> bool:
-    """Atomic on SQLite and Postgres: a concurrent writer that got there first changed the version, so this
-    matches no row (Postgres re-checks the WHERE clause after waiting for the other writer's row lock)."""
-    statement = (
-        update(Image)
-        .where(Image.id == image_id, Image.label_version == expected_version)
-        .values(label_id=label_id, label_version=Image.label_version + 1)
-        .execution_options(synchronize_session=False)
-    )
-    return _updated_one(session.execute(statement))
-
-
-def set_exclusion_if_version(
-    session: Session, *, image_id: int, expected_version: int, excluded_reason: str | None
-) -> bool:
-    statement = (
-        update(Image)
-        .where(Image.id == image_id, Image.label_version == expected_version)
-        .values(excluded_reason=excluded_reason, label_version=Image.label_version + 1)
-        .execution_options(synchronize_session=False)
-    )
-    return _updated_one(session.execute(statement))
-
-
-def lock_if_version(session: Session, *, image_id: int, expected_version: int) -> bool:
-    """Lock the image row if it is still at ``expected_version`` (a no-op UPDATE), for decisions that confirm a
-    label without changing it."""
-    statement = (
-        update(Image)
-        .where(Image.id == image_id, Image.label_version == expected_version)
-        .values(label_version=Image.label_version)
-        .execution_options(synchronize_session=False)
-    )
-    return _updated_one(session.execute(statement))
-
-
-def add_change(session: Session, change: LabelChange) -> LabelChange:
-    session.add(change)
-    session.flush()
-    return change
-
-
-def _change_and_author(
-    session: Session, *where: ColumnElement[bool], order_by: Sequence[Any]
-) -> tuple[LabelChange, str | None] | None:
-    query = select(LabelChange, User.name).outerjoin(User, User.id == LabelChange.user_id).where(*where)
-    row = session.execute(query.order_by(*order_by).limit(1)).first()
-    return None if row is None else (row[0], row[1])
-
-
-def latest_change(session: Session, *, image_id: int) -> tuple[LabelChange, str | None] | None:
-    return _change_and_author(session, LabelChange.image_id == image_id, order_by=[LabelChange.id.desc()])
-
-
-def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
-    query = select(LabelChange).where(LabelChange.image_id == image_id).order_by(LabelChange.id)
-    return list(session.scalars(query))
-
-
-def history(session: Session, *, image_id: int) -> list[HistoryRow]:
-    old, new, confirmer = aliased(Label), aliased(Label), aliased(User)
-    query = (
-        select(
-            LabelChange.id,
-            LabelChange.kind,
-            old.name,
-            new.name,
-            LabelChange.version,
-            LabelChange.reason,
-            LabelChange.review_id,
-            LabelChange.reverts_change_id,
-            User.name,
-            LabelChange.created_at,
-            confirmer.name,
-        )
-        .outerjoin(old, old.id == LabelChange.old_label_id)
-        .outerjoin(new, new.id == LabelChange.new_label_id)
-        .outerjoin(User, User.id == LabelChange.user_id)
-        .outerjoin(confirmer, confirmer.id == LabelChange.confirmed_by_id)
-        .where(LabelChange.image_id == image_id)
-        .order_by(LabelChange.id)
-    )
-    rows: Sequence[Any] = session.execute(query).all()
-    return [HistoryRow(*row) for row in rows]
 
 
 # --- claims -------------------------------------------------------------------------------------------------------
@@ -332,12 +199,12 @@ def renew_claims(session: Session, *, review_id: int, user_id: int, expires_at: 
 
 
 def finished_runs_of_split(session: Session, *, split_id: int) -> list[Run]:
-    query = select(Run).where(Run.split_id == split_id, Run.status == "succeeded").order_by(Run.id)
+    query = select(Run).where(Run.split_id == split_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id)
     return list(session.scalars(query))
 
 
 def finished_runs_of_dataset(session: Session, *, dataset_id: int) -> list[Run]:
-    query = select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc())
+    query = select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id.desc())
     return list(session.scalars(query))
 
 
@@ -455,16 +322,6 @@ def proposal_rows(session: Session, *, review_id: int, image_ids: Sequence[int] 
         query = query.where(LabelProposal.image_id.in_(list(image_ids)))
     rows: Sequence[Any] = session.execute(query).all()
     return [ProposalRow(*row) for row in rows]
-
-
-def first_change_after(session: Session, *, image_id: int, version: int) -> tuple[LabelChange, str | None] | None:
-    """The change that moved an image past ``version``, and who made it."""
-    return _change_and_author(
-        session,
-        LabelChange.image_id == image_id,
-        LabelChange.version > version,
-        order_by=[LabelChange.version, LabelChange.id],
-    )
 
 
 def campaign_items(session: Session, *, review_id: int) -> list[tuple[int, str, str, str, float]]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from app.ml.error_analysis import format_percent
-from app.review import agreement, honesty, service
+from app.review import agreement, campaigns, honesty, relabel, rescoring, run_page, suspicion
 from app.review.schemas import (
     AgreementOut,
     ClaimIn,
@@ -62,26 +62,26 @@ def api_create_review(dataset_id: int, body: ReviewIn, db: DB, user: Reviewer) -
 
 @router.get("/api/reviews/{review_id}", response_model=ReviewOut)
 def api_review(review_id: int, db: DB, user: Viewer) -> ReviewOut:
-    view = service.review_view(db, review_id=review_id)
+    view = campaigns.review_view(db, review_id=review_id)
     return ReviewOut.of(view, agreement.proposals_by_image(db, review_id=review_id))
 
 
 @router.patch("/api/reviews/{review_id}", response_model=ReviewStatusOut)
 def api_set_review_status(review_id: int, body: ReviewStatusIn, db: DB, user: Reviewer) -> ReviewStatusOut:
-    review = service.set_review_status(db, review_id=review_id, status=body.status)
+    review = campaigns.set_review_status(db, review_id=review_id, status=body.status)
     return ReviewStatusOut(id=review.id, status=review.status)
 
 
 @router.post("/api/reviews/{review_id}/claim", response_model=list[ItemOut])
 def api_claim(review_id: int, db: DB, user: Reviewer, body: ClaimIn | None = None) -> list[ItemOut]:
-    count = body.count if body is not None else service.DEFAULT_CLAIM_SIZE
-    return [ItemOut.of(item) for item in service.claim_items(db, review_id=review_id, actor=user, count=count)]
+    count = body.count if body is not None else campaigns.DEFAULT_CLAIM_SIZE
+    return [ItemOut.of(item) for item in campaigns.claim_items(db, review_id=review_id, actor=user, count=count)]
 
 
 @router.post("/api/reviews/{review_id}/items/{image_id}/decision", response_model=LabelOut)
 def api_decide(review_id: int, image_id: int, body: DecisionIn, db: DB, user: Reviewer) -> LabelOut:
     agreement.refuse_if_proposed(db, review_id=review_id, image_id=image_id)
-    state = service.decide_item(
+    state = relabel.decide_item(
         db,
         review_id=review_id,
         image_id=image_id,
@@ -94,7 +94,7 @@ def api_decide(review_id: int, image_id: int, body: DecisionIn, db: DB, user: Re
 
 @router.get("/api/images/{image_id}/label", response_model=LabelOut)
 def api_label(image_id: int, db: DB, user: Viewer) -> LabelOut:
-    return LabelOut.of(service.label_state(db, image_id=image_id))
+    return LabelOut.of(relabel.label_state(db, image_id=image_id))
 
 
 @router.post("/api/images/{image_id}/label", response_model=LabelOut)
@@ -137,7 +137,7 @@ def api_honesty(review_id: int, db: DB, user: Viewer) -> HonestyOut:
 @router.post("/api/images/{image_id}/exclude", response_model=LabelOut)
 def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> LabelOut:
     agreement.refuse_if_proposed(db, review_id=body.review_id, image_id=image_id)
-    state = service.mark_ambiguous(
+    state = relabel.mark_ambiguous(
         db,
         image_id=image_id,
         reason=body.reason,
@@ -150,13 +150,13 @@ def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> Label
 
 @router.get("/api/images/{image_id}/history", response_model=list[HistoryOut])
 def api_history(image_id: int, db: DB, user: Viewer) -> list[HistoryOut]:
-    return [HistoryOut.model_validate(row) for row in service.image_history(db, image_id=image_id)]
+    return [HistoryOut.model_validate(row) for row in relabel.image_history(db, image_id=image_id)]
 
 
 @router.post("/api/label-changes/{change_id}/revert", response_model=LabelOut)
 def api_revert(change_id: int, db: DB, user: Reviewer, body: RevertIn | None = None) -> LabelOut:
     body = body or RevertIn()
-    state = service.revert_change(
+    state = relabel.revert_change(
         db, change_id=change_id, expected_version=body.expected_version, reason=body.reason, actor=user
     )
     return LabelOut.of(state)
@@ -164,12 +164,12 @@ def api_revert(change_id: int, db: DB, user: Reviewer, body: RevertIn | None = N
 
 @router.get("/api/runs/{run_id}/rescored")
 def api_rescored(run_id: int, db: DB, user: Viewer) -> dict[str, dict[str, Any]]:
-    return service.rescored_metrics(db, run_id=run_id)
+    return rescoring.rescored_metrics(db, run_id=run_id)
 
 
 @router.get("/api/runs/{run_id}/suspicious", response_model=SuspicionOut)
 def api_suspicious(run_id: int, db: DB, user: Viewer, subset: str = "dev", limit: int = 50) -> SuspicionOut:
-    return SuspicionOut.model_validate(service.suspicious_examples(db, run_id=run_id, subset=subset, limit=limit))
+    return SuspicionOut.model_validate(suspicion.suspicious_examples(db, run_id=run_id, subset=subset, limit=limit))
 
 
 # --- pages -------------------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def api_suspicious(run_id: int, db: DB, user: Viewer, subset: str = "dev", limit
 
 @router.get("/runs/{run_id}/review", include_in_schema=False)
 def run_review_page(request: Request, run_id: int, db: DB, user: Viewer) -> Response:
-    page = service.run_review_page(db, run_id=run_id)
+    page = run_page.run_review_page(db, run_id=run_id)
     return render(
         request,
         "review/run.html",
@@ -185,7 +185,7 @@ def run_review_page(request: Request, run_id: int, db: DB, user: Viewer) -> Resp
             "page": page,
             "run": page.run,
             "can_review": _can_review(user),
-            "max_per_subset": service.MAX_PER_SUBSET,
+            "max_per_subset": suspicion.MAX_PER_SUBSET,
             "fmt": format_percent,
         },
     )
@@ -217,20 +217,20 @@ def run_review_start(
         actor=user,
     )
     # Whoever starts a campaign sees its first items at once rather than an empty grid and a button to press.
-    service.claim_items(db, review_id=review.id, actor=user, count=service.DEFAULT_CLAIM_SIZE)
+    campaigns.claim_items(db, review_id=review.id, actor=user, count=campaigns.DEFAULT_CLAIM_SIZE)
     return RedirectResponse(f"/reviews/{review.id}", status_code=303)
 
 
 @router.get("/reviews/{review_id}", include_in_schema=False)
 def review_page(request: Request, review_id: int, db: DB, user: Viewer, view: str = "mine") -> Response:
     which = view if view in VIEWS and _can_review(user) else "all"
-    loaded = service.review_view(db, review_id=review_id, only_for=user if which == "mine" else None)
+    loaded = campaigns.review_view(db, review_id=review_id, only_for=user if which == "mine" else None)
     context = {
         "view": loaded,
         "status": loaded.status,
         "which": which,
         "can_review": _can_review(user),
-        "can_decide": _can_review(user) and loaded.review.status == service.OPEN,
+        "can_decide": _can_review(user) and loaded.review.status == campaigns.OPEN,
         **_checks(db, review_id),
         "proposals": agreement.proposals_by_image(db, review_id=review_id),
     }
@@ -254,32 +254,32 @@ def review_checks(request: Request, review_id: int, db: DB, user: Viewer) -> Res
 @router.get("/reviews/{review_id}/progress", include_in_schema=False)
 def review_progress(request: Request, review_id: int, db: DB, user: Viewer) -> Response:
     """Progress for dev and test side by side (and the run re-scored), polled and refreshed after each change."""
-    status = service.progress_view(db, review_id=review_id)
+    status = campaigns.progress_view(db, review_id=review_id)
     return render(request, "review/campaign.html", {"status": status}, block="progress")
 
 
 @router.post("/reviews/{review_id}/status", include_in_schema=False)
 def review_set_status(review_id: int, db: DB, user: Reviewer, status: Annotated[str, Form()]) -> Response:
-    service.set_review_status(db, review_id=review_id, status=status)
+    campaigns.set_review_status(db, review_id=review_id, status=status)
     return RedirectResponse(f"/reviews/{review_id}", status_code=303)
 
 
 @router.post("/reviews/{review_id}/claim", include_in_schema=False)
 def review_claim(
-    review_id: int, db: DB, user: Reviewer, count: Annotated[int, Form()] = service.DEFAULT_CLAIM_SIZE
+    review_id: int, db: DB, user: Reviewer, count: Annotated[int, Form()] = campaigns.DEFAULT_CLAIM_SIZE
 ) -> Response:
-    service.claim_items(db, review_id=review_id, actor=user, count=count)
+    campaigns.claim_items(db, review_id=review_id, actor=user, count=count)
     return RedirectResponse(f"/reviews/{review_id}?view=mine", status_code=303)
 
 
 @router.get("/reviews/{review_id}/items/{image_id}", include_in_schema=False)
 def review_item(request: Request, review_id: int, image_id: int, db: DB, user: Viewer) -> Response:
-    detail = service.item_detail(db, review_id=review_id, image_id=image_id)
+    detail = campaigns.item_detail(db, review_id=review_id, image_id=image_id)
     context = {
         "detail": detail,
         "item": detail.item,
         "can_review": _can_review(user),
-        "can_decide": _can_review(user) and detail.review.status == service.OPEN,
+        "can_decide": _can_review(user) and detail.review.status == campaigns.OPEN,
         "proposal": agreement.proposals_by_image(db, review_id=review_id).get(image_id),
     }
     return render(request, "review/_item.html", context)

@@ -7,7 +7,8 @@ from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.core.limits import MAX_SEED
 from app.review.agreement import ProposalView
-from app.review.service import DEFAULT_CLAIM_SIZE, ItemView, LabelState, ReviewView
+from app.review.campaigns import DEFAULT_CLAIM_SIZE, ItemView, ReviewView
+from app.review.relabel import LabelState
 
 
 class ReviewIn(BaseModel):

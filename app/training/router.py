@@ -41,7 +41,7 @@ PREDICT_BODY = {
 
 def _rescored(db: DB, run: Run) -> dict[str, Any] | None:
     try:
-        from app.review.service import rescored_metrics
+        from app.review.rescoring import rescored_metrics
     except ImportError:  # label review not installed in this build
         return None
     if service.run_status(db, run) != RunStatus.SUCCEEDED:

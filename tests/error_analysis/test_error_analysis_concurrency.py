@@ -211,7 +211,7 @@ def test_a_run_looked_at_while_it_trains_shows_its_predictions_once_it_succeeds(
     sessions: sessionmaker[Session], seeded: tuple[RunFixture, list[int]]
 ) -> None:
     """Predictions are written as a run succeeds: what was read of it before must not be kept."""
-    from app.review.service import rescored_metrics
+    from app.review.rescoring import rescored_metrics
 
     fixture, _ = seeded
     with sessions() as db:

@@ -1,4 +1,4 @@
-"""Error analysis rules over plain values: subsets, category names, colours, notes and label merges."""
+"""Error analysis rules over plain values: subsets, category names, colours, notes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from app.error_analysis.logic import (
     clean_note,
     clean_tag_name,
     default_color,
-    follow_merges,
     normalise_subset,
 )
 
@@ -35,11 +34,6 @@ def test_new_category_colours_are_far_from_mislabeled_red() -> None:
 
 def test_default_colours_cycle_through_the_palette() -> None:
     assert [default_color(n) for n in range(len(CATEGORY_PALETTE) + 1)] == [*CATEGORY_PALETTE, CATEGORY_PALETTE[0]]
-
-
-def test_merges_are_followed_to_the_end_and_a_cycle_stops() -> None:
-    assert follow_merges({1: 2, 2: 3, 5: 6}) == {1: 3, 2: 3, 5: 6}
-    assert follow_merges({1: 2, 2: 1}) == {1: 1, 2: 2}  # a cycle stops where it comes back instead of looping
 
 
 def test_subset_aliases_and_refusals() -> None:

@@ -7,16 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.labels.logic import ChangeRecord, NotRevertible, effect_of
 from app.review.logic import (
     CORRECT_SAMPLE,
     PENDING,
     RELABELED,
     SUSPICIOUS,
-    ChangeRecord,
-    NotRevertible,
     SubsetProgress,
     drift_warning,
-    effect_of,
     item_status_for,
     rank_subset,
     select_for_review,

@@ -11,7 +11,7 @@ from app.review.agreement import AgreementView
 from app.review.honesty import HonestyView
 from app.review.logic import AgreementStats, ErrorRates, ErrorsLeft, FlagPrecision
 from app.review.schemas import AgreementOut, HonestyOut, SuspicionOut
-from app.review.service import SubsetSuspicionSummary, SuspiciousExample
+from app.review.suspicion import SubsetSuspicionSummary, SuspiciousExample
 
 
 def _answer(schema: type[BaseModel], view: Any) -> dict[str, Any]:

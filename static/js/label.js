@@ -128,6 +128,9 @@
       return queue;
     }
     queue = queue.then(function () {
+      if (card.hasAttribute("data-done")) {
+        return null; // asked twice before the first answer came: one change, counted once
+      }
       var id = card.getAttribute("data-image-id");
       var version = Number(card.getAttribute("data-version"));
       if (action.exclude) {

@@ -8,6 +8,7 @@ import threading
 from typing import Annotated
 
 import typer
+from sqlalchemy import Engine
 
 from app.core.db import get_engine, session_scope
 from app.core.migrate import upgrade_to_head
@@ -52,11 +53,7 @@ def serve(
     from app.jobs.worker import Worker
     from app.web.app import create_app
 
-    _logging()
-    settings = get_settings()
-    _refuse_unusable_storage(settings)
-    engine = get_engine(settings)
-    upgrade_to_head(engine)
+    settings, engine = _start_process()
     with session_scope(engine) as session:
         created = ensure_initial_admin(session)
     host = host or settings.host
@@ -99,6 +96,16 @@ def serve(
             thread.join(timeout=settings.job_shutdown_grace_seconds + 10)
 
 
+def _start_process() -> tuple[Settings, Engine]:
+    """What a long-running process (server or worker) does first: logging, settings, a usable store, migrations."""
+    _logging()
+    settings = get_settings()
+    _refuse_unusable_storage(settings)
+    engine = get_engine(settings)
+    upgrade_to_head(engine)
+    return settings, engine
+
+
 def _refuse_unusable_storage(settings: Settings) -> None:
     """A process that cannot reach its object store stops at once with the reason, not on its first image."""
     from app.core.errors import DomainError
@@ -123,11 +130,7 @@ def worker(
     """Run a job worker (any number of them may share one Postgres)."""
     from app.jobs.worker import Worker
 
-    _logging()
-    settings = get_settings()
-    _refuse_unusable_storage(settings)
-    engine = get_engine(settings)
-    upgrade_to_head(engine)
+    settings, engine = _start_process()
     job_worker = Worker(settings=settings, engine=engine, queues=queue or None)
 
     def _graceful(signum: int, _frame: object) -> None:

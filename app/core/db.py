@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -95,9 +95,18 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
     Callers pass their engine; the fallback to the global settings is left only for the dataset CLI commands
     (app/datasets/cli.py), which do not pass one yet."""
-    session = session_factory(engine or get_engine(get_settings()))()
+    with committing(session_factory(engine or get_engine(get_settings()))()) as session:
+        yield session
+
+
+@contextmanager
+def committing(session: Session, *, before_commit: Callable[[Session], None] | None = None) -> Iterator[Session]:
+    """Yield ``session``; commit when the block ends normally (after ``before_commit``, which may refuse by
+    raising), roll back when it raises; close it either way. The one shape of every commit point."""
     try:
         yield session
+        if before_commit is not None:
+            before_commit(session)
         session.commit()
     except BaseException:
         session.rollback()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -26,13 +29,66 @@ class BlobStore(Protocol):
     def open(self, sha256: str) -> BinaryIO: ...
     def delete(self, sha256: str) -> None: ...
     def modified_at(self, sha256: str) -> float | None: ...
+    def sweep_abandoned(self, *, older_than_seconds: float) -> int: ...
     def iter_blobs(self) -> Iterator[StoredBlob]: ...
 
 
+def is_sha256(value: str) -> bool:
+    return len(value) == 64 and not value.strip("0123456789abcdef")  # nothing left once hex digits go
+
+
 def _check_digest(sha256: str) -> str:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not is_sha256(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return sha256
+
+
+def read_blob(blobs: BlobStore, sha256: str) -> bytes:
+    with blobs.open(sha256) as handle:
+        return handle.read()
+
+
+def delete_blobs(blobs: BlobStore, shas: Iterable[str]) -> None:
+    """Delete blobs nothing needs any more; one already gone (or not deletable now) is left to the sweep."""
+    for sha in shas:
+        with contextlib.suppress(OSError):
+            blobs.delete(sha)
+
+
+class _CountingReader:
+    """Counts the bytes `BlobStore.put_file` reads, so a caller learns a file's size in the same pass."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        self.size += len(chunk)
+        return chunk
+
+
+def store_file(blobs: BlobStore, source: BinaryIO) -> tuple[str, int]:
+    """Stream a file into the blob store; (sha256, size)."""
+    reader = _CountingReader(source)
+    return blobs.put_file(reader), reader.size  # type: ignore[arg-type]
+
+
+# One process-wide pool: a blob write ends in fsync, and several in flight hide its latency.
+_blob_writer: ThreadPoolExecutor | None = None
+_blob_writer_lock = threading.Lock()
+
+
+def blob_writer() -> ThreadPoolExecutor:
+    global _blob_writer
+    with _blob_writer_lock:
+        if _blob_writer is None:
+            _blob_writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-writer")
+        return _blob_writer
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -72,20 +128,9 @@ class LocalBlobStore:
 
     def put_file(self, src: BinaryIO) -> str:
         """Stream ``src`` into the store, hashing as it goes; never holds the whole file."""
-        hasher = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                while chunk := src.read(CHUNK):
-                    hasher.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            digest = hasher.hexdigest()
-            self._publish(Path(tmp_name), digest)
+        with spooled(src, self._tmp) as (tmp, digest):
+            self._publish(tmp, digest)
             return digest
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
 
     def open(self, sha256: str) -> BinaryIO:
         return self.path(sha256).open("rb")
@@ -121,6 +166,24 @@ class LocalBlobStore:
                     if len(path.name) == 64 and path.is_file():
                         info = path.stat()
                         yield StoredBlob(path.name, info.st_size, info.st_mtime)
+
+
+@contextlib.contextmanager
+def spooled(src: BinaryIO, folder: Path) -> Iterator[tuple[Path, str]]:
+    """``src`` copied to a synced temp file in ``folder``, hashed as it goes (never all in memory); yields the
+    file and its sha256, and removes the file afterwards unless the block moved it away."""
+    hasher = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            while chunk := src.read(CHUNK):
+                hasher.update(chunk)
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield Path(tmp_name), hasher.hexdigest()
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def sweep_old_files(folder: Path, *, older_than_seconds: float) -> int:

@@ -14,7 +14,7 @@ from rich.progress import Progress, TextColumn
 
 if TYPE_CHECKING:
     from app.core.running_server import RunningServer
-    from app.datasets.service import UploadReport
+    from app.uploads.service import UploadReport
 
 REPORTED_ITEMS = 20
 
@@ -33,40 +33,37 @@ def import_command(
         Path | None, typer.Option("--labels-csv", help="A filename,label[,source] CSV with a header row.")
     ] = None,
     label: Annotated[str | None, typer.Option(help="One label for every file instead of folder names.")] = None,
-    unlabeled: Annotated[
-        bool, typer.Option("--unlabeled", help="Store the images without labels (the pool), to label later.")
-    ] = False,
 ) -> None:
     """Import a folder or zip from this machine, with the same validation and report as a browser upload."""
     from app.core.db import get_engine, session_scope
     from app.core.errors import NotFound
     from app.core.migrate import upgrade_to_head
     from app.core.settings import get_settings
-    from app.core.storage import LocalBlobStore
     from app.datasets import service
+    from app.storage.backends import blob_store
+    from app.uploads import service as uploads
 
     if not path.exists():
         raise NotFound(f"{path} does not exist")
     settings = get_settings()
     upgrade_to_head(get_engine(settings))
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store(settings)
     csv_bytes = labels_csv.read_bytes() if labels_csv is not None else None
-    service.check_upload_fields(label=label, labels_csv=csv_bytes, unlabeled=unlabeled)  # before any row is made
     with session_scope() as session:
         found = service.dataset_by_name(session, name=dataset)
         target = found or service.create_dataset(session, name=dataset, user_id=None)
         dataset_id = target.id
-        upload, _ = service.start_upload(
-            session, dataset_id=dataset_id, user_id=None, source=source, label=label, resume=False, unlabeled=unlabeled
+        upload, _ = uploads.start_upload(
+            session, dataset_id=dataset_id, user_id=None, source=source, label=label, resume=False
         )
         upload_id = upload.id
     typer.echo(f"{'adding to' if found else 'created'} dataset {dataset!r} (id {dataset_id}); upload {upload_id}")
     with session_scope() as session, Progress() as bar:
         task = bar.add_task("Copying files", total=_file_count(path))
-        service.stage_local_path(
+        uploads.stage_local_path(
             session, upload_id=upload_id, path=path, blobs=blobs, progress=lambda n: bar.advance(task, n)
         )
-        job_id = service.finish_upload(
+        job_id = uploads.finish_upload(
             session, upload_id=upload_id, user_id=None, blobs=blobs, settings=settings, labels_csv=csv_bytes
         ).id
     _run_and_report(upload_id=upload_id, job_id=job_id)
@@ -82,15 +79,16 @@ def demo_command(
     from app.core.db import get_engine, session_scope
     from app.core.migrate import upgrade_to_head
     from app.core.settings import get_settings
-    from app.core.storage import LocalBlobStore
     from app.datasets import service
     from app.ml.demo import DEMO_CLASSES, OTHER_SOURCE, TARGET_SOURCE, generate_demo_dataset, write_demo_zip
+    from app.storage.backends import blob_store
+    from app.uploads import service as uploads
 
     server = _follow_running_server()
     settings = get_settings()
     typer.echo(f"data dir: {settings.resolved_data_dir}")
     upgrade_to_head(get_engine(settings))
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store(settings)
     typer.echo(f"generating {images} images ({', '.join(DEMO_CLASSES)}) ...")
     generated = generate_demo_dataset(n_images=images, seed=seed)
     flipped = sum(1 for image in generated if image.given_label != image.true_label)
@@ -105,10 +103,10 @@ def demo_command(
         with session_scope() as session:
             dataset = service.create_dataset(session, name=name, description=description, user_id=None)
             dataset_id = dataset.id
-            upload, _ = service.start_upload(session, dataset_id=dataset_id, user_id=None, resume=False)
+            upload, _ = uploads.start_upload(session, dataset_id=dataset_id, user_id=None, resume=False)
             upload_id = upload.id
-            service.stage_local_path(session, upload_id=upload_id, path=archive, blobs=blobs)
-            job_id = service.finish_upload(
+            uploads.stage_local_path(session, upload_id=upload_id, path=archive, blobs=blobs)
+            job_id = uploads.finish_upload(
                 session, upload_id=upload_id, user_id=None, blobs=blobs, settings=settings, source_folders=True
             ).id
     if not _run_and_report(upload_id=upload_id, job_id=job_id, exit_on_failure=False):
@@ -161,9 +159,10 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
     """Run the ingest job here (a worker on this machine may take it instead), with a progress bar."""
     from app.core.db import get_engine, session_scope
     from app.core.settings import get_settings
-    from app.datasets import service
     from app.jobs import service as jobs
     from app.jobs.worker import Worker
+    from app.uploads import service
+    from app.uploads.states import UploadStatus
 
     settings = get_settings()
     worker = Worker(settings=settings, engine=get_engine(settings), queues=["default"])
@@ -187,7 +186,7 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
         report = service.upload_report(session, upload_id=upload_id, limit=REPORTED_ITEMS)
         job = jobs.get_job(session, job_id=job_id)
         _print_report(report, job.error)
-    succeeded = report.status == "done"
+    succeeded = report.status == UploadStatus.DONE
     if not succeeded and exit_on_failure:
         raise typer.Exit(1)
     return succeeded

@@ -1,22 +1,17 @@
-"""Pure rules for turning an upload into labelled images: labels and subsets from folder paths, label CSVs,
-label-name normalisation, and CSV export that spreadsheets cannot execute."""
+"""Pure rules for labelled images: labels and subsets from folder paths, label CSVs, label-name normalisation,
+and CSV export that spreadsheets cannot execute. (Decoding and classifying an upload's files: app/uploads/logic.py.)"""
 
 from __future__ import annotations
 
 import csv
 import io
-import pickle
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Literal
-
-from PIL import Image as PILImage
+from typing import Literal
 
 from app.ml.archives import UnsafePathError, normalise_relative_path
-from app.ml.images import ImageLimits, Rejection, dhash64, encode_thumbnail, inspect_image, shrink
 
 Subset = Literal["train", "dev", "test"]
 
@@ -145,25 +140,10 @@ def parse_label_csv(data: bytes | str, *, upload_paths: Collection[str]) -> Labe
     `labels` is keyed by upload path. Rows with problems are left out; a file given two different labels is
     left out entirely (reported on the later row).
     """
-    try:
-        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.removeprefix("\ufeff")
-    except UnicodeDecodeError:
-        return LabelCsvResult({}, [CsvProblem(None, "the file is not UTF-8 text")])
-    records = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [cell.strip().lower() for cell in next(records, [])]
-    except csv.Error as error:
-        return LabelCsvResult({}, [CsvProblem(1, f"unreadable CSV: {error}")])
-    missing = [column for column in ("filename", "label") if column not in header]
-    if missing:
-        message = (
-            "missing header row: expected filename,label[,source]"
-            if not {"filename", "label", "source"} & set(header)
-            else f"header is missing the column(s): {', '.join(missing)}"
-        )
-        return LabelCsvResult({}, [CsvProblem(1, message)])
-    filename_column, label_column = header.index("filename"), header.index("label")
-    source_column = header.index("source") if "source" in header else None
+    opened = _open_label_csv(data)
+    if isinstance(opened, CsvProblem):
+        return LabelCsvResult({}, [opened])
+    records, (filename_column, label_column, source_column) = opened
 
     resolve = _upload_path_resolver(upload_paths)
     labels: dict[str, CsvLabel] = {}
@@ -200,6 +180,29 @@ def parse_label_csv(data: bytes | str, *, upload_paths: Collection[str]) -> Labe
             continue
         labels.setdefault(upload_path, CsvLabel(label=label, source=source, row=row_number))
     return LabelCsvResult(labels, problems + unmatched)
+
+
+def _open_label_csv(data: bytes | str) -> tuple[Iterator[list[str]], tuple[int, int, int | None]] | CsvProblem:
+    """The CSV's data records and its (filename, label, source) columns, or the problem with its text or header."""
+    try:
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data.removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return CsvProblem(None, "the file is not UTF-8 text")
+    records = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [cell.strip().lower() for cell in next(records, [])]
+    except csv.Error as error:
+        return CsvProblem(1, f"unreadable CSV: {error}")
+    missing = [column for column in ("filename", "label") if column not in header]
+    if missing:
+        return CsvProblem(
+            1,
+            "missing header row: expected filename,label[,source]"
+            if not {"filename", "label", "source"} & set(header)
+            else f"header is missing the column(s): {', '.join(missing)}",
+        )
+    source_column = header.index("source") if "source" in header else None
+    return records, (header.index("filename"), header.index("label"), source_column)
 
 
 def _numbered_records(records: Iterator[list[str]], problems: list[CsvProblem]) -> Iterator[tuple[int, list[str]]]:
@@ -264,143 +267,3 @@ def csv_chunks(header: Sequence[str], rows: Iterable[Sequence[object]], *, rows_
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue()
-
-
-# ---- ingest: one staged file at a time, and the labels of a whole upload ----------------------------------
-
-
-_EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """What ingest keeps of a valid image: its facts, a JPEG thumbnail and the thumbnail's difference hash."""
-
-    width: int
-    height: int
-    format: str
-    notes: tuple[str, ...]
-    thumbnail: bytes
-    dhash: int
-
-
-def decode_for_ingest(
-    path: str, *, filename: str, limits: ImageLimits, thumbnail_side: int
-) -> DecodedImage | Rejection:
-    """Validate the image file at `path` (fully decoded) and make its thumbnail; runs in a process pool."""
-    inspected = inspect_image(Path(path), filename=filename, limits=limits)
-    if isinstance(inspected, Rejection):
-        return inspected
-    image = inspected.image
-    if image.mode == "RGB" and image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
-        # Already upright RGB (most photos): `shrink` would copy it whole first; this decode is ours to shrink.
-        image.thumbnail((thumbnail_side, thumbnail_side), PILImage.Resampling.LANCZOS)
-        thumbnail = image
-    else:
-        thumbnail = shrink(image, max_side=thumbnail_side)
-    return DecodedImage(
-        width=inspected.width,
-        height=inspected.height,
-        format=inspected.format,
-        notes=inspected.notes,
-        thumbnail=encode_thumbnail(thumbnail),
-        dhash=dhash64(thumbnail),
-    )
-
-
-def serve_decodes(requests: BinaryIO, replies: BinaryIO) -> None:
-    """The loop of a decoder process: for each pickled `(path, filename, limits, thumbnail_side)` request,
-    write back the pickled `decode_for_ingest` result, until the requests end.
-
-    One request at a time per process, so when a decoder dies its parent knows exactly which file killed it.
-    """
-    while True:
-        try:
-            path, filename, limits, thumbnail_side = pickle.load(requests)
-        except EOFError:
-            return
-        pickle.dump(
-            decode_for_ingest(path, filename=filename, limits=limits, thumbnail_side=thumbnail_side),
-            replies,
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
-        replies.flush()
-
-
-def archive_member_name(archive_name: str, member_path: str) -> str:
-    """The upload-entry name of a zip member: the archive's name, then the member's path inside it."""
-    return f"{archive_name}/{member_path}"
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    key: int
-    path: str  # relative path of a loose file, or a zip member's path inside its archive
-    archive: int | None = None  # the archive it came from; paths are read per archive
-
-
-@dataclass(frozen=True)
-class LabelPlan:
-    label: str | None
-    subset: Subset | None
-    source: str
-    problem: str | None = None  # why the file has no label (it is then rejected)
-
-
-@dataclass(frozen=True)
-class UploadLabels:
-    plans: dict[int, LabelPlan]
-    csv_problems: list[CsvProblem]
-
-
-NO_LABEL = "no label: put it in a class folder (class/image.jpg), list it in a labels CSV, or type one label"
-
-
-def plan_labels(
-    files: Sequence[StagedFile],
-    *,
-    default_source: str,
-    typed_label: str | None = None,
-    labels_csv: bytes | None = None,
-    source_folders: bool = False,
-    unlabeled: bool = False,
-) -> UploadLabels:
-    """Label, imported subset and source of every file of an upload, keyed by `StagedFile.key`.
-
-    Subsets (`train|val|test/class/x.jpg`) always come from paths, read per archive (and once for the loose
-    files). Labels come from the labels CSV when one is given (a file it does not label is then rejected, so a
-    typo in the CSV never silently falls back to folder names), else from the typed label, else from the class
-    folder. Sources come from the CSV's source column, else (with `source_folders`) the top folder, else
-    `default_source`. With `unlabeled` every file is stored without a label (the pool) and without a subset:
-    it enters no split until someone labels it.
-    """
-    by_archive: dict[int | None, list[StagedFile]] = defaultdict(list)
-    for staged in files:
-        by_archive[staged.archive].append(staged)
-    from_paths: dict[int, PathLabel] = {}
-    for group in by_archive.values():
-        inferred = infer_path_labels([staged.path for staged in group], source_folders=source_folders)
-        from_paths.update({staged.key: inferred[staged.path] for staged in group})
-
-    csv_result = (
-        parse_label_csv(labels_csv, upload_paths={staged.path for staged in files}) if labels_csv is not None else None
-    )
-    plans = {}
-    for staged in files:
-        path_label = from_paths[staged.key]
-        source = path_label.source or default_source
-        if unlabeled:
-            plans[staged.key] = LabelPlan(label=None, subset=None, source=source)
-            continue
-        if csv_result is not None:
-            row = csv_result.labels.get(staged.path)
-            label = row.label if row else None
-            source = (row.source if row else None) or source
-            problem = None if row else "no label: the labels CSV has no usable row for it"
-        elif typed_label is not None:
-            label, problem = typed_label, None
-        else:
-            label = path_label.label
-            problem = None if label else (path_label.problem and f"no label: {path_label.problem}") or NO_LABEL
-        plans[staged.key] = LabelPlan(label=label, subset=path_label.subset, source=source, problem=problem)
-    return UploadLabels(plans=plans, csv_problems=csv_result.problems if csv_result else [])

@@ -1,30 +1,24 @@
-"""Queries for datasets, labels, images and uploads (typed SQLAlchemy 2.0; nothing else lives here)."""
+"""Queries for datasets, labels and images (typed SQLAlchemy 2.0; nothing else lives here). Uploads: app/uploads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, case, func, null, select
 from sqlalchemy.orm import Session
 
 from app.models import (
     Dataset,
     Image,
-    Job,
+    ImageIssue,
     Label,
-    LabelChange,
     LabelEvent,
     Split,
     SplitAssignment,
-    Upload,
-    UploadEntry,
 )
 
-UNFINISHED_UPLOADS = ("open", "queued", "ingesting")
 AnySelect = TypeVar("AnySelect", bound=Select)
 
 # ---- datasets -------------------------------------------------------------------------------------------
@@ -122,6 +116,11 @@ class ImageFilter:
     unlabeled: bool = False  # only images without a label (the pool)
     # A filter naming a label that does not exist matches nothing (rather than everything).
     matches_nothing: bool = False
+    # Images with this data-health issue (latest scan), worst first unless `mildest_first`.
+    issue: str | None = None
+    mildest_first: bool = False
+    # Only these images, in this order (e.g. an image's nearest neighbours, most similar first).
+    image_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +134,7 @@ class ImageRow:
     width: int
     height: int
     imported_subset: str | None
+    score: float | None = None  # the issue's severity when filtered by an issue
 
 
 def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
@@ -155,15 +155,54 @@ def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
     if where.filename_contains:
         escaped = where.filename_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Image.filename.ilike(f"%{escaped}%", escape="\\"))
+    if where.issue is not None:
+        query = query.join(
+            ImageIssue,
+            (ImageIssue.image_id == Image.id)
+            & (ImageIssue.dataset_id == where.dataset_id)
+            & (ImageIssue.type == where.issue),
+        )
+    if where.image_ids is not None:
+        query = query.where(Image.id.in_(where.image_ids))
     return query
 
 
+def _ordering(where: ImageFilter) -> list[Any]:
+    if where.image_ids:
+        return [case({image_id: place for place, image_id in enumerate(where.image_ids)}, value=Image.id)]
+    if where.issue is not None:
+        # One direction for every key, so the (dataset, type, score, group, image) index yields the order and a
+        # page stops after its rows; members of one duplicate or conflict group stay side by side.
+        keys = (ImageIssue.score, ImageIssue.group_key, ImageIssue.image_id)
+        return [key.asc() if where.mildest_first else key.desc() for key in keys]
+    return [Image.id.desc()]
+
+
 def count_images(session: Session, where: ImageFilter) -> int:
+    alone = ImageFilter(dataset_id=where.dataset_id, issue=where.issue, mildest_first=where.mildest_first)
+    if where.issue is not None and where == alone:
+        # The issue alone: its findings' index answers (a finding's image always exists: it cascades).
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(ImageIssue)
+                .where(ImageIssue.dataset_id == where.dataset_id, ImageIssue.type == where.issue)
+            )
+            or 0
+        )
     # count(*), not count(id): (dataset_id, label_id) and (dataset_id, source) then answer from the index alone.
     return int(session.scalar(_filtered(select(func.count()).select_from(Image), where)) or 0)
 
 
-def image_page(session: Session, where: ImageFilter, *, limit: int, offset: int) -> list[ImageRow]:
+def filtered_ids(session: Session, where: ImageFilter) -> set[int]:
+    """Ids of every image the filter keeps (a grid in a run's ranked order pages through these)."""
+    return set(session.scalars(_filtered(select(Image.id), where)))
+
+
+def image_page(
+    session: Session, where: ImageFilter, *, limit: int, offset: int, ids: list[int] | None = None
+) -> list[ImageRow]:
+    """A page in newest-first order, or, given `ids`, exactly those images in that order."""
     query = _filtered(
         select(
             Image.id,
@@ -175,11 +214,15 @@ def image_page(session: Session, where: ImageFilter, *, limit: int, offset: int)
             Image.width,
             Image.height,
             Image.imported_subset,
+            ImageIssue.score if where.issue is not None else null(),
         ).outerjoin(Label, Label.id == Image.label_id),
         where,
     )
-    rows = session.execute(query.order_by(Image.id.desc()).limit(limit).offset(offset)).all()
-    return [ImageRow(*row) for row in rows]
+    if ids is not None:
+        found = {row[0]: ImageRow(*row[:9], score=row[9]) for row in session.execute(query.where(Image.id.in_(ids)))}
+        return [found[image_id] for image_id in ids if image_id in found]
+    rows = session.execute(query.order_by(*_ordering(where)).limit(limit).offset(offset)).all()
+    return [ImageRow(*row[:9], score=row[9]) for row in rows]
 
 
 def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:
@@ -203,20 +246,6 @@ def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:
         yield tuple(row)
 
 
-def entry_rows(session: Session, upload_id: int) -> Iterator[tuple[Any, ...]]:
-    """(name, outcome, reason, label, image id) of every entry of an upload, streamed in id order."""
-    query = (
-        select(UploadEntry.name, UploadEntry.outcome, UploadEntry.reason, UploadEntry.label, UploadEntry.image_id)
-        .where(UploadEntry.upload_id == upload_id)
-        .order_by(UploadEntry.id)
-        .execution_options(yield_per=2000)
-    )
-    for row in session.execute(query):
-        yield tuple(row)
-
-
-def get_image(session: Session, image_id: int) -> Image | None:
-    return session.get(Image, image_id)
 
 
 def subsets_of_image(session: Session, image_id: int) -> list[tuple[int, int, str]]:
@@ -228,92 +257,6 @@ def subsets_of_image(session: Session, image_id: int) -> list[tuple[int, int, st
         .order_by(Split.version.desc())
     ).all()
     return [(int(split_id), int(version), str(subset)) for split_id, version, subset in rows]
-
-
-def existing_by_sha(
-    session: Session, dataset_id: int, shas: Iterable[str]
-) -> dict[str, tuple[int, int | None, str]]:
-    """sha256 -> (image id, label id, filename) for the given contents already in the dataset."""
-    wanted = sorted(set(shas))
-    if not wanted:
-        return {}
-    rows = session.execute(
-        select(Image.sha256, Image.id, Image.label_id, Image.filename).where(
-            Image.dataset_id == dataset_id, Image.sha256.in_(wanted)
-        )
-    ).all()
-    return {sha: (int(image_id), label_id, filename) for sha, image_id, label_id, filename in rows}
-
-
-def insert_images(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """Insert image rows in one statement; sha256 -> new id."""
-    if not rows:
-        return {}
-    inserted = session.execute(
-        insert(Image).returning(Image.id, Image.sha256, sort_by_parameter_order=True), list(rows)
-    ).all()
-    return {sha: int(image_id) for image_id, sha in inserted}
-
-
-def insert_import_changes(
-    session: Session, images: Sequence[tuple[int, int | None]], *, user_id: int | None, now: datetime
-) -> None:
-    """The first history record of each new (image id, label id; None: uploaded unlabeled)."""
-    if images:
-        session.execute(
-            insert(LabelChange),
-            [
-                {
-                    "image_id": image_id,
-                    "kind": "import",
-                    "old_label_id": None,
-                    "new_label_id": label_id,
-                    "version": 1,
-                    "reason": "",
-                    "user_id": user_id,
-                    "created_at": now,
-                }
-                for image_id, label_id in images
-            ],
-        )
-
-
-def add_to_upload_counts(
-    session: Session, upload_id: int, *, accepted: int, duplicates: int, conflicts: int, rejected: int
-) -> None:
-    session.execute(
-        update(Upload)
-        .where(Upload.id == upload_id)
-        .values(
-            accepted=Upload.accepted + accepted,
-            duplicates=Upload.duplicates + duplicates,
-            conflicts=Upload.conflicts + conflicts,
-            rejected=Upload.rejected + rejected,
-        )
-        .execution_options(synchronize_session=False)
-    )
-
-
-def blob_in_use(session: Session, sha256: str, *, except_upload_id: int) -> bool:
-    """Whether an image, a thumbnail, another upload's labels CSV or another unfinished upload still needs
-    this blob."""
-    image = select(Image.id).where((Image.sha256 == sha256) | (Image.thumb_sha256 == sha256)).limit(1)
-    if session.scalar(image) is not None:
-        return True
-    csv = select(Upload.id).where(Upload.labels_csv_sha256 == sha256, Upload.id != except_upload_id).limit(1)
-    if session.scalar(csv) is not None:
-        return True
-    entry = (
-        select(UploadEntry.id)
-        .join(Upload, Upload.id == UploadEntry.upload_id)
-        .where(
-            UploadEntry.sha256 == sha256,
-            Upload.status.in_(UNFINISHED_UPLOADS),
-            Upload.id != except_upload_id,
-        )
-        .limit(1)
-    )
-    return session.scalar(entry) is not None
 
 
 # ---- splits (read only: the subset filter of the image grid) --------------------------------------------
@@ -334,169 +277,3 @@ def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
         .order_by(Split.version.desc())
         .limit(1)
     )
-
-
-# ---- uploads --------------------------------------------------------------------------------------------
-
-
-def get_upload(session: Session, upload_id: int, *, lock: bool = False) -> Upload | None:
-    if lock:
-        return session.scalar(select(Upload).where(Upload.id == upload_id).with_for_update())
-    return session.get(Upload, upload_id)
-
-
-def open_upload_of(session: Session, *, dataset_id: int, user_id: int | None) -> Upload | None:
-    return session.scalar(
-        select(Upload)
-        .where(Upload.dataset_id == dataset_id, Upload.created_by_id == user_id, Upload.status == "open")
-        .order_by(Upload.id.desc())
-        .limit(1)
-    )
-
-
-def uploads_of(session: Session, dataset_id: int, *, limit: int) -> list[Upload]:
-    query = select(Upload).where(Upload.dataset_id == dataset_id, Upload.status != "discarded")
-    query = query.order_by(Upload.id.desc()).limit(limit)
-    return list(session.scalars(query))
-
-
-def add_upload(session: Session, upload: Upload) -> Upload:
-    session.add(upload)
-    session.flush()
-    return upload
-
-
-def get_job(session: Session, job_id: int) -> Job | None:
-    return session.get(Job, job_id)
-
-
-def entries_by_name(session: Session, upload_id: int, names: Iterable[str]) -> dict[str, UploadEntry]:
-    wanted = sorted(set(names))
-    if not wanted:
-        return {}
-    found = session.scalars(select(UploadEntry).where(UploadEntry.upload_id == upload_id, UploadEntry.name.in_(wanted)))
-    return {entry.name: entry for entry in found}
-
-
-def get_entry(session: Session, entry_id: int) -> UploadEntry | None:
-    return session.get(UploadEntry, entry_id)
-
-
-def insert_entries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert upload entries, skipping names the upload already has (a resent batch, a retried job)."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UploadEntry)
-    session.execute(statement.on_conflict_do_nothing(index_elements=["upload_id", "name"]), list(rows))
-
-
-def update_entries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Bulk update by primary key (each row has "id")."""
-    if rows:
-        session.execute(update(UploadEntry), list(rows))
-
-
-def count_entries(session: Session, upload_id: int) -> dict[str, int]:
-    rows = session.execute(
-        select(UploadEntry.outcome, func.count())
-        .where(UploadEntry.upload_id == upload_id)
-        .group_by(UploadEntry.outcome)
-    ).all()
-    return {str(outcome): int(n) for outcome, n in rows}
-
-
-def archives_to_expand(session: Session, upload_id: int) -> list[UploadEntry]:
-    return list(
-        session.scalars(
-            select(UploadEntry)
-            .where(UploadEntry.upload_id == upload_id, UploadEntry.is_archive, UploadEntry.outcome == "staged")
-            .order_by(UploadEntry.id)
-        )
-    )
-
-
-def member_blobs(session: Session, archive_entry_id: int) -> list[str]:
-    query = select(UploadEntry.sha256).where(UploadEntry.archive_entry_id == archive_entry_id).distinct()
-    return [sha for sha in session.scalars(query) if sha]
-
-
-def member_bytes(session: Session, upload_id: int) -> int:
-    """The members' bytes of the upload's fully expanded zips (one cut short is expanded again, from the start)."""
-    expanded = select(UploadEntry.id).where(UploadEntry.upload_id == upload_id, UploadEntry.outcome == "expanded")
-    query = select(func.coalesce(func.sum(UploadEntry.size), 0)).where(
-        UploadEntry.upload_id == upload_id, UploadEntry.archive_entry_id.in_(expanded)
-    )
-    return int(session.scalar(query) or 0)
-
-
-def delete_archive_members(session: Session, archive_entry_id: int) -> None:
-    session.execute(delete(UploadEntry).where(UploadEntry.archive_entry_id == archive_entry_id))
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    id: int
-    name: str
-    sha256: str
-    outcome: str
-    archive_entry_id: int | None
-
-
-def file_entries(session: Session, upload_id: int) -> list[FileEntry]:
-    """Every image-candidate entry of an upload (not archives, not refused by name), in id order."""
-    rows = session.execute(
-        select(UploadEntry.id, UploadEntry.name, UploadEntry.sha256, UploadEntry.outcome, UploadEntry.archive_entry_id)
-        .where(UploadEntry.upload_id == upload_id, UploadEntry.sha256.is_not(None), ~UploadEntry.is_archive)
-        .order_by(UploadEntry.id)
-    ).all()
-    return [FileEntry(int(i), name, str(sha), outcome, archive) for i, name, sha, outcome, archive in rows]
-
-
-def archive_names(session: Session, upload_id: int) -> dict[int, str]:
-    rows = session.execute(
-        select(UploadEntry.id, UploadEntry.name).where(UploadEntry.upload_id == upload_id, UploadEntry.is_archive)
-    ).all()
-    return {int(entry_id): name for entry_id, name in rows}
-
-
-def still_staged(session: Session, entry_ids: Iterable[int]) -> set[int]:
-    ids = list(entry_ids)
-    if not ids:
-        return set()
-    query = select(UploadEntry.id).where(UploadEntry.id.in_(ids), UploadEntry.outcome == "staged")
-    return set(session.scalars(query))
-
-
-def entries_with_outcome(session: Session, upload_id: int, outcomes: Sequence[str], *, limit: int) -> list[UploadEntry]:
-    query = (
-        select(UploadEntry)
-        .where(UploadEntry.upload_id == upload_id, UploadEntry.outcome.in_(list(outcomes)))
-        .order_by(UploadEntry.id)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
-
-
-def noted_entries(session: Session, upload_id: int, *, limit: int) -> list[UploadEntry]:
-    query = (
-        select(UploadEntry)
-        .where(UploadEntry.upload_id == upload_id, UploadEntry.outcome == "accepted", UploadEntry.reason.is_not(None))
-        .order_by(UploadEntry.id)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
-
-
-def cleanup_candidates(session: Session, upload_id: int) -> list[str]:
-    """Blobs this upload staged that no image of it became: rejected files and expanded archives."""
-    query = (
-        select(UploadEntry.sha256)
-        .where(
-            UploadEntry.upload_id == upload_id,
-            UploadEntry.sha256.is_not(None),
-            UploadEntry.outcome.in_(["rejected", "expanded"]),
-        )
-        .distinct()
-    )
-    return [sha for sha in session.scalars(query) if sha]

@@ -2,48 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Annotated, Any, BinaryIO, Literal
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 
-from app.core.errors import Invalid, NotAuthenticated
+from app.core.errors import Invalid
 from app.core.settings import Settings
 from app.core.storage import BlobStore
-from app.datasets import discard, service
+from app.datasets import service
 from app.datasets.schemas import (
-    ChunkOut,
-    ConflictIn,
     DatasetCreated,
     DatasetIn,
     DatasetListItem,
     DatasetOut,
     DatasetPatch,
-    HaveIn,
-    HaveOut,
     ImageOut,
     ImagePageOut,
     LabelIn,
     LabelOut,
-    StagedOut,
-    UploadOpened,
-    UploadOpenIn,
-    UploadOut,
-    UploadStarted,
 )
+from app.embeddings import service as embeddings
+from app.health.logic import ISSUE_TYPES
 from app.labels import service as labels
 from app.ml.splitting import SUBSETS
-from app.models import User
-from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer
+from app.review import ranking
+from app.uploads import service as uploads
+from app.web.deps import DB, Reviewer, Viewer
 from app.web.templating import is_htmx, render
 
 router = APIRouter()
 PAGE_SIZE = 60
+NEIGHBOURHOOD = 59  # "find more like this": the image and its neighbours fill one page of the grid
 # Image bytes behind an id never change; the sandbox keeps a hostile file inert even if opened directly.
 IMAGE_HEADERS = {
     "cache-control": "private, max-age=31536000, immutable",
@@ -59,88 +52,6 @@ def _settings(request: Request) -> Settings:
 def _blobs(request: Request) -> BlobStore:
     blobs: BlobStore = request.app.state.blobs
     return blobs
-
-
-async def _upload_form(request: Request) -> AsyncIterator[FormData]:
-    """A multipart upload parsed under the configured limits (Starlette answers 400 past them and removes its
-    temporary files); it runs before the auth dependency, which would otherwise parse it with looser defaults,
-    so requests without any credentials are refused before their body is read."""
-    if not request.headers.get("authorization") and SESSION_COOKIE not in request.cookies:
-        raise NotAuthenticated("log in first")
-    settings = _settings(request)
-    form = await request.form(
-        max_files=settings.max_upload_files,
-        max_fields=settings.max_form_fields,
-        max_part_size=settings.max_part_bytes,
-    )
-    try:
-        yield form
-    finally:
-        await form.close()
-
-
-UploadForm = Annotated[FormData, Depends(_upload_form, scope="function")]
-
-
-def _multipart_body(*fields: str, files: bool = True) -> dict[str, Any]:
-    """The OpenAPI description of a form parsed by `_upload_form` (FastAPI cannot see it), so clients and the
-    schema fuzzer know these routes take multipart bodies."""
-    properties: dict[str, Any] = {name: {"type": "string"} for name in fields}
-    if files:
-        properties["files"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
-    if "labels_csv" in properties:
-        properties["labels_csv"] = {"type": "string", "format": "binary"}
-    schema = {"type": "object", "properties": properties}
-    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}}}
-
-
-CHUNK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
-
-
-def _text(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    return value if isinstance(value, str) else None
-
-
-def _opener(upload: UploadFile) -> Callable[[], BinaryIO]:
-    def open_file() -> BinaryIO:
-        upload.file.seek(0)
-        return upload.file
-
-    return open_file
-
-
-def _file_name(part: UploadFile) -> str:
-    # Browsers (and httpx) send a double quote in a multipart file name as %22 (the HTML form encoding).
-    return (part.filename or "").replace("%22", '"')
-
-
-def _stage_form_files(db: DB, request: Request, upload_id: int, form: FormData, user: User) -> service.StageCounts:
-    service.check_can_add_files(db, upload_id=upload_id, user=user)  # before a byte is stored
-    files = [part for part in form.getlist("files") if isinstance(part, UploadFile)]
-    stored = service.store_files(
-        _blobs(request),
-        [(_file_name(part), _opener(part)) for part in files if not service.is_skipped(_file_name(part))],
-    )
-    counts = service.stage_files(db, upload_id=upload_id, files=stored, user=user)
-    counts.skipped += len(files) - len(stored)
-    return counts
-
-
-def _labels_csv(form: FormData) -> bytes | None:
-    part = form.get("labels_csv")
-    if not isinstance(part, UploadFile) or not (part.filename or part.size):
-        return None
-    part.file.seek(0)
-    data = part.file.read(16 * 2**20 + 1)
-    if len(data) > 16 * 2**20:
-        raise Invalid("a labels CSV may have at most 16 MiB")
-    return data
 
 
 # ---- datasets API ---------------------------------------------------------------------------------------
@@ -189,8 +100,18 @@ def api_rename_label(dataset_id: int, label_id: int, body: LabelIn, db: DB, user
     return LabelOut(id=label.id, name=label.name)
 
 
+def _neighbourhood(request: Request, db: DB, dataset_id: int, image_id: int | None) -> tuple[int, ...] | None:
+    """`similar_to`: the image itself, then its nearest neighbours, most similar first (409 without embeddings)."""
+    if image_id is None:
+        return None
+    return embeddings.neighbourhood(
+        db, dataset_id=dataset_id, image_id=image_id, k=NEIGHBOURHOOD, root=_settings(request).embeddings_dir
+    )
+
+
 @router.get("/api/datasets/{dataset_id}/images", response_model=ImagePageOut)
 def api_images(
+    request: Request,
     dataset_id: int,
     db: DB,
     user: Viewer,
@@ -199,14 +120,48 @@ def api_images(
     subset: str | None = None,
     split_id: int | None = None,
     q: str | None = None,
-    unlabeled: bool = False,
+    unlabeled: Annotated[bool, Query(description="only images without a label (the pool)")] = False,
+    issue: Annotated[str | None, Query(max_length=24, description="a data-health issue type")] = None,
+    sort: Annotated[
+        str | None,
+        Query(
+            max_length=20,
+            description="with issue: -score (worst first) or score; with run_id: fused, suspicion, loss or confidence",
+        ),
+    ] = None,
+    similar_to: Annotated[int | None, Query(description="this image and its nearest neighbours")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    run_id: Annotated[int | None, Query(description="the run whose predictions sort (with sort)")] = None,
 ) -> ImagePageOut:
-    """The dataset's images, newest first; `unlabeled=true`: only those without a label (the pool)."""
-    query = service.ImageQuery(label=label, source=source, subset=subset, split_id=split_id, q=q, unlabeled=unlabeled)
-    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=limit, offset=offset)
+    ranked = _ranked(db, request, dataset_id, None if sort in ISSUE_SORTS else sort, run_id)
+    query = service.ImageQuery(
+        label=label,
+        source=source,
+        subset=subset,
+        split_id=split_id,
+        q=q,
+        unlabeled=unlabeled,
+        issue=issue,
+        sort=sort if sort in ISSUE_SORTS else None,
+        image_ids=_neighbourhood(request, db, dataset_id, similar_to),
+    )
+    page = service.list_images(
+        db, dataset_id=dataset_id, query=query, limit=limit, offset=offset, ranked=ranked.image_ids if ranked else None
+    )
     return ImagePageOut.model_validate(page)
+
+
+def _ranked(
+    db: Session, request: Request, dataset_id: int, sort: str | None, run_id: int | None
+) -> ranking.Ranked | None:
+    """A run's ranking of the grid (``sort`` with ``run_id``), or None for the newest-first grid."""
+    if not sort:
+        return None
+    if run_id is None:
+        raise Invalid("sorting by a run's predictions needs run_id")
+    root = _settings(request).embeddings_dir
+    return ranking.rank_run_images(db, dataset_id=dataset_id, run_id=run_id, by=sort, root=root)
 
 
 @router.get("/api/images/{image_id}", response_model=ImageOut)
@@ -240,7 +195,7 @@ def image_full(request: Request, image_id: int, db: DB, user: Viewer) -> Respons
     return _image_response(request, db, image_id, "full")
 
 
-def _csv_download(request: Request, name: str, pieces: Callable[[Session], Iterator[str]]) -> StreamingResponse:
+def csv_download(request: Request, name: str, pieces: Callable[[Session], Iterator[str]]) -> StreamingResponse:
     """Stream a CSV after the request's own session closed, reading through a session of its own."""
 
     def stream() -> Iterator[str]:
@@ -257,177 +212,9 @@ def _csv_download(request: Request, name: str, pieces: Callable[[Session], Itera
 @router.get("/api/datasets/{dataset_id}/images.csv", response_model=None)
 def api_images_csv(request: Request, dataset_id: int, db: DB, user: Viewer) -> StreamingResponse:
     service.get_dataset(db, dataset_id=dataset_id)
-    return _csv_download(
+    return csv_download(
         request, f"dataset-{dataset_id}-images.csv", lambda session: service.images_csv(session, dataset_id=dataset_id)
     )
-
-
-@router.get("/api/uploads/{upload_id}/report.csv", response_model=None)
-def api_report_csv(request: Request, upload_id: int, db: DB, user: Viewer) -> StreamingResponse:
-    service.get_upload(db, upload_id=upload_id)
-    return _csv_download(
-        request, f"upload-{upload_id}-report.csv", lambda session: service.report_csv(session, upload_id=upload_id)
-    )
-
-
-# ---- uploads API ----------------------------------------------------------------------------------------
-
-
-@router.post(
-    "/api/datasets/{dataset_id}/uploads",
-    response_model=UploadStarted,
-    status_code=202,
-    openapi_extra=_multipart_body("label", "source", "labels_csv", "unlabeled"),
-)
-def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user: Reviewer) -> UploadStarted:
-    """One request: files (images or .zip), optional label, source and labels_csv, or unlabeled=true (stored
-    without labels, the pool); ingested by a job."""
-    labels_csv = _labels_csv(form)
-    unlabeled = (_text(form, "unlabeled") or "").strip().lower() in ("true", "1", "on", "yes")
-    # Before storing the files:
-    service.check_upload_fields(label=_text(form, "label"), labels_csv=labels_csv, unlabeled=unlabeled)
-    upload, _ = service.start_upload(
-        db,
-        dataset_id=dataset_id,
-        user_id=user.id,
-        source=_text(form, "source"),
-        label=_text(form, "label"),
-        resume=False,
-        unlabeled=unlabeled,
-    )
-    _stage_form_files(db, request, upload.id, form, user)
-    job = service.finish_upload(
-        db,
-        upload_id=upload.id,
-        user_id=user.id,
-        blobs=_blobs(request),
-        settings=_settings(request),
-        labels_csv=labels_csv,
-        user=user,
-    )
-    return UploadStarted(upload_id=upload.id, job_id=job.id)
-
-
-@router.post("/api/datasets/{dataset_id}/uploads/open", response_model=UploadOpened)
-def api_open_upload(dataset_id: int, body: UploadOpenIn, db: DB, user: Reviewer) -> UploadOpened:
-    """Start an upload the browser fills in batches, or resume this user's unfinished one."""
-    upload, resumed = service.start_upload(
-        db,
-        dataset_id=dataset_id,
-        user_id=user.id,
-        source=body.source,
-        label=body.label,
-        resume=body.resume,
-        unlabeled=body.unlabeled,
-    )
-    return UploadOpened(upload_id=upload.id, resumed=resumed, files=service.file_count(db, upload_id=upload.id))
-
-
-@router.get("/api/uploads/{upload_id}", response_model=UploadOut)
-def api_upload_report(
-    upload_id: int, db: DB, user: Viewer, limit: Annotated[int, Query(ge=1, le=5000)] = 500
-) -> UploadOut:
-    return UploadOut.of(service.upload_report(db, upload_id=upload_id, limit=limit))
-
-
-@router.post("/api/uploads/{upload_id}/have", response_model=HaveOut)
-def api_have(request: Request, upload_id: int, body: HaveIn, db: DB, user: Reviewer) -> HaveOut:
-    answer = service.have(
-        db,
-        upload_id=upload_id,
-        files=[(claim.name, claim.sha256, claim.size) for claim in body.files],
-        blobs=_blobs(request),
-        settings=_settings(request),
-        user=user,
-    )
-    return HaveOut(**vars(answer))
-
-
-@router.post("/api/uploads/{upload_id}/files", response_model=StagedOut, openapi_extra=_multipart_body())
-def api_stage_files(request: Request, upload_id: int, form: UploadForm, db: DB, user: Reviewer) -> StagedOut:
-    return StagedOut(**vars(_stage_form_files(db, request, upload_id, form, user)))
-
-
-@router.post("/api/uploads/{upload_id}/chunks", response_model=ChunkOut, openapi_extra=CHUNK_BODY)
-async def api_chunk(
-    request: Request,
-    upload_id: int,
-    db: DB,
-    user: Reviewer,
-    name: str,
-    sha256: str,
-    size: int,
-    offset: Annotated[int, Query(ge=0)],
-) -> ChunkOut:
-    """One piece of a big file (a zip), appended in order; a dropped connection resumes at `received`."""
-    target = await run_in_threadpool(
-        service.chunk_target,
-        db,
-        upload_id=upload_id,
-        name=name,
-        sha256=sha256,
-        size=size,
-        offset=offset,
-        settings=_settings(request),
-        user=user,
-    )
-    await service.receive_chunk(target, request.stream())
-    received = await run_in_threadpool(
-        service.append_chunk,
-        db,
-        upload_id=upload_id,
-        name=name,
-        sha256=sha256,
-        size=size,
-        offset=offset,
-        target=target,
-        blobs=_blobs(request),
-        user=user,
-    )
-    return ChunkOut(received=received, complete=received == size)
-
-
-@router.post(
-    "/api/uploads/{upload_id}/finish",
-    response_model=UploadStarted,
-    status_code=202,
-    openapi_extra=_multipart_body("label", "source", "labels_csv", files=False),
-)
-def api_finish_upload(request: Request, upload_id: int, form: UploadForm, db: DB, user: Reviewer) -> UploadStarted:
-    job = service.finish_upload(
-        db,
-        upload_id=upload_id,
-        user_id=user.id,
-        blobs=_blobs(request),
-        settings=_settings(request),
-        label=_text(form, "label"),
-        source=_text(form, "source"),
-        labels_csv=_labels_csv(form),
-        user=user,
-    )
-    return UploadStarted(upload_id=upload_id, job_id=job.id)
-
-
-@router.post("/api/uploads/{upload_id}/retry", response_model=UploadStarted, status_code=202)
-def api_retry_upload(upload_id: int, db: DB, user: Reviewer) -> UploadStarted:
-    job = service.retry_upload(db, upload_id=upload_id, user_id=user.id)
-    return UploadStarted(upload_id=upload_id, job_id=job.id)
-
-
-@router.delete("/api/uploads/{upload_id}", status_code=204)
-def api_discard_upload(
-    request: Request, upload_id: int, db: DB, user: Reviewer, background: BackgroundTasks
-) -> Response:
-    """Drop an open, failed or cancelled upload and release its bytes (the images it added stay)."""
-    unused = discard.discard_upload(db, upload_id=upload_id, settings=_settings(request), user=user)
-    background.add_task(service.delete_blobs, _blobs(request), unused)  # after the commit, never before
-    return Response(status_code=204)
-
-
-@router.post("/api/uploads/{upload_id}/conflicts/{entry_id}", response_model=None)
-def api_resolve_conflict(upload_id: int, entry_id: int, body: ConflictIn, db: DB, user: Reviewer) -> JSONResponse:
-    entry = service.resolve_conflict(db, upload_id=upload_id, entry_id=entry_id, keep=body.keep, user_id=user.id)
-    return JSONResponse({"entry_id": entry.id, "outcome": entry.outcome, "reason": entry.reason})
 
 
 # ---- pages ----------------------------------------------------------------------------------------------
@@ -446,17 +233,41 @@ def datasets_create(
     return RedirectResponse(f"/datasets/{dataset.id}", status_code=303)
 
 
-def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, Any]:
-    query = service.ImageQuery(
-        label=params.get("label") or None,
-        source=params.get("source") or None,
-        subset=params.get("subset") or None,
-        split_id=int(params["split_id"]) if str(params.get("split_id") or "").isdigit() else None,
-        q=params.get("q") or None,
+GRID_PARAMS = ("label", "source", "subset", "split_id", "q", "issue", "sort", "run_id", "similar_to", "offset")
+# `sort` orders an issue's findings (these two) or, with a run, by that run's ranking (ranking.RANKINGS).
+ISSUE_SORTS = ("score", "-score")
+
+
+def _number(params: dict[str, str], key: str) -> int | None:
+    value = params.get(key) or ""
+    return int(value) if value.isdigit() else None
+
+
+def _grid_query(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> service.ImageQuery:
+    similar_to = _number(params, "similar_to")
+    text = {key: params.get(key) or None for key in ("label", "source", "subset", "q", "issue")}
+    sort = params.get("sort") or None
+    return service.ImageQuery(
+        **text,
+        sort=sort if sort in ISSUE_SORTS else None,
+        split_id=_number(params, "split_id"),
         unlabeled=params.get("unlabeled") == "true",
+        image_ids=_neighbourhood(request, db, dataset_id, similar_to) if similar_to is not None else None,
     )
-    offset = int(params["offset"]) if str(params.get("offset") or "").isdigit() else 0
-    page = service.list_images(db, dataset_id=dataset_id, query=query, limit=PAGE_SIZE, offset=offset)
+
+
+def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> dict[str, Any]:
+    sort = params.get("sort") or None
+    ranked = _ranked(db, request, dataset_id, None if sort in ISSUE_SORTS else sort, _number(params, "run_id"))
+    query = _grid_query(request, db, dataset_id, params)
+    page = service.list_images(
+        db,
+        dataset_id=dataset_id,
+        query=query,
+        limit=PAGE_SIZE,
+        offset=_number(params, "offset") or 0,
+        ranked=ranked.image_ids if ranked else None,
+    )
     filters = {key: value for key, value in params.items() if key != "offset" and value}
 
     def page_url(new_offset: int) -> str:
@@ -464,33 +275,26 @@ def _grid_context(db: DB, dataset_id: int, params: dict[str, Any]) -> dict[str, 
 
     counts = page.split.counts if page.split else {}
     return {
+        "dataset_id": dataset_id,
+        "issue_types": ISSUE_TYPES,
         "page": page,
         "query": query,
         "filters": filters,
         "subsets": [s for s in SUBSETS if not counts or counts.get(s, {}).get("total")],  # no empty train-dev
         "splits": service.splits_of(db, dataset_id=dataset_id),
+        "runs": ranking.finished_runs(db, dataset_id=dataset_id),
+        "sorts": ranking.RANKINGS,
+        "scores": {} if ranked is None else ranked.scores,
         "previous_url": page_url(max(0, page.offset - page.limit)) if page.offset > 0 else None,
         "next_url": page_url(page.offset + page.limit) if page.offset + page.limit < page.total else None,
     }
 
 
 @router.get("/datasets/{dataset_id}", include_in_schema=False)
-def dataset_page(
-    request: Request,
-    dataset_id: int,
-    db: DB,
-    user: Viewer,
-    label: str = "",
-    source: str = "",
-    subset: str = "",
-    split_id: str = "",
-    q: str = "",
-    offset: str = "",
-    unlabeled: str = "",
-) -> Response:
-    params = {"label": label, "source": source, "subset": subset, "split_id": split_id, "q": q, "offset": offset}
-    params["unlabeled"] = unlabeled
-    grid = _grid_context(db, dataset_id, params)
+def dataset_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    """The dataset page; its grid's filters (GRID_PARAMS) come from the query string."""
+    params = {key: request.query_params.get(key, "") for key in GRID_PARAMS}
+    grid = _grid_context(request, db, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only
     summary = service.dataset_summary(db, dataset_id=dataset_id)
@@ -500,7 +304,7 @@ def dataset_page(
         {
             "summary": summary,
             "events": labels.label_events(db, dataset_id=dataset_id, limit=20),
-            "uploads": service.uploads_of(db, dataset_id=dataset_id),
+            "uploads": uploads.uploads_of(db, dataset_id=dataset_id),
             **grid,
         },
     )
@@ -524,52 +328,6 @@ def dataset_rename_label(
 ) -> Response:
     service.rename_label(db, dataset_id=dataset_id, label_id=label_id, name=name, user_id=user.id)
     return RedirectResponse(f"/datasets/{dataset_id}#labels", status_code=303)
-
-
-@router.get("/datasets/{dataset_id}/upload", include_in_schema=False)
-def upload_page(request: Request, dataset_id: int, db: DB, user: Reviewer) -> Response:
-    summary = service.dataset_summary(db, dataset_id=dataset_id)
-    open_upload = service.open_upload_of(db, dataset_id=dataset_id, user_id=user.id)
-    report = service.upload_report(db, upload_id=open_upload.id) if open_upload is not None else None
-    return render(
-        request,
-        "datasets/upload.html",
-        {
-            "summary": summary,
-            "open_report": report,
-            "chunk_bytes": service.CHUNKED_FILE_BYTES,
-        },
-    )
-
-
-def _report_context(db: Session, upload_id: int) -> dict[str, Any]:
-    report = service.upload_report(db, upload_id=upload_id)
-    alias = labels.alias_of(db, dataset_id=report.upload.dataset_id, name=report.upload.label)
-    return {"report": report, "label_alias": alias}
-
-
-@router.get("/uploads/{upload_id}", include_in_schema=False)
-def upload_report_page(request: Request, upload_id: int, db: DB, user: Viewer) -> Response:
-    return render(request, "datasets/upload_report.html", _report_context(db, upload_id))
-
-
-@router.get("/uploads/{upload_id}/panel", include_in_schema=False)
-def upload_panel(request: Request, upload_id: int, db: DB, user: Viewer) -> Response:
-    return render(request, "datasets/upload_report.html", _report_context(db, upload_id), block="panel")
-
-
-@router.post("/uploads/{upload_id}/retry", include_in_schema=False)
-def upload_retry(upload_id: int, db: DB, user: Reviewer) -> Response:
-    service.retry_upload(db, upload_id=upload_id, user_id=user.id)
-    return RedirectResponse(f"/uploads/{upload_id}", status_code=303)
-
-
-@router.post("/uploads/{upload_id}/conflicts/{entry_id}", include_in_schema=False)
-def upload_resolve_conflict(
-    upload_id: int, entry_id: int, db: DB, user: Reviewer, keep: Annotated[Literal["existing", "new"], Form()]
-) -> Response:
-    service.resolve_conflict(db, upload_id=upload_id, entry_id=entry_id, keep=keep, user_id=user.id)
-    return RedirectResponse(f"/uploads/{upload_id}#conflicts", status_code=303)
 
 
 @router.get("/images/{image_id}", include_in_schema=False)

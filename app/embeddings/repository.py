@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset, EmbeddingSet, Image, Label, Split, SplitAssignment
+from app.models import Dataset, EmbeddingSet, Image, Label, Prediction, Run, Split, SplitAssignment
 from app.splits.states import SplitStatus
+from app.training.states import RunStatus
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
@@ -65,3 +66,65 @@ def subsets_of(session: Session, image_ids: list[int]) -> dict[int, list[str]]:
     for image_id, subset in rows:
         subsets[image_id].append(subset)
     return subsets
+
+
+def dataset_labels(session: Session, dataset_id: int) -> dict[int, str]:
+    """Every labelled image of the dataset and its label's name (one query: the map shows them all)."""
+    rows = session.execute(
+        select(Image.id, Label.name).join(Label, Label.id == Image.label_id).where(Image.dataset_id == dataset_id)
+    )
+    return {image_id: name for image_id, name in rows}
+
+
+def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
+    return session.scalar(
+        select(Split)
+        .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
+        .order_by(Split.version.desc())
+        .limit(1)
+    )
+
+
+def ready_splits(session: Session, dataset_id: int) -> list[Split]:
+    return list(
+        session.scalars(
+            select(Split)
+            .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
+            .order_by(Split.version.desc())
+        )
+    )
+
+
+def finished_runs(session: Session, dataset_id: int) -> list[Run]:
+    return list(
+        session.scalars(
+            select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id.desc())
+        )
+    )
+
+
+def split_subsets(session: Session, split_id: int) -> dict[int, str]:
+    rows = session.execute(
+        select(SplitAssignment.image_id, SplitAssignment.subset).where(SplitAssignment.split_id == split_id)
+    )
+    return {image_id: subset for image_id, subset in rows}
+
+
+def newest_finished_run(session: Session, dataset_id: int) -> Run | None:
+    return session.scalar(
+        select(Run)
+        .where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED)
+        .order_by(Run.id.desc())
+        .limit(1)
+    )
+
+
+def run_predictions(session: Session, run_id: int) -> list[tuple[int, str, bool, bytes, str]]:
+    """(image id, subset, is_error, probs, current label name) of every image the run predicted."""
+    rows = session.execute(
+        select(Prediction.image_id, Prediction.subset, Prediction.is_error, Prediction.probs, Label.name)
+        .join(Image, Image.id == Prediction.image_id)
+        .join(Label, Label.id == Image.label_id)
+        .where(Prediction.run_id == run_id)
+    )
+    return [(image_id, subset, bool(error), probs, name) for image_id, subset, error, probs, name in rows]

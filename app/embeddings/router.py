@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from app.core.errors import Invalid
 from app.core.settings import Settings
-from app.datasets.router import UploadForm
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
+from app.embeddings.states import UNFINISHED
+from app.jobs import service as jobs
+from app.uploads.router import UploadForm
 from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
 from app.web.templating import render
 
@@ -83,8 +86,9 @@ def api_similar(
 @router.get("/images/{image_id}/similar", include_in_schema=False)
 def similar_strip(request: Request, image_id: int, db: DB, user: Viewer, k: K = 12) -> Response:
     """The image page's strip (loaded by htmx); without embeddings it says which job to start."""
-    context: dict[str, object] = {"items": [], "missing": None}
+    context: dict[str, object] = {"items": [], "missing": None, "image_id": image_id, "dataset_id": None}
     try:
+        context["dataset_id"] = service.dataset_of_image(db, image_id=image_id)
         context["items"] = service.similar_to_image(
             db, image_id=image_id, k=k, backbone=None, root=_settings(request).embeddings_dir
         )
@@ -124,3 +128,74 @@ def api_similar_to_upload(
         home=service.torch_home(),
     )
     return SimilarOut(items=[NeighbourOut(**asdict(item)) for item in found])
+
+
+@router.get("/api/datasets/{dataset_id}/map")
+def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: BackboneQuery = None) -> Response:
+    """The 2-D embedding map: {"backbone", "stale", "count", "points": [{"image_id", "x", "y"}]}, x and y in [0, 1].
+
+    Labels and other colours come from /map/colours (they change with every relabel; the points do not)."""
+    found = service.map_points(db, dataset_id=dataset_id, backbone=backbone, root=_settings(request).embeddings_dir)
+    head = json.dumps({"backbone": found.backbone, "stale": found.stale, "count": found.count})
+    return Response(head[:-1].encode() + b',"points":' + found.points_json + b"}", media_type="application/json")
+
+
+ColourBy = Annotated[str, Query(max_length=20, description="label, subset, correct or suspicion")]
+
+
+@router.get("/api/datasets/{dataset_id}/map/colours")
+def api_map_colours(
+    dataset_id: int,
+    db: DB,
+    user: Viewer,
+    by: ColourBy = "label",
+    split_id: int | None = None,
+    run_id: int | None = None,
+) -> JSONResponse:
+    """Values to colour the map by: {"by", "source", "values": {image_id: value}} (images without one left out)."""
+    source, values = service.map_colours(db, dataset_id=dataset_id, by=by, split_id=split_id, run_id=run_id)
+    return JSONResponse({"by": by, "source": source, "values": {str(k): v for k, v in values.items()}})
+
+
+@router.get("/datasets/{dataset_id}/map", include_in_schema=False)
+def map_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    return render(request, "embeddings/map.html", {"page": service.map_page(db, dataset_id=dataset_id)})
+
+
+@router.get("/datasets/{dataset_id}/embeddings", include_in_schema=False)
+def embeddings_panel(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
+    """The dataset page's embeddings card: what exists, a button to start the job, its live progress."""
+    listed = service.list_embeddings(db, dataset_id=dataset_id)
+    return render(
+        request,
+        "embeddings/_panel.html",
+        {
+            "dataset_id": dataset_id,
+            "sets": [
+                (s, status, jobs.get_job(db, job_id=s.job_id) if s.job_id is not None else None) for s, status in listed
+            ],
+            "running": any(status in UNFINISHED for _, status in listed),
+            "backbones": service.usable_backbones(),
+            "default_backbone": service.DEFAULT_BACKBONE,
+        },
+    )
+
+
+@router.post("/datasets/{dataset_id}/embeddings", include_in_schema=False)
+def embeddings_panel_start(
+    request: Request,
+    dataset_id: int,
+    db: DB,
+    user: Reviewer,
+    settings: AppSettings,
+    backbone: Annotated[str, Form(max_length=100)],
+) -> Response:
+    service.start_embeddings(
+        db,
+        dataset_id=dataset_id,
+        backbone=backbone,
+        user_id=user.id,
+        home=service.torch_home(),
+        max_attempts=settings.job_max_attempts,
+    )
+    return embeddings_panel(request, dataset_id, db, user)

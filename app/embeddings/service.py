@@ -13,15 +13,16 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.lookup import get_or_404
 from app.embeddings import repository
 from app.embeddings.states import UNFINISHED, EmbeddingSetStatus
-from app.embeddings.store import EmbeddingStore
+from app.embeddings.store import EmbeddingStore, MapStore
 from app.jobs import service as jobs
 from app.jobs import states as job_states
 from app.ml.backbone_choices import BACKBONE_NAMES, DEFAULT_BACKBONE, SCRATCH_BACKBONE, TORCHVISION_PREFIX
 from app.ml.images import Rejection, inspect_image
 from app.ml.similarity import unit_rows
-from app.models import EmbeddingSet, Job
+from app.models import EmbeddingSet, Image, Job, Run, Split
 
 if TYPE_CHECKING:
     from app.ml.backbones import Backbone
@@ -49,9 +50,14 @@ def torch_home() -> Path | None:
     return Path(os.environ["TORCH_HOME"]) if os.environ.get("TORCH_HOME") else None
 
 
+def usable_backbones() -> list[str]:
+    """Backbones whose embeddings mean something (pretrained weights); check_backbone says if they are here."""
+    return [name for name in BACKBONE_NAMES if name not in _WITHOUT_PRETRAINED_WEIGHTS]
+
+
 def check_backbone(name: str, *, home: Path | None) -> None:
     """422 unless `name` is a known backbone whose pretrained weights are installed here (no network)."""
-    usable = [known for known in BACKBONE_NAMES if known not in _WITHOUT_PRETRAINED_WEIGHTS]
+    usable = usable_backbones()
     if name not in BACKBONE_NAMES:
         raise Invalid(f"unknown backbone {name!r}; backbones with pretrained weights: {', '.join(usable)}")
     if name in _WITHOUT_PRETRAINED_WEIGHTS:
@@ -133,6 +139,10 @@ def _usable_set(session: Session, dataset_id: int, backbone: str | None) -> Embe
     return wanted[0]
 
 
+def usable_set(session: Session, *, dataset_id: int, backbone: str | None) -> EmbeddingSet:
+    return _usable_set(session, dataset_id, backbone)
+
+
 def _neighbours(session: Session, image_ids: np.ndarray, similarities: np.ndarray) -> list[Neighbour]:
     ids = [int(image_id) for image_id in image_ids.tolist()]
     labels = repository.labels_of(session, ids)
@@ -158,6 +168,18 @@ def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str |
         )
     found_ids, similarities = store.search(query, k, exclude_id=image_id)
     return _neighbours(session, found_ids, similarities)
+
+
+def dataset_of_image(session: Session, *, image_id: int) -> int:
+    return get_or_404(session, Image, image_id).dataset_id
+
+
+def neighbourhood(session: Session, *, dataset_id: int, image_id: int, k: int, root: Path) -> tuple[int, ...]:
+    """An image of this dataset followed by its `k` nearest neighbours, most similar first (the grid's
+    "find more like this")."""
+    get_or_404(session, Image, image_id, dataset_id=dataset_id)
+    found = similar_to_image(session, image_id=image_id, k=k, backbone=None, root=root)
+    return (image_id, *(neighbour.image_id for neighbour in found))
 
 
 @lru_cache(maxsize=2)
@@ -202,6 +224,113 @@ def similar_to_upload(
         )
     found_ids, similarities = store_of(root, embedding_set).search(unit_rows(result.features)[0], k)
     return _neighbours(session, found_ids, similarities)
+
+
+# ---- the map ----------------------------------------------------------------------------------------------
+
+MAP_COLOURS = ("label", "subset", "correct", "suspicion")
+# Images a run trained on are scored in-sample: their suspicion would flatter the labels.
+_IN_SAMPLE = "train"
+
+
+@dataclass(frozen=True)
+class MapPoints:
+    backbone: str
+    count: int
+    points_json: bytes  # the JSON array of {"image_id", "x", "y"}
+    stale: bool  # the store has rows the map does not show yet (the job lays them out)
+
+
+def map_points(session: Session, *, dataset_id: int, backbone: str | None, root: Path) -> MapPoints:
+    """The stored 2-D map; 409 naming the job when there are no embeddings or no map of them yet."""
+    _dataset(session, dataset_id)
+    embedding_set = _usable_set(session, dataset_id, backbone)
+    found = MapStore(store_of(root, embedding_set)).points_json()
+    if found is None:
+        raise EmbeddingsMissing(
+            f"the {embedding_set.backbone} embeddings of dataset {dataset_id} have no map yet: run the job with "
+            f'POST /api/datasets/{dataset_id}/embeddings {{"backbone": "{embedding_set.backbone}"}}',
+            extra={"start": f"/api/datasets/{dataset_id}/embeddings", "backbone": embedding_set.backbone},
+        )
+    count, points_json = found
+    return MapPoints(embedding_set.backbone, count, points_json, stale=embedding_set.count > count)
+
+
+@dataclass(frozen=True)
+class MapPage:
+    dataset_id: int
+    dataset_name: str
+    backbones: list[str]
+    splits: list[Split]
+    runs: list[Run]
+
+
+def map_page(session: Session, *, dataset_id: int) -> MapPage:
+    """What the map page offers to choose from: backbones with vectors, ready splits, finished runs."""
+    dataset = repository.get_dataset(session, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return MapPage(
+        dataset_id=dataset_id,
+        dataset_name=dataset.name,
+        backbones=[s.backbone for s in repository.sets_of(session, dataset_id) if s.count > 0],
+        splits=repository.ready_splits(session, dataset_id),
+        runs=repository.finished_runs(session, dataset_id),
+    )
+
+
+def map_colours(
+    session: Session, *, dataset_id: int, by: str, split_id: int | None, run_id: int | None
+) -> tuple[str, dict[int, str | float]]:
+    """What to colour each image by: its subset in a split, right/wrong in a run, or the run's suspicion.
+
+    Returns a description of the source ("split v3", "run 7") and the values by image id (images without one
+    are left out: not in the split, not predicted by the run).
+    """
+    _dataset(session, dataset_id)
+    if by not in MAP_COLOURS:
+        raise Invalid(f"colour by one of {', '.join(MAP_COLOURS)}; got {by!r}")
+    if by == "label":
+        return "labels", dict(repository.dataset_labels(session, dataset_id))
+    if by == "subset":
+        return _subset_colours(session, dataset_id=dataset_id, split_id=split_id)
+    run = (
+        get_or_404(session, Run, run_id, dataset_id=dataset_id)
+        if run_id is not None
+        else repository.newest_finished_run(session, dataset_id)
+    )
+    if run is None:
+        return "no finished run", {}
+    rows = repository.run_predictions(session, run.id)
+    if by == "correct":
+        return f"run {run.id}", {image_id: "wrong" if error else "right" for image_id, _, error, _, _ in rows}
+    return f"run {run.id} (dev and test)", _self_doubt(run, rows)
+
+
+def _subset_colours(session: Session, *, dataset_id: int, split_id: int | None) -> tuple[str, dict[int, str | float]]:
+    split = (
+        get_or_404(session, Split, split_id, dataset_id=dataset_id)
+        if split_id is not None
+        else repository.newest_ready_split(session, dataset_id)
+    )
+    if split is None:
+        return "no ready split", {}
+    return f"split v{split.version}", dict(repository.split_subsets(session, split.id))
+
+
+def _self_doubt(run: Run, rows: list[tuple[int, str, bool, bytes, str]]) -> dict[int, str | float]:
+    """1 - the run's probability of each held-out image's current label (self-confidence, app.ml.suspicion)."""
+    columns = {str(name): index for index, name in enumerate(run.label_names)}
+    values: dict[int, str | float] = {}
+    for image_id, subset, _, probs, label in rows:
+        if subset == _IN_SAMPLE:
+            continue
+        vector = np.frombuffer(probs, dtype=np.float32)
+        column = columns.get(label)
+        # A label the run never saw is as doubtful as can be.
+        own = float(vector[column]) if column is not None and column < vector.size else 0.0
+        values[image_id] = round(1.0 - own, 4)
+    return values
 
 
 # ---- the job's steps --------------------------------------------------------------------------------------

@@ -193,3 +193,132 @@ class EmbeddingStore:
         index.save(str(temporary))
         os.replace(temporary, index_path)
         return count - start
+
+
+_POINTS_JSON: dict[Path, tuple[tuple[int, int], int, bytes]] = {}
+
+
+class MapStore:
+    """The 2-D map of an embedding store's rows, beside its vectors: `map.npz` holds ids and (x, y) in [0, 1].
+
+    Written whole and swapped in atomically, so a reader sees the old map or the new one, never half of one.
+    """
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self._path = store.root / "map.npz"
+
+    def read(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None:
+        try:
+            with np.load(self._path, allow_pickle=False) as stored:
+                return np.asarray(stored["ids"], dtype=np.int64), np.asarray(stored["xy"], dtype=np.float32)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def count(self) -> int:
+        found = self.read()
+        return 0 if found is None else int(found[0].size)
+
+    def points_json(self) -> tuple[int, bytes] | None:
+        """(count, the JSON array of {"image_id", "x", "y"}), formatted once per map file and kept: at 100k
+        points formatting is most of the answer's time, and the map changes only when the job writes it."""
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = _POINTS_JSON.get(self._path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        found = self.read()
+        if found is None:
+            return None
+        ids, xy = found
+        body = ",".join(
+            f'{{"image_id":{i},"x":{x:.5f},"y":{y:.5f}}}' for i, (x, y) in zip(ids.tolist(), xy.tolist(), strict=True)
+        )
+        if len(_POINTS_JSON) >= _LOADED_SIZE:
+            _POINTS_JSON.pop(next(iter(_POINTS_JSON)))
+        _POINTS_JSON[self._path] = (stamp, int(ids.size), f"[{body}]".encode())
+        return int(ids.size), _POINTS_JSON[self._path][2]
+
+    def write(self, image_ids: npt.ArrayLike, xy: npt.ArrayLike) -> None:
+        ids = np.asarray(image_ids, dtype=np.int64)
+        points = np.asarray(xy, dtype=np.float32)
+        if points.shape != (ids.size, 2):
+            raise ValueError("one (x, y) per image id is needed")
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        with temporary.open("wb") as file:
+            np.savez(file, ids=ids, xy=points)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self._path)
+
+
+NEIGHBOURS = 10
+_NEIGHBOUR_DIMS = 64
+
+
+class NeighbourStore:
+    """Each stored image's `NEIGHBOURS` nearest other images (ids and cosine similarities), beside the vectors in
+    `neighbours.npz`: the neighbours' label vote reads them with today's labels, so a relabel counts at once.
+
+    Neighbours come from PCA-reduced vectors (`_NEIGHBOUR_DIMS`, exact search in blocks) up to the store's exact
+    limit, and from its usearch index beyond (the same candidates the similar-images search uses).
+    """
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self._store = store
+        self._path = store.root / "neighbours.npz"
+
+    def read(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]] | None:
+        """(image ids, neighbour image ids per row with -1 for none, similarities) or None before the first build."""
+        try:
+            with np.load(self._path, allow_pickle=False) as stored:
+                return (
+                    np.asarray(stored["ids"], dtype=np.int64),
+                    np.asarray(stored["neighbours"], dtype=np.int64),
+                    np.asarray(stored["similarities"], dtype=np.float32),
+                )
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def count(self) -> int:
+        found = self.read()
+        return 0 if found is None else int(found[0].size)
+
+    def refresh(self) -> int:
+        """Find every row's neighbours again when rows were added; returns the rows done (0: already current)."""
+        store = self._store
+        count = store.count()
+        if count == 0 or self.count() == count:
+            return 0
+        from app.ml.knn import nearest_neighbours
+
+        ids = store.ids()[:count]
+        vectors = store.vectors()
+        loaded = store._loaded()
+        if loaded.index is not None and loaded.projection is not None and len(loaded.index) >= count:
+            found = loaded.index.search(loaded.projection.project(vectors), NEIGHBOURS + 1, threads=0)
+            positions = np.asarray(found.keys, dtype=np.int64).reshape(count, -1)
+            similarities = 1.0 - np.asarray(found.distances, dtype=np.float32).reshape(count, -1)  # cos distance
+            keep = positions != np.arange(count)[:, None]
+            positions = np.array([row[mask][:NEIGHBOURS] for row, mask in zip(positions, keep, strict=True)])
+            similarities = np.array([row[mask][:NEIGHBOURS] for row, mask in zip(similarities, keep, strict=True)])
+        else:
+            sample = np.random.default_rng(0).permutation(count)[:_PCA_SAMPLE]
+            fitted = np.asarray(vectors[np.sort(sample)], dtype=np.float32)
+            projection = fit_projection(fitted, min(_NEIGHBOUR_DIMS, fitted.shape[1], max(1, fitted.shape[0] - 1)))
+            reduced = np.concatenate(
+                [projection.project(vectors[low : low + 65_536]) for low in range(0, count, 65_536)]
+            )
+            positions, similarities = nearest_neighbours(reduced, NEIGHBOURS)
+        neighbour_ids = np.where(positions >= 0, ids[np.clip(positions, 0, count - 1)], -1)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        with temporary.open("wb") as file:
+            np.savez(file, ids=ids, neighbours=neighbour_ids, similarities=similarities.astype(np.float32))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self._path)
+        return count

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.embeddings import service
-from app.embeddings.store import EmbeddingStore
+from app.embeddings.store import EmbeddingStore, MapStore, NeighbourStore
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.similarity import unit_rows
@@ -33,6 +33,9 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
             cache_hits = _embed(ctx, store, backbone_name, todo)
         ctx.progress(0.95, "updating the nearest-neighbour index")
         added_to_index = store.refresh_index()
+        mapped = _refresh_map(ctx, store)
+        ctx.progress(0.99, "finding each image's nearest neighbours")
+        NeighbourStore(store).refresh()
     except (BackboneUnavailable, TrainingCancelled, OSError) as error:
         with ctx.transaction() as session:
             service.fail_build(session, set_id=set_id)
@@ -48,7 +51,23 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
         "feature_cache_hits": cache_hits,
         "count": store.count(),
         "indexed": added_to_index,
+        "mapped": mapped,
     }
+
+
+def _refresh_map(ctx: JobContext, store: EmbeddingStore) -> int:
+    """Lay the 2-D map out again when rows were added since the last one; returns the rows laid out (0: current)."""
+    maps = MapStore(store)
+    count = store.count()
+    if count == 0 or maps.count() == count:
+        return 0
+    from app.ml.embedding_map import layout  # umap/numba: in job runners only
+
+    ctx.progress(0.96, f"laying out the map of {count:,} images")
+    # No seed: UMAP then uses every core the runner has (a seed pins it to one).
+    xy = layout(store.vectors(), seed=None, progress=lambda done: ctx.progress(0.96 + 0.03 * done, "placing images"))
+    maps.write(store.ids()[:count], xy)
+    return count
 
 
 def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> int:

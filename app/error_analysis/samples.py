@@ -21,7 +21,7 @@ from app.error_analysis.predictions import SubsetSnapshot
 from app.error_analysis.repository import ItemRow
 from app.error_analysis.runs import LabelMap, finished_run, label_map
 from app.error_analysis.tags import TagView, ensure_tags, tag_views
-from app.ml.error_analysis import DEFAULT_SAMPLE_SIZE, sample_errors
+from app.ml.error_analysis import DEFAULT_SAMPLE_SIZE, SampledErrors, sample_errors
 from app.models import ErrorSample, Run, User
 
 MAX_SAMPLE_SIZE = 2_000
@@ -94,6 +94,17 @@ def correct_examples_for(size: int) -> int:
     return max(1, round(size * CORRECT_SHARE))
 
 
+def _draw(snapshot: SubsetSnapshot, *, seed: int, size: int, include_correct: int) -> SampledErrors:
+    return sample_errors(
+        image_ids=snapshot.image_ids,
+        labels=snapshot.labels,
+        predictions=snapshot.predicted,
+        seed=seed,
+        size=size,
+        include_correct=include_correct,
+    )
+
+
 def _store_sample(
     session: Session,
     *,
@@ -105,14 +116,7 @@ def _store_sample(
     include_correct: int,
     created_by_id: int | None,
 ) -> ErrorSample:
-    drawn = sample_errors(
-        image_ids=snapshot.image_ids,
-        labels=snapshot.labels,
-        predictions=snapshot.predicted,
-        seed=seed,
-        size=size,
-        include_correct=include_correct,
-    )
+    drawn = _draw(snapshot, seed=seed, size=size, include_correct=include_correct)
     sample = ErrorSample(
         run_id=run.id,
         subset=subset,
@@ -269,14 +273,7 @@ def sample_view(
     if (seed, size, include_correct) == (current.seed, current.size, current.include_correct):
         rows = repository.sample_item_rows(session, run_id=run.id, sample_id=current.id)
     else:
-        drawn = sample_errors(
-            image_ids=snapshot.image_ids,
-            labels=snapshot.labels,
-            predictions=snapshot.predicted,
-            seed=seed,
-            size=size,
-            include_correct=include_correct,
-        )
+        drawn = _draw(snapshot, seed=seed, size=size, include_correct=include_correct)
         found = repository.item_rows(session, run_id=run.id, image_ids=drawn.image_ids)
         rows = [
             replace(found[image_id], sampled_as_error=was_error)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.core.db import READ_MOSTLY_OPTION, session_factory
+from app.core.db import READ_MOSTLY_OPTION, committing, session_factory
 from app.core.settings import Settings
 from app.jobs import repository
 from app.jobs.retry import retry_transient
@@ -84,16 +84,11 @@ class JobContext:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A task's own unit of work; commits only while this worker still holds the lease."""
-        session = self._sessions()
-        try:
-            yield session
+        def still_ours(session: Session) -> None:
             repository.assert_lease(session, job_id=self.job_id, token=self.lease_token, now=utcnow())
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+
+        with committing(self._sessions(), before_commit=still_ours) as session:
+            yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

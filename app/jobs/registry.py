@@ -13,11 +13,12 @@ TaskHandler = Callable[["JobContext"], "dict[str, Any] | None"]
 
 TASK_MODULES = (
     "app.jobs.tasks",
-    "app.datasets.tasks",
+    "app.uploads.tasks",
     "app.splits.tasks",
     "app.training.tasks",
     "app.embeddings.tasks",
     "app.pool.tasks",
+    "app.health.tasks",
 )
 
 _handlers: dict[str, TaskHandler] = {}

@@ -26,13 +26,13 @@ from sqlalchemy.orm import Session
 
 from app.core.db import session_factory
 from app.core.settings import Settings
-from app.core.storage import LocalBlobStore
 from app.jobs import repository
 from app.jobs.repository import ClaimedJob, LeaseLost
 from app.jobs.retry import retry_transient
 from app.jobs.runner import runner_main
 from app.jobs.states import JobStatus
 from app.models import utcnow
+from app.storage.backends import blob_store
 from app.storage.service import collect_garbage, release_abandoned_uploads
 
 log = logging.getLogger("errorbook.worker")
@@ -80,7 +80,7 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s started (queues: %s)", self.worker_id, ",".join(self.queues or ["all"]))
-        swept = LocalBlobStore(self.settings.blob_dir).sweep_abandoned(
+        swept = blob_store(self.settings).sweep_abandoned(
             older_than_seconds=self.settings.blob_temp_max_age_hours * 3600
         )
         if swept:
@@ -175,7 +175,7 @@ class Worker:
         self._gc_thread.start()
 
     def _collect_garbage(self) -> None:
-        blobs = LocalBlobStore(self.settings.blob_dir)
+        blobs = blob_store(self.settings)
         try:
             release_abandoned_uploads(sessions=self._sessions, blobs=blobs, settings=self.settings)
             result = collect_garbage(

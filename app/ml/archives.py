@@ -86,7 +86,8 @@ def normalise_relative_path(name: str) -> str:
     """`name` as a clean relative POSIX path (NFC, no empty or "." parts); else raises UnsafePathError."""
     if "\x00" in name:
         raise UnsafePathError("name contains a NUL byte")
-    if any(unicodedata.category(character) == "Cc" for character in name):
+    # isprintable() is false for every control character: the per-character look only for the rare others.
+    if not name.isprintable() and any(unicodedata.category(character) == "Cc" for character in name):
         raise UnsafePathError("name contains control characters")
     if _DRIVE_LETTER.match(name):
         raise UnsafePathError("name starts with a drive letter")

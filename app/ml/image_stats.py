@@ -34,8 +34,15 @@ def measure(image: Image.Image) -> ImageStats:
         contrast=float(grey.std()),
         sharpness=_laplacian_variance(grey),
         entropy=_entropy(grey),
-        colourfulness=float((rgb.max(axis=2) - rgb.min(axis=2)).mean()),
+        colourfulness=_channel_spread(rgb),
     )
+
+
+def _channel_spread(rgb: np.ndarray) -> float:
+    # Element-wise over the three planes: numpy's max/min along a length-3 last axis is ~20x slower.
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+    return float(spread.mean())
 
 
 def _laplacian_variance(grey: np.ndarray) -> float:

@@ -136,3 +136,70 @@ def _estimated_issues_per_class(
     off_share = np.divide(off_diagonal, row_totals, out=np.zeros(num_classes), where=row_totals > 0)
     estimated = np.rint(off_share * class_sizes).astype(np.int64)
     return np.asarray(np.minimum(estimated, np.maximum(class_sizes - 1, 0)), dtype=np.int64)
+
+
+# ---- fused with the embedding neighbours' vote ---------------------------------------------------------------
+
+DEFAULT_VOTE_WEIGHT = 0.5
+_VOTE_SMOOTHING = 1.0
+
+
+def knn_label_vote(
+    neighbour_labels: npt.ArrayLike,
+    num_classes: int,
+    *,
+    neighbour_weights: npt.ArrayLike | None = None,
+    smoothing: float = _VOTE_SMOOTHING,
+) -> npt.NDArray[np.float64]:
+    """Per example, the share of its nearest labelled neighbours' (weighted) votes for each class.
+
+    ``neighbour_labels`` is examples x k class indices, ``-1`` where a neighbour is missing or unlabelled;
+    ``neighbour_weights`` (same shape, e.g. cosine similarities) weight the votes, negatives count as 0.
+    ``smoothing`` adds that much uniform vote, so an example with few or no neighbours leans on the model
+    instead of a single neighbour's say (with none at all the vote is uniform).
+    """
+    given = np.array(neighbour_labels, dtype=np.int64, ndmin=2)
+    if given.ndim != 2:
+        raise ValueError("neighbour_labels must be a 2-d array (examples x neighbours)")
+    if given.size and given.max() >= num_classes:
+        raise ValueError(f"neighbour labels must be below {num_classes} (or -1 for none)")
+    weights = np.ones(given.shape) if neighbour_weights is None else np.array(neighbour_weights, dtype=np.float64)
+    if weights.shape != given.shape:
+        raise ValueError("neighbour_weights must have the shape of neighbour_labels")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError("neighbour_weights must not contain NaN or infinite values")
+    weights = np.where(given >= 0, np.clip(weights, 0.0, None), 0.0)
+    votes = np.zeros((given.shape[0], num_classes))
+    rows = np.repeat(np.arange(given.shape[0]), given.shape[1])
+    counted = given.ravel() >= 0
+    np.add.at(votes, (rows[counted], given.ravel()[counted]), weights.ravel()[counted])
+    votes += smoothing / num_classes
+    return np.asarray(votes / votes.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def fused_suspicion(
+    probs: npt.ArrayLike, labels: npt.ArrayLike, vote: npt.ArrayLike, *, vote_weight: float = DEFAULT_VOTE_WEIGHT
+) -> npt.NDArray[np.float64]:
+    """Suspicion in [0, 1] from two witnesses: 1 - ((1 - w) * p[given] + w * vote[given]).
+
+    ``probs`` are the model's out-of-sample probabilities (self-confidence, as in ``rank_suspicious``) and
+    ``vote`` the nearest labelled neighbours' shares from ``knn_label_vote`` (SimiFeat / Encord style). The
+    two err differently: the model smooths over a class's odd corners that the neighbours know, the neighbours
+    are noisy where the embedding mixes classes that the model separates; averaging them ranks flipped labels
+    better than either alone in ``bench/label_noise.py``.
+    """
+    if not 0.0 <= vote_weight <= 1.0:
+        raise ValueError("vote_weight must be between 0 and 1")
+    probabilities = _normalised_rows(probs)
+    shares = _normalised_rows(vote)
+    given = np.asarray(labels, dtype=np.int64).ravel()
+    count, num_classes = probabilities.shape
+    if shares.shape != probabilities.shape:
+        raise ValueError(f"vote must have the shape of probs {probabilities.shape}, got {shares.shape}")
+    if given.shape != (count,):
+        raise ValueError(f"expected {count} labels, got {given.shape[0]}")
+    if count and (given.min() < 0 or given.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes})")
+    rows = np.arange(count)
+    agreement = (1.0 - vote_weight) * probabilities[rows, given] + vote_weight * shares[rows, given]
+    return np.asarray(np.clip(1.0 - agreement, 0.0, 1.0), dtype=np.float64)

@@ -13,6 +13,7 @@ from app.models.analysis import (
 from app.models.base import Base, utcnow
 from app.models.dataset import Dataset, Image, ImageStat, Label, LabelChange, LabelEvent, Upload, UploadEntry
 from app.models.embedding import EmbeddingSet
+from app.models.health import HealthScan, ImageIssue
 from app.models.job import Job, JobExecution
 from app.models.pool import PoolScore, PoolScoring
 from app.models.run import Prediction, Run
@@ -28,7 +29,9 @@ __all__ = [
     "ErrorAnnotationTag",
     "ErrorSample",
     "ErrorSampleItem",
+    "HealthScan",
     "Image",
+    "ImageIssue",
     "ImageStat",
     "Job",
     "JobExecution",

@@ -11,7 +11,7 @@ from app.models import Image, Upload, UploadEntry
 
 # Uploads whose entries still need their blobs: being filled, queued or ingesting (a failed or cancelled ingest
 # keeps its upload queued/ingesting, so it can be retried, until the upload is discarded).
-UNFINISHED_UPLOADS = ("open", "queued", "ingesting")
+from app.uploads.states import UNFINISHED
 
 
 def referenced(session: Session, shas: Collection[str]) -> set[str]:
@@ -24,7 +24,7 @@ def referenced(session: Session, shas: Collection[str]) -> set[str]:
     entries = (
         select(UploadEntry.sha256)
         .join(Upload, Upload.id == UploadEntry.upload_id)
-        .where(UploadEntry.sha256.in_(shas), Upload.status.in_(UNFINISHED_UPLOADS))
+        .where(UploadEntry.sha256.in_(shas), Upload.status.in_(UNFINISHED))
     )
     found |= set(session.scalars(entries))
     return {sha for sha in found if sha}

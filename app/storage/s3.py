@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.core.errors import DomainError
-from app.core.storage import CHUNK, StoredBlob, _check_digest, sweep_old_files
+from app.core.storage import StoredBlob, _check_digest, spooled, sweep_old_files
 
 
 class ObjectStoreUnavailable(DomainError):
@@ -137,19 +137,10 @@ class S3BlobStore:
 
     def put_file(self, src: BinaryIO) -> str:
         """Stream ``src`` to a local temp file, hashing as it goes, then upload it under its digest."""
-        hasher = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                while chunk := src.read(CHUNK):
-                    hasher.update(chunk)
-                    fh.write(chunk)
-            digest = hasher.hexdigest()
+        with spooled(src, self._tmp) as (tmp, digest):
             if not self._refresh(digest):
-                self.client.upload_file(tmp_name, self.location.bucket, self.key(digest))
+                self.client.upload_file(str(tmp), self.location.bucket, self.key(digest))
             return digest
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
 
     def path(self, sha256: str) -> Path:
         """A local copy (the read-through cache), fetched on first use and renamed into place whole."""

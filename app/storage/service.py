@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from app.core.settings import Settings
 from app.core.storage import BlobStore, StoredBlob
-from app.datasets import discard
 from app.models import utcnow
 from app.storage import repository
+from app.uploads.service import discard
 
 BATCH = 500
 

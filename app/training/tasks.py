@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from app.core.storage import LocalBlobStore
+from app.core.storage import BlobStore
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.modes import TrainingMode
 from app.ml.run_scores import RunScores, prediction_rows, score_run
+from app.storage.backends import blob_store
 from app.training import inference, repository, service
 from app.training.states import RunStatus
 
@@ -96,11 +97,11 @@ def load_inputs(ctx: JobContext, run_id: int) -> RunInputs | None:
     if len(class_label_ids) < 2:
         raise TaskError("training needs at least two classes in the split")
     inputs = RunInputs(run_id, dataset_id, config, [names_by_id[i] for i in class_label_ids], class_label_ids)
-    _add_images(inputs, by_subset, LocalBlobStore(ctx.settings.blob_dir))
+    _add_images(inputs, by_subset, blob_store(ctx.settings))
     return inputs
 
 
-def _add_images(inputs: RunInputs, by_subset: dict[str, list[tuple[int, str, int]]], blobs: LocalBlobStore) -> None:
+def _add_images(inputs: RunInputs, by_subset: dict[str, list[tuple[int, str, int]]], blobs: BlobStore) -> None:
     index_of = {label_id: k for k, label_id in enumerate(inputs.class_label_ids)}
     for subset, items in by_subset.items():
         inputs.images[subset] = [(image_id, label_id) for image_id, _, label_id in items]

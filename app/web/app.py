@@ -17,6 +17,7 @@ from app.core.settings import PROJECT_ROOT, Settings, get_settings
 from app.datasets.router import router as datasets_router
 from app.embeddings.router import router as embeddings_router
 from app.error_analysis.router import router as error_analysis_router
+from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.labels.router import router as labels_router
 from app.pool.router import router as pool_router
@@ -25,6 +26,7 @@ from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
 from app.storage.backends import blob_store
 from app.training.router import router as training_router
+from app.uploads.router import router as uploads_router
 from app.web import errors, openapi
 from app.web.deps import DB, Viewer
 from app.web.gate import BodyLimits, RequestGate
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
     routers = (
         jobs_router,
         datasets_router,
+        uploads_router,
         labels_router,
         splits_router,
         training_router,
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
         review_router,
         embeddings_router,
         pool_router,
+        health_router,
     )
     for router in routers:
         app.include_router(router)

@@ -12,7 +12,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
-from app.core.db import READ_MOSTLY_OPTION
+from app.core.db import READ_MOSTLY_OPTION, committing
 from app.core.errors import Forbidden, NotAuthenticated
 from app.core.settings import Settings
 from app.models import User
@@ -53,14 +53,8 @@ def _get_db(request: Request) -> Iterator[Session]:
     route = request.scope.get("route")
     if request.method in SAFE_METHODS or getattr(getattr(route, "endpoint", None), _READS_ONLY, False):
         session.connection(execution_options={READ_MOSTLY_OPTION: True})
-    try:
+    with committing(session):
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 DB = Annotated[Session, Depends(_get_db, scope="function")]

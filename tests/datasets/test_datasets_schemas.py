@@ -45,6 +45,7 @@ def test_the_image_page_names_its_split_and_lists_its_rows() -> None:
                 "width": 8,
                 "height": 6,
                 "imported_subset": None,
+                "score": None,  # set only with a data-health issue filter
             }
         ],
     }

@@ -41,6 +41,8 @@ def test_embeddings_job_then_similar_images_then_new_images_only(ingest: Ingest)
     assert missing.json()["start"] == f"/api/datasets/{dataset_id}/embeddings"
     strip = ingest.viewer.get(f"/images/{first}/similar")
     assert strip.status_code == 200 and "data-similar-missing" in strip.text and "POST /api/datasets" in strip.text
+    no_map = ingest.viewer.get(f"/api/datasets/{dataset_id}/map")
+    assert no_map.status_code == 409 and no_map.json()["error"] == "embeddings_missing"
 
     started = ingest.reviewer.post(f"/api/datasets/{dataset_id}/embeddings", json={"backbone": "efficientnet_lite0"})
     assert started.status_code == 202, started.text
@@ -64,6 +66,11 @@ def test_embeddings_job_then_similar_images_then_new_images_only(ingest: Ingest)
             "job_id": job_id,
         }
     ]
+
+    # The job laid the map out too: one point per image, inside the unit square.
+    points = ingest.viewer.get(f"/api/datasets/{dataset_id}/map").json()["points"]
+    assert sorted(p["image_id"] for p in points) == sorted(ids.values())
+    assert all(0 <= p["x"] <= 1 and 0 <= p["y"] <= 1 for p in points)
 
     similar = ingest.viewer.get(f"/api/images/{first}/similar", params={"k": 5})
     assert similar.status_code == 200, similar.text
@@ -100,6 +107,8 @@ def test_embeddings_job_then_similar_images_then_new_images_only(ingest: Ingest)
     jobs = ingest.run_jobs()
     assert jobs[0].result is not None and jobs[0].result["embedded"] == 4 and jobs[0].result["count"] == 20
     assert ingest.viewer.get(f"/api/datasets/{dataset_id}/embeddings").json()["items"][0]["count"] == 20
+    assert jobs[0].result["mapped"] == 20  # the map is laid out again with the new images on it
+    assert len(ingest.viewer.get(f"/api/datasets/{dataset_id}/map").json()["points"]) == 20
 
 
 def test_bad_input_gets_specific_errors(ingest: Ingest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.embeddings.store import EmbeddingStore
 from app.ml.similarity import exact_top_k, recall_at_k, unit_rows
@@ -55,3 +56,44 @@ def test_the_ann_index_grows_incrementally_and_agrees_with_exact_search(tmp_path
     approximate = [store.search(vectors[q], 10, exclude_id=int(q))[0] for q in queries]
     exact = [exact_top_k(vectors, vectors[q], 10, exclude=int(q)).positions for q in queries]
     assert recall_at_k(approximate, exact) >= 0.95
+
+
+def test_map_store_round_trips_and_refuses_misshapen_points(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.embeddings.store import MapStore
+
+    store = EmbeddingStore(tmp_path, dataset_id=1, backbone="efficientnet_lite0")
+    maps = MapStore(store)
+    assert maps.read() is None and maps.count() == 0
+    maps.write([3, 1, 2], [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    found = maps.read()
+    assert found is not None and found[0].tolist() == [3, 1, 2] and found[1].shape == (3, 2)
+    with pytest.raises(ValueError, match="one"):
+        maps.write([1, 2], [[0.1, 0.2]])
+    assert maps.count() == 3  # the refused write left the stored map alone
+
+
+def test_neighbour_store_finds_each_rows_nearest_others_exact_and_through_the_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.embeddings.store import NEIGHBOURS, NeighbourStore
+
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng.standard_normal((300, 32)))
+    ids = np.arange(1000, 1300)
+    full = vectors @ vectors.T
+    np.fill_diagonal(full, -np.inf)
+    truth = ids[np.argsort(-full, axis=1)[:, :NEIGHBOURS]]
+    for exact_limit, name in ((10_000, "exact"), (100, "indexed")):
+        store = EmbeddingStore(tmp_path / name, dataset_id=1, backbone="efficientnet_lite0", exact_limit=exact_limit)
+        store.append(ids, vectors)
+        store.refresh_index()
+        neighbours = NeighbourStore(store)
+        assert neighbours.read() is None
+        assert neighbours.refresh() == 300 and neighbours.refresh() == 0  # current: nothing to do
+        found = neighbours.read()
+        assert found is not None
+        stored_ids, neighbour_ids, similarities = found
+        assert stored_ids.tolist() == ids.tolist() and neighbour_ids.shape == (300, NEIGHBOURS)
+        assert not (neighbour_ids == ids[:, None]).any()
+        assert (np.diff(similarities, axis=1) <= 1e-5).all()  # most similar first
+        overlap = np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(neighbour_ids, truth, strict=True)])
+        # Centred by the PCA before the cosine, so not quite the raw vectors' neighbours (0.97 here).
+        assert overlap > 0.9, name

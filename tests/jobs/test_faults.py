@@ -1,8 +1,8 @@
 """Faults with real processes: a worker (and its runner) SIGKILLed in the middle of a split or a training run,
 and Postgres dropping every connection of the workers while they run jobs.
 
-The ingest counterpart lives in tests/datasets/test_ingest_crash.py, the web server and the disk in
-tests/datasets/test_upload_faults.py. A killed worker's lease is short (ERRORBOOK_JOB_LEASE_SECONDS), so the
+The ingest counterpart lives in tests/uploads/test_ingest_crash.py, the web server and the disk in
+tests/uploads/test_upload_faults.py. A killed worker's lease is short (ERRORBOOK_JOB_LEASE_SECONDS), so the
 next worker's reaper takes the job back by itself, as it would in production.
 """
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.core.errors import DomainError
-from app.datasets import service as datasets
+from app.uploads import service as uploads
 from app.models import Image, LabelChange, Upload, UploadEntry
 from app.review import relabel
 from tests.factories import make_run
@@ -84,7 +84,7 @@ def test_a_conflict_resolution_racing_a_review_relabel_never_reuses_a_version(fr
         )
 
     def resolution(session: Session) -> Any:
-        return datasets.resolve_conflict(session, upload_id=upload_id, entry_id=entry_id, keep="new", user_id=None)
+        return uploads.resolve_conflict(session, upload_id=upload_id, entry_id=entry_id, keep="new", user_id=None)
 
     writers = {"review": review, "resolution": resolution}
     second = "resolution" if first == "review" else "review"

@@ -1,13 +1,9 @@
-"""Who may touch an upload in the making, and the tombstone a discarded upload leaves."""
+"""Who may touch an upload in the making."""
 
 from __future__ import annotations
 
 from app.core.errors import Forbidden
 from app.models import Upload, User
-
-# A discarded upload keeps its row (without entries) so that its id is never handed out again: a client still
-# holding the id gets 404, never somebody else's new upload.
-DISCARDED = "discarded"
 
 
 def check_owner(upload: Upload, user: User | None) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.browser import chromium, log_in
 from tests.datasets.conftest import noisy_jpeg
-from tests.datasets.test_upload_browser import Served, served  # noqa: F401  (the fixture)
+from tests.uploads.test_upload_browser import Served, served  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

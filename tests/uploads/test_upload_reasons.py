@@ -6,7 +6,7 @@ from __future__ import annotations
 from PIL import Image
 
 from tests.datasets.conftest import Ingest, jpeg, noisy_jpeg, reasons
-from tests.datasets.test_upload_validation import encode
+from tests.uploads.test_upload_validation import encode
 
 
 def test_loose_files_without_a_label_get_their_content_reasons_first(ingest: Ingest) -> None:

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from app.core.settings import Settings
 from app.core.storage import LocalBlobStore
-from app.datasets import service
+from app.datasets import service as datasets
 from app.models import Image, Job, LabelChange, Upload, UploadEntry, utcnow
+from app.uploads import service
 from tests.datasets.conftest import noisy_jpeg, orphan_blobs, stored_blobs
 from tests.jobs.conftest import wait_until
 
@@ -37,7 +38,7 @@ def test_an_ingest_killed_midway_is_finished_by_the_next_worker_without_orphans(
     files = [(f"{'cat' if i % 2 else 'dog'}/{i:04d}.jpg", noisy_jpeg(i)) for i in range(FILES)]
     files.append(("dog/copy.jpg", files[0][1]))
     with Session(engine) as session:
-        dataset = service.create_dataset(session, name="crash test", user_id=None)
+        dataset = datasets.create_dataset(session, name="crash test", user_id=None)
         upload, _ = service.start_upload(session, dataset_id=dataset.id, user_id=None, resume=False)
         staged = [service.StagedBlob(name, blobs.put_bytes(data), len(data)) for name, data in files]
         service.stage_files(session, upload_id=upload.id, files=staged)

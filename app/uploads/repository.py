@@ -56,9 +56,9 @@ def insert_images(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str,
 
 
 def insert_import_changes(
-    session: Session, images: Sequence[tuple[int, int]], *, user_id: int | None, now: datetime
+    session: Session, images: Sequence[tuple[int, int | None]], *, user_id: int | None, now: datetime
 ) -> None:
-    """The first history record of each new (image id, label id)."""
+    """The first history record of each new (image id, label id; None: uploaded unlabeled)."""
     if images:
         session.execute(
             insert(LabelChange),

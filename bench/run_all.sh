@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 mkdir -p bench/out
 python=${PYTHON:-python}
 status=0
-for bench in "ingest.py" "split.py" "split_logic.py" "train.py" "label_noise.py --seeds 10" "jobs.py" "pages.py" "load.py"; do
+for bench in "ingest.py" "split.py" "split_logic.py" "train.py" "label_noise.py --seeds 10" "active_learning.py --seeds 5" "jobs.py" "pages.py" "load.py"; do
   name=${bench%%.py*}
   echo "== bench/$bench ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
   # shellcheck disable=SC2086

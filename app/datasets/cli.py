@@ -33,6 +33,9 @@ def import_command(
         Path | None, typer.Option("--labels-csv", help="A filename,label[,source] CSV with a header row.")
     ] = None,
     label: Annotated[str | None, typer.Option(help="One label for every file instead of folder names.")] = None,
+    unlabeled: Annotated[
+        bool, typer.Option("--unlabeled", help="Store the images without labels (the pool), to label later.")
+    ] = False,
 ) -> None:
     """Import a folder or zip from this machine, with the same validation and report as a browser upload."""
     from app.core.db import get_engine, session_scope
@@ -49,12 +52,13 @@ def import_command(
     upgrade_to_head(get_engine(settings))
     blobs = blob_store(settings)
     csv_bytes = labels_csv.read_bytes() if labels_csv is not None else None
+    uploads.check_upload_fields(label=label, labels_csv=csv_bytes, unlabeled=unlabeled)  # before any row is made
     with session_scope() as session:
         found = service.dataset_by_name(session, name=dataset)
         target = found or service.create_dataset(session, name=dataset, user_id=None)
         dataset_id = target.id
         upload, _ = uploads.start_upload(
-            session, dataset_id=dataset_id, user_id=None, source=source, label=label, resume=False
+            session, dataset_id=dataset_id, user_id=None, source=source, label=label, resume=False, unlabeled=unlabeled
         )
         upload_id = upload.id
     typer.echo(f"{'adding to' if found else 'created'} dataset {dataset!r} (id {dataset_id}); upload {upload_id}")

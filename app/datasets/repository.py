@@ -48,10 +48,16 @@ def label_source_counts(session: Session, dataset_id: int) -> list[tuple[int, st
     """(label id, source, images) over the covering index, without touching the table."""
     rows = session.execute(
         select(Image.label_id, Image.source, func.count())
-        .where(Image.dataset_id == dataset_id)
+        .where(Image.dataset_id == dataset_id, Image.label_id.is_not(None))
         .group_by(Image.label_id, Image.source)
     ).all()
-    return [(int(label_id), str(source), int(n)) for label_id, source, n in rows]
+    return [(int(label_id), str(source), int(n)) for label_id, source, n in rows if label_id is not None]
+
+
+def unlabeled_count(session: Session, dataset_id: int) -> int:
+    """Images uploaded without a label and still without one (the pool), marked not usable or not."""
+    query = select(func.count()).select_from(Image).where(Image.dataset_id == dataset_id, Image.label_id.is_(None))
+    return int(session.scalar(query) or 0)
 
 
 def sources_of(session: Session, dataset_id: int) -> list[str]:
@@ -107,6 +113,7 @@ class ImageFilter:
     split_id: int | None = None
     subset: str | None = None
     filename_contains: str | None = None
+    unlabeled: bool = False  # only images without a label (the pool)
     # A filter naming a label that does not exist matches nothing (rather than everything).
     matches_nothing: bool = False
     # Images with this data-health issue (latest scan), worst first unless `mildest_first`.
@@ -120,7 +127,7 @@ class ImageFilter:
 class ImageRow:
     id: int
     filename: str
-    label: str
+    label: str | None  # None: unlabeled
     source: str
     sha256: str
     thumb_sha256: str | None
@@ -136,6 +143,8 @@ def _filtered(query: AnySelect, where: ImageFilter) -> AnySelect:
         return query.where(Image.id.is_(None))
     if where.label_id is not None:
         query = query.where(Image.label_id == where.label_id)
+    if where.unlabeled:
+        query = query.where(Image.label_id.is_(None))
     if where.source is not None:
         query = query.where(Image.source == where.source)
     if where.split_id is not None and where.subset is not None:
@@ -206,7 +215,7 @@ def image_page(
             Image.height,
             Image.imported_subset,
             ImageIssue.score if where.issue is not None else null(),
-        ).join(Label, Label.id == Image.label_id),
+        ).outerjoin(Label, Label.id == Image.label_id),
         where,
     )
     if ids is not None:
@@ -228,7 +237,7 @@ def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:
             Image.height,
             Image.sha256,
         )
-        .join(Label, Label.id == Image.label_id)
+        .outerjoin(Label, Label.id == Image.label_id)  # an unlabeled image exports with an empty label
         .where(Image.dataset_id == dataset_id)
         .order_by(Image.id)
         .execution_options(yield_per=2000)

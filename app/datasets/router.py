@@ -124,6 +124,7 @@ def api_images(
     subset: str | None = None,
     split_id: int | None = None,
     q: str | None = None,
+    unlabeled: Annotated[bool, Query(description="only images without a label (the pool)")] = False,
     issue: Annotated[str | None, Query(max_length=24, description="a data-health issue type")] = None,
     sort: Annotated[
         str | None,
@@ -144,6 +145,7 @@ def api_images(
         subset=subset,
         split_id=split_id,
         q=q,
+        unlabeled=unlabeled,
         issue=issue,
         sort=sort if sort in ISSUE_SORTS else None,
         image_ids=_neighbourhood(request, db, dataset_id, similar_to),
@@ -259,6 +261,7 @@ def _grid_query(request: Request, db: DB, dataset_id: int, params: dict[str, str
         **text,
         sort=sort if sort in ISSUE_SORTS else None,
         split_id=_number(params, "split_id"),
+        unlabeled=params.get("unlabeled") == "true",
         image_ids=_neighbourhood(request, db, dataset_id, similar_to) if similar_to is not None else None,
     )
 

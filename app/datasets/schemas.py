@@ -48,6 +48,7 @@ class DatasetOut(BaseModel):
     sources: dict[str, int]
     target_source: str | None
     counts: list[CountOut]
+    unlabeled: int  # images without a label yet (the pool), not in image_count
 
     @classmethod
     def of(cls, summary: service.DatasetSummary) -> DatasetOut:
@@ -57,6 +58,7 @@ class DatasetOut(BaseModel):
             name=dataset.name,
             description=dataset.description,
             image_count=summary.image_count,
+            unlabeled=summary.unlabeled,
             labels={label.name: label.images for label in summary.labels},
             sources=summary.sources,
             target_source=dataset.target_source,
@@ -83,7 +85,7 @@ class ImageItem(BaseModel):
 
     id: int
     filename: str
-    label: str
+    label: str | None  # None: unlabeled (the pool)
     source: str
     sha256: str
     width: int
@@ -124,7 +126,7 @@ class ImageOut(BaseModel):
     id: int
     dataset_id: int
     filename: str
-    label: str
+    label: str | None  # None: unlabeled (the pool)
     label_version: int
     source: str
     imported_subset: str | None

@@ -97,6 +97,7 @@ class DatasetSummary:
     sources: dict[str, int]
     # images per (label, source): the dataset page's table
     table: dict[str, dict[str, int]]
+    unlabeled: int = 0  # uploaded without a label, not counted in image_count until labelled
 
     @property
     def source_names(self) -> list[str]:
@@ -128,6 +129,7 @@ def dataset_summary(session: Session, *, dataset_id: int) -> DatasetSummary:
         labels=[LabelCount(ids[name], name, count) for name, count in sorted(per_label.items())],
         sources=dict(sorted(sources.items())),
         table=table,
+        unlabeled=repository.unlabeled_count(session, dataset_id),
     )
 
 
@@ -216,6 +218,7 @@ class ImageQuery:
     subset: str | None = None
     split_id: int | None = None
     q: str | None = None
+    unlabeled: bool = False
     issue: str | None = None  # a data-health issue type
     sort: str | None = None  # with an issue: "-score" (worst first, the default) or "score"
     image_ids: tuple[int, ...] | None = None  # only these, in this order (find more like this)
@@ -260,6 +263,7 @@ def list_images(
         split_id=split.id if split is not None and query.subset else None,
         subset=query.subset or None,
         filename_contains=(query.q or "").strip() or None,
+        unlabeled=query.unlabeled,
         matches_nothing=matches_nothing,
         issue=health.issue_filter(session, dataset_id=dataset_id, issue=query.issue, sort=query.sort),
         mildest_first=query.sort == "score",
@@ -301,18 +305,18 @@ def get_image(session: Session, *, image_id: int) -> Image:
 class ImageDetail:
     image: Image
     dataset: Dataset
-    label: str
+    label: str | None  # None: unlabeled
     history: list[HistoryRow]
     subsets: list[tuple[int, int, str]]  # (split id, version, subset)
 
 
 def image_detail(session: Session, *, image_id: int) -> ImageDetail:
     image = get_image(session, image_id=image_id)
-    label = repository.get_label(session, image.label_id)
+    label = repository.get_label(session, image.label_id) if image.label_id is not None else None
     return ImageDetail(
         image=image,
         dataset=get_dataset(session, dataset_id=image.dataset_id),
-        label=label.name if label is not None else "",
+        label=label.name if label is not None else (None if image.label_id is None else ""),
         history=label_service.history(session, image_id=image.id),
         subsets=repository.subsets_of_image(session, image.id),
     )

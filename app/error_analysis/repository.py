@@ -80,7 +80,8 @@ def label_changes_between(
 def current_labels(session: Session, *, image_ids: Sequence[int]) -> list[tuple[int, int, bool]]:
     """(image id, label id, whether it is excluded from scoring)."""
     query = select(Image.id, Image.label_id, Image.excluded_reason.is_not(None)).where(Image.id.in_(list(image_ids)))
-    return [(image_id, label_id, bool(excluded)) for image_id, label_id, excluded in session.execute(query)]
+    rows = session.execute(query)  # a run's images all have labels: only the pool has none
+    return [(image_id, label_id, bool(excluded)) for image_id, label_id, excluded in rows if label_id is not None]
 
 
 def current_sample(session: Session, *, run_id: int, subset: str) -> ErrorSample | None:

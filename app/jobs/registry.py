@@ -17,6 +17,7 @@ TASK_MODULES = (
     "app.splits.tasks",
     "app.training.tasks",
     "app.embeddings.tasks",
+    "app.pool.tasks",
     "app.health.tasks",
 )
 

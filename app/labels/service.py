@@ -116,7 +116,7 @@ def clean_reason(reason: str, *, required: bool = False) -> str:
 def stale(session: Session, image: Image, *, expected_version: int) -> StaleVersion:
     """The 409 for a change made against an old version: the current label, its version and who set it."""
     session.refresh(image)
-    label = label_name(session, image.label_id)
+    label = label_name(session, image.label_id) if image.label_id is not None else None  # None: still unlabeled
     latest = repository.latest_change(session, image_id=image.id)
     changed_by = latest[1] if latest is not None else None
     changed_at = latest[0].created_at.isoformat() if latest is not None else None

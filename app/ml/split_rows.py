@@ -32,6 +32,7 @@ class Rows:
     imported: Int64Array | None
     source_names: tuple[str, ...]
     label_names: tuple[str, ...]
+    train_only: BoolArray
 
     @property
     def size(self) -> int:
@@ -96,6 +97,7 @@ def rows_in_id_order(data: SplitInput) -> Rows:
     sources = np.asarray(data.source_codes, dtype=np.int64)[order]
     labels = np.asarray(data.label_codes, dtype=np.int64)[order]
     imported = None if data.imported_subsets is None else np.asarray(data.imported_subsets, dtype=np.int64)[order]
+    train_only = np.zeros(image_ids.size, dtype=bool) if data.train_only is None else np.asarray(data.train_only)[order]
     return Rows(
         image_ids=image_ids,
         sources=sources,
@@ -108,4 +110,5 @@ def rows_in_id_order(data: SplitInput) -> Rows:
         imported=imported,
         source_names=tuple(data.source_names),
         label_names=tuple(data.label_names),
+        train_only=train_only.astype(bool),
     )

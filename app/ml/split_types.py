@@ -69,10 +69,14 @@ class SplitInput:
     group_ids: npt.NDArray[np.integer] | None = None
     # Codes into SUBSETS, UNASSIGNED where the import named none (see imported_subset_codes).
     imported_subsets: npt.NDArray[np.integer] | None = None
+    # Rows a new placement may only put in train: images labelled from the unlabeled pool, chosen by a model's
+    # uncertainty, so not a fair sample for dev/test (the caller leaves target-source ones out of this).
+    train_only: npt.NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         size = np.shape(self.image_ids)
-        columns = [self.image_ids, self.source_codes, self.label_codes, self.group_ids, self.imported_subsets]
+        columns: list[np.ndarray | None] = [self.image_ids, self.source_codes, self.label_codes, self.group_ids]
+        columns += [self.imported_subsets, self.train_only]
         if len(size) != 1 or any(column is not None and np.shape(column) != size for column in columns):
             raise ValueError("all SplitInput columns must be 1-D arrays of the same length")
         check_codes("source_codes", self.source_codes, 0, len(self.source_names))

@@ -206,6 +206,7 @@ def _assign(
     open_groups = group_subset == UNASSIGNED
 
     is_target, target_mode, target_warnings = _target_rows(rows, params)
+    is_target = is_target & ~rows.train_only  # placed like other-source images: in train, with their groups
     warnings.extend(target_warnings)
     mixed_groups = np.bincount(rows.group_index[~is_target], minlength=rows.group_count) > 0
     if target_mode:

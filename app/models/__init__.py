@@ -15,6 +15,7 @@ from app.models.dataset import Dataset, Image, ImageStat, Label, LabelChange, La
 from app.models.embedding import EmbeddingSet
 from app.models.health import HealthScan, ImageIssue
 from app.models.job import Job, JobExecution
+from app.models.pool import PoolScore, PoolScoring
 from app.models.run import Prediction, Run
 from app.models.split import Split, SplitAssignment
 from app.models.user import ApiToken, LoginFailure, User, UserSession
@@ -39,6 +40,8 @@ __all__ = [
     "LabelChange",
     "LabelEvent",
     "LabelProposal",
+    "PoolScore",
+    "PoolScoring",
     "Prediction",
     "Review",
     "ReviewItem",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TimestampMixin, utcnow
@@ -40,6 +40,8 @@ class Upload(TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default="open")  # open, queued, ingesting, done, failed
     source: Mapped[str] = mapped_column(String(100), default="default")
     label: Mapped[str | None] = mapped_column(String(100))
+    # Store the images without a label (the unlabeled pool), rather than reject them as "no label".
+    unlabeled: Mapped[bool] = mapped_column(default=False, server_default=false())
     labels_csv_sha256: Mapped[str | None] = mapped_column(String(64))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     accepted: Mapped[int] = mapped_column(default=0)
@@ -89,7 +91,10 @@ class Image(TimestampMixin, Base):
     filename: Mapped[str] = mapped_column(String(1000))
     source: Mapped[str] = mapped_column(String(100), default="default")
     imported_subset: Mapped[str | None] = mapped_column(String(16))
-    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"))
+    # None: uploaded unlabeled (the pool); such an image enters no split until someone labels it.
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"))
+    # Uploaded without a label: once labelled it joins train, unless it is from the target source (app/pool).
+    from_pool: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Optimistic concurrency: a label change names the version it saw.
     label_version: Mapped[int] = mapped_column(default=1)
     width: Mapped[int] = mapped_column(default=0)

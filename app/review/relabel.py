@@ -24,7 +24,7 @@ class LabelState:
     """An image's label as a client must name it for its next change, and what the last request did."""
 
     image_id: int
-    label: str
+    label: str | None  # None: unlabeled (the pool)
     label_version: int
     excluded_reason: str | None
     change_id: int | None = None  # the history row this request wrote, if it changed anything
@@ -34,7 +34,7 @@ class LabelState:
 def state(session: Session, image: Image, **extra: Any) -> LabelState:
     return LabelState(
         image_id=image.id,
-        label=label_service.label_name(session, image.label_id),
+        label=label_service.label_name(session, image.label_id) if image.label_id is not None else None,
         label_version=image.label_version,
         excluded_reason=image.excluded_reason,
         **extra,
@@ -86,6 +86,12 @@ def change_label(
     (within a campaign it keeps the item)."""
     image = label_service.get_image(session, image_id)
     by_name = {name: label_id for label_id, name in label_service.names(session, dataset_id=image.dataset_id).items()}
+    if label not in by_name and image.label_id is None:
+        # The first label of an image uploaded unlabeled may be new (a dataset can start with no labels at all).
+        from app.datasets.service import add_label
+
+        created = add_label(session, dataset_id=image.dataset_id, name=label, user_id=actor.id)
+        label, by_name[created.name] = created.name, created.id
     if label not in by_name:
         raise Invalid(
             f"dataset has no label {label!r}; known labels: {', '.join(sorted(by_name))}",
@@ -114,6 +120,8 @@ def change_label(
         reason=cleaned,
         user_id=actor.id,
         review_id=item.review_id if item is not None else None,
+        # The first label of an image uploaded unlabeled is a change like any other, named for what it is.
+        kind=label_service.RELABEL if image.label_id is not None else "label",
     )
     # An item already excluded as ambiguous stays counted as such: its new label is not scored either.
     status = decide(item, status=logic.AMBIGUOUS if image.excluded_reason else logic.RELABELED, actor=actor)

@@ -62,7 +62,8 @@ def subset_rows(session: Session, *, run_id: int, subset: str) -> list[SubsetRow
         .join(Image, Image.id == Prediction.image_id)
         .where(Prediction.run_id == run_id, Prediction.subset == subset, Image.excluded_reason.is_(None))
     )
-    return [SubsetRow(image_id, label_id, probs) for image_id, label_id, probs in session.execute(query)]
+    rows = session.execute(query)
+    return [SubsetRow(image_id, label_id, probs) for image_id, label_id, probs in rows if label_id is not None]
 
 
 def prediction(session: Session, *, run_id: int, image_id: int) -> Prediction | None:

@@ -160,7 +160,7 @@ class RevertIn(BaseModel):
 
 class LabelOut(BaseModel):
     image_id: int
-    label: str
+    label: str | None  # None: not labelled yet (uploaded unlabeled)
     label_version: int
     excluded_reason: str | None
     change_id: int | None

@@ -48,7 +48,8 @@ def image_columns(session: Session, dataset_id: int) -> ImageColumns:
     rows = _fetch_all(
         session,
         "SELECT id, source, label_id, COALESCE(phash, 0), phash IS NULL, imported_subset FROM images "
-        "WHERE dataset_id = ? ORDER BY id",  # read over the covering index ix_images_split_columns
+        # Read over the covering index ix_images_split_columns; the unlabeled pool enters no split.
+        "WHERE dataset_id = ? AND label_id IS NOT NULL ORDER BY id",
         (dataset_id,),
     )
     if not rows:
@@ -80,7 +81,7 @@ def label_ids_up_to(session: Session, dataset_id: int, last_image_id: int) -> np
     """Current label ids of the dataset's images with id <= last_image_id, in id order."""
     rows = _fetch_all(
         session,
-        "SELECT label_id FROM images WHERE dataset_id = ? AND id <= ? ORDER BY id",
+        "SELECT label_id FROM images WHERE dataset_id = ? AND id <= ? AND label_id IS NOT NULL ORDER BY id",
         (dataset_id, last_image_id),
     )
     return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows))
@@ -89,11 +90,23 @@ def label_ids_up_to(session: Session, dataset_id: int, last_image_id: int) -> np
 def images_fingerprint(session: Session, dataset_id: int) -> tuple[int, int, int, int]:
     """Changes whenever an image is added or removed or any label changes (labels renamed count too)."""
     count, last_id = session.execute(
-        select(func.count(), func.coalesce(func.max(Image.id), 0)).where(Image.dataset_id == dataset_id)
+        select(func.count(), func.coalesce(func.max(Image.id), 0)).where(
+            Image.dataset_id == dataset_id, Image.label_id.is_not(None)
+        )
     ).one()
     last_change = session.scalar(select(func.coalesce(func.max(LabelChange.id), 0))) or 0
     last_label = session.scalar(select(func.coalesce(func.max(Label.id), 0)).where(Label.dataset_id == dataset_id)) or 0
     return int(count), int(last_id), int(last_change), int(last_label)
+
+
+def pool_labelled_ids(session: Session, dataset_id: int) -> np.ndarray:
+    """Ids of the images uploaded unlabeled that have been labelled since, in id order."""
+    rows = _fetch_all(
+        session,
+        "SELECT id FROM images WHERE dataset_id = ? AND from_pool = ? AND label_id IS NOT NULL ORDER BY id",
+        (dataset_id, True),
+    )
+    return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows))
 
 
 def label_names(session: Session, dataset_id: int) -> dict[int, str]:

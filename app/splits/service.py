@@ -78,7 +78,7 @@ def _source_codes(sources: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
 
 # A preview also reads every label and codes it; keep the last few inputs per process, keyed by a fingerprint
 # of images and labels, so tweaking the split form stays instant.
-_INPUT_CACHE: dict[tuple[int, ...], SplitInput] = {}
+_INPUT_CACHE: dict[tuple[int | str | None, ...], SplitInput] = {}
 _INPUT_CACHE_SIZE = 2
 
 
@@ -97,7 +97,8 @@ def split_input(
     (the ingest job fills it), and go into it when it does not; labels are always read fresh."""
     threshold = params.near_duplicate_threshold
     count, last_id, last_change, last_label = repository.images_fingerprint(session, dataset_id)
-    memory_key = (dataset_id, threshold, count, last_id, last_change, last_label)
+    # The target source decides which pool-labelled images are train-only (see _train_only).
+    memory_key = (dataset_id, threshold, count, last_id, last_change, last_label, params.target_source)
     cached = _INPUT_CACHE.get(memory_key)
     if cached is not None:
         return cached
@@ -117,11 +118,26 @@ def split_input(
         label_names=label_names,
         group_ids=stable.group_ids,
         imported_subsets=stable.imported_subsets,
+        train_only=_train_only(session, dataset_id=dataset_id, stable=stable, target_source=params.target_source),
     )
     if len(_INPUT_CACHE) >= _INPUT_CACHE_SIZE:
         _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
     _INPUT_CACHE[memory_key] = data
     return data
+
+
+def _train_only(
+    session: Session, *, dataset_id: int, stable: StableColumns, target_source: str | None
+) -> np.ndarray | None:
+    """Images labelled from the pool go to train, unless they are from the target source (then the split's rule
+    places them, possibly in dev/test; app/pool/logic.py words this for the labelling page)."""
+    pooled = repository.pool_labelled_ids(session, dataset_id)
+    if not pooled.size:
+        return None
+    mask = np.isin(stable.image_ids, pooled)
+    if target_source is not None and target_source in stable.source_names:
+        mask &= stable.source_codes != stable.source_names.index(target_source)
+    return mask
 
 
 def _signature_loader(session: Session, image_ids: np.ndarray, blobs: BlobStore) -> SignatureLoader:

@@ -54,6 +54,21 @@ def worker_runtime(
     )
 
 
+def scoring_runtime(
+    settings: Settings, mode: str, backbone: Backbone, *, probe: npt.NDArray[np.uint8] | None = None
+) -> InferenceRuntime:
+    """Linear runs score through the worker's runtime; finetuned backbones train and score in PyTorch. The
+    training job and the pool scoring job both take their runtime from here."""
+    from app.ml import features as feats
+    from app.ml.runtime import InferenceRuntime, RuntimeReport
+
+    if mode == "linear":
+        return worker_runtime(settings, backbone, probe=probe)
+    reason = None if settings.inference_runtime == "torch" else f"{mode} runs train and score in PyTorch"
+    report = RuntimeReport("torch", feats.default_device().type, "float32", None, reason)
+    return InferenceRuntime(report)
+
+
 def export_run_onnx(
     *,
     settings: Settings,

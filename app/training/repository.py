@@ -53,10 +53,10 @@ def split_images(session: Session, split_id: int) -> list[tuple[int, str, str, i
     rows = session.execute(
         select(SplitAssignment.image_id, SplitAssignment.subset, Image.sha256, Image.label_id)
         .join(Image, Image.id == SplitAssignment.image_id)
-        .where(SplitAssignment.split_id == split_id, Image.excluded_reason.is_(None))
+        .where(SplitAssignment.split_id == split_id, Image.excluded_reason.is_(None), Image.label_id.is_not(None))
         .order_by(SplitAssignment.subset, SplitAssignment.position)
     ).all()
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
+    return [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None]
 
 
 def label_names(session: Session, dataset_id: int) -> dict[int, str]:
@@ -110,4 +110,4 @@ def predictions(
         count = count.where(Prediction.subset == subset)
     total = session.scalar(count) or 0
     rows = session.execute(base.order_by(Prediction.image_id).limit(limit).offset(offset)).all()
-    return total, [(r[0], r[1]) for r in rows]
+    return total, [(r[0], r[1]) for r in rows if r[1] is not None]  # predicted images all have labels

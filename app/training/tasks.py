@@ -66,15 +66,9 @@ def _scaled(ctx: JobContext, low: float, high: float) -> Any:
 
 
 def _runtime(ctx: JobContext, mode: TrainingMode, backbone: Any, probe: Any) -> Any:
-    """Linear runs score through the worker's runtime; finetuned backbones train and score in PyTorch."""
-    from app.ml import features as feats
-    from app.ml.runtime import InferenceRuntime, RuntimeReport
-
-    if mode is TrainingMode.LINEAR:
-        return inference.worker_runtime(ctx.settings, backbone, probe=probe)
-    reason = None if ctx.settings.inference_runtime == "torch" else f"{mode.value} runs train and score in PyTorch"
-    report = RuntimeReport("torch", feats.default_device().type, "float32", None, reason)
-    return InferenceRuntime(report)
+    """Linear runs score through the worker's runtime; finetuned backbones train and score in PyTorch (the pool
+    scoring job takes its runtime from the same function)."""
+    return inference.scoring_runtime(ctx.settings, mode.value, backbone, probe=probe)
 
 
 def _start(ctx: JobContext, run_id: int) -> tuple[Any, list[Any], dict[int, str]] | None:

@@ -122,6 +122,7 @@ def plan_labels(
     typed_label: str | None = None,
     labels_csv: bytes | None = None,
     source_folders: bool = False,
+    unlabeled: bool = False,
 ) -> UploadLabels:
     """Label, imported subset and source of every file of an upload, keyed by `StagedFile.key`.
 
@@ -129,7 +130,8 @@ def plan_labels(
     files). Labels come from the labels CSV when one is given (a file it does not label is then rejected, so a
     typo in the CSV never silently falls back to folder names), else from the typed label, else from the class
     folder. Sources come from the CSV's source column, else (with `source_folders`) the top folder, else
-    `default_source`.
+    `default_source`. With `unlabeled` every file is stored without a label (the pool) and without a subset: it
+    enters no split until someone labels it.
     """
     by_archive: dict[int | None, list[StagedFile]] = defaultdict(list)
     for staged in files:
@@ -146,6 +148,8 @@ def plan_labels(
         staged.key: _plan_one(
             staged.path, from_paths[staged.key], csv_result, typed_label=typed_label, default_source=default_source
         )
+        if not unlabeled
+        else LabelPlan(label=None, subset=None, source=from_paths[staged.key].source or default_source)
         for staged in files
     }
     return UploadLabels(plans=plans, csv_problems=csv_result.problems if csv_result else [])
@@ -203,7 +207,7 @@ class Rejected:
 class NewImage:
     file: BatchFile
     decoded: DecodedImage
-    label: str  # the label it gets (merges followed), as `plan.label` names may be merged ones
+    label: str | None  # the label it gets (merges followed), as `plan.label` names may be merged ones; None: pool
 
     @property
     def notes(self) -> str | None:
@@ -216,20 +220,22 @@ class Match:
 
     entry_id: int
     sha256: str
-    label: str  # what this file says
+    label: str | None  # what this file says (None: an unlabeled upload's file)
     same_as: KnownImage | None  # None: a file earlier in this batch, whose image id comes with the insert
     same_as_name: str
     same_as_label: str
 
     @property
     def outcome(self) -> EntryOutcome:
-        return EntryOutcome.DUPLICATE if self.label == self.same_as_label else EntryOutcome.CONFLICT
+        # An unlabeled copy of any image is a duplicate; a labelled copy of an unlabeled one ("") a conflict.
+        return EntryOutcome.DUPLICATE if self.label in (None, self.same_as_label) else EntryOutcome.CONFLICT
 
     def reason(self, image_id: int) -> str:
         same = f"same content as {self.same_as_name} (image {image_id})"
         if self.outcome == EntryOutcome.DUPLICATE:
             return same
-        return f"{same}, which is labelled {self.same_as_label!r}; this file says {self.label!r}"
+        stored = f"labelled {self.same_as_label!r}" if self.same_as_label else "unlabeled"
+        return f"{same}, which is {stored}; this file says {self.label!r}"
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,8 @@ class BatchPlan:
 def rejection(file: BatchFile) -> str | None:
     """Why a file cannot become an image (its content first, then its label), or None."""
     decoded = file.result
-    if file.plan.problem is None and file.plan.label is not None and isinstance(decoded, DecodedImage):
+    # A plan without a label always names the problem, except an unlabeled upload's (stored in the pool).
+    if file.plan.problem is None and isinstance(decoded, DecodedImage):
         return None
     content = decoded.reason if isinstance(decoded, Rejection) else None
     return "; ".join(reason for reason in (content, file.plan.problem) if reason) or "could not be read"
@@ -262,7 +269,7 @@ def labels_needed(files: Sequence[BatchFile]) -> list[str]:
 
 
 def classify_batch(
-    files: Sequence[BatchFile], *, labels: Mapping[str, str], stored: Mapping[str, KnownImage]
+    files: Sequence[BatchFile], *, labels: Mapping[str, str], stored: Mapping[str, KnownImage], unlabeled: bool = False
 ) -> BatchPlan:
     """Decide what becomes of each file: rejected (and why), a duplicate or a conflict of an image already in
     the dataset or earlier in the batch, or a new image.
@@ -274,15 +281,17 @@ def classify_batch(
     first_in_batch: dict[str, NewImage] = {}
     for file in files:
         reason = rejection(file)
-        if reason is not None or not isinstance(file.result, DecodedImage) or file.plan.label is None:
+        no_label = file.plan.label is None and not unlabeled  # an unlabeled upload keeps it in the pool
+        if reason is not None or not isinstance(file.result, DecodedImage) or no_label:
             plan.rejected.append(Rejected(file.entry_id, reason or "could not be read", file.plan.label))
             continue
-        label = labels[file.plan.label]
+        label = labels[file.plan.label] if file.plan.label is not None else None
         known, earlier = stored.get(file.sha256), first_in_batch.get(file.sha256)
         if known is not None:
             plan.matches.append(Match(file.entry_id, file.sha256, label, known, known.filename, known.label))
         elif earlier is not None:
-            plan.matches.append(Match(file.entry_id, file.sha256, label, None, earlier.file.name, earlier.label))
+            same_label = earlier.label or ""  # "": that earlier file is going into the pool
+            plan.matches.append(Match(file.entry_id, file.sha256, label, None, earlier.file.name, same_label))
         else:
             new = NewImage(file, file.result, label)
             plan.new.append(new)

@@ -30,7 +30,9 @@ def entry_rows(session: Session, upload_id: int) -> Iterator[tuple[Any, ...]]:
         yield tuple(row)
 
 
-def existing_by_sha(session: Session, dataset_id: int, shas: Iterable[str]) -> dict[str, tuple[int, int, str]]:
+def existing_by_sha(
+    session: Session, dataset_id: int, shas: Iterable[str]
+) -> dict[str, tuple[int, int | None, str]]:
     """sha256 -> (image id, label id, filename) for the given contents already in the dataset."""
     wanted = sorted(set(shas))
     if not wanted:
@@ -40,7 +42,7 @@ def existing_by_sha(session: Session, dataset_id: int, shas: Iterable[str]) -> d
             Image.dataset_id == dataset_id, Image.sha256.in_(wanted)
         )
     ).all()
-    return {sha: (int(image_id), int(label_id), filename) for sha, image_id, label_id, filename in rows}
+    return {sha: (int(image_id), label_id, filename) for sha, image_id, label_id, filename in rows}
 
 
 def insert_images(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -54,9 +56,9 @@ def insert_images(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str,
 
 
 def insert_import_changes(
-    session: Session, images: Sequence[tuple[int, int]], *, user_id: int | None, now: datetime
+    session: Session, images: Sequence[tuple[int, int | None]], *, user_id: int | None, now: datetime
 ) -> None:
-    """The first history record of each new (image id, label id)."""
+    """The first history record of each new (image id, label id; None: uploaded unlabeled)."""
     if images:
         session.execute(
             insert(LabelChange),

@@ -144,12 +144,14 @@ def api_report_csv(request: Request, upload_id: int, db: DB, user: Viewer) -> St
     "/api/datasets/{dataset_id}/uploads",
     response_model=UploadStarted,
     status_code=202,
-    openapi_extra=_multipart_body("label", "source", "labels_csv"),
+    openapi_extra=_multipart_body("label", "source", "labels_csv", "unlabeled"),
 )
 def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user: Reviewer) -> UploadStarted:
     """One request: files (images or .zip), optional label, source and labels_csv; ingested by a job."""
     labels_csv = _labels_csv(form)
-    service.check_upload_fields(label=_text(form, "label"), labels_csv=labels_csv)  # before storing the files
+    unlabeled = (_text(form, "unlabeled") or "").strip().lower() in ("true", "1", "on", "yes")
+    # Before storing the files:
+    service.check_upload_fields(label=_text(form, "label"), labels_csv=labels_csv, unlabeled=unlabeled)
     upload, _ = service.start_upload(
         db,
         dataset_id=dataset_id,
@@ -157,6 +159,7 @@ def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user
         source=_text(form, "source"),
         label=_text(form, "label"),
         resume=False,
+        unlabeled=unlabeled,
     )
     _stage_form_files(db, request, upload.id, form, user)
     job = service.finish_upload(
@@ -175,7 +178,13 @@ def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user
 def api_open_upload(dataset_id: int, body: UploadOpenIn, db: DB, user: Reviewer) -> UploadOpened:
     """Start an upload the browser fills in batches, or resume this user's unfinished one."""
     upload, resumed = service.start_upload(
-        db, dataset_id=dataset_id, user_id=user.id, source=body.source, label=body.label, resume=body.resume
+        db,
+        dataset_id=dataset_id,
+        user_id=user.id,
+        source=body.source,
+        label=body.label,
+        resume=body.resume,
+        unlabeled=body.unlabeled,
     )
     return UploadOpened(upload_id=upload.id, resumed=resumed, files=service.file_count(db, upload_id=upload.id))
 

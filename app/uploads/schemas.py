@@ -13,6 +13,7 @@ class UploadOpenIn(BaseModel):
     source: str | None = None
     label: str | None = None
     resume: bool = True
+    unlabeled: bool = False  # store the images without a label (the pool) instead of rejecting them
 
 
 class UploadOpened(BaseModel):

@@ -123,6 +123,7 @@ def _ingest_files(
         typed_label=spec.label,
         labels_csv=read_blob(blobs, spec.labels_csv_sha256) if spec.labels_csv_sha256 else None,
         source_folders=bool(ctx.payload.get("source_folders")),
+        unlabeled=spec.unlabeled,
     )
     todo = [entry for entry in files if entry.outcome == EntryOutcome.STAGED]
     _ingest(ctx, spec, blobs, decoders, todo, labelling.plans, done_before=len(files) - len(todo), total=len(files))

@@ -20,6 +20,7 @@ from app.error_analysis.router import router as error_analysis_router
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.labels.router import router as labels_router
+from app.pool.router import router as pool_router
 from app.review.router import router as review_router
 from app.splits.input_store import SplitInputStore
 from app.splits.router import router as splits_router
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, session_maker: sessionmaker[
         error_analysis_router,
         review_router,
         embeddings_router,
+        pool_router,
         health_router,
     )
     for router in routers:

@@ -166,6 +166,10 @@
 
   // Loose files (no class folder, not in a zip) with no typed label and no labels CSV would all be rejected.
   function everyFileUnlabelled() {
+    var unlabeledBox = root.querySelector("[data-unlabeled]");
+    if (unlabeledBox && unlabeledBox.checked) {
+      return false; // stored without a label, on purpose
+    }
     if (!chosen.length || form.elements.label.value.trim() || root.querySelector("[data-labels-csv]").files.length) {
       return false;
     }
@@ -174,6 +178,9 @@
   var noLabelWarning = root.querySelector("[data-no-label-warning]");
   form.elements.label.addEventListener("input", function () { describe(); });
   root.querySelector("[data-labels-csv]").addEventListener("change", function () { describe(); });
+  if (root.querySelector("[data-unlabeled]")) {
+    root.querySelector("[data-unlabeled]").addEventListener("change", function () { describe(); });
+  }
 
   function formatBytes(bytes) {
     if (bytes < 1024) return bytes + " B";
@@ -413,8 +420,13 @@
     var fields = new FormData(form);
     var source = String(fields.get("source") || "default");
     var label = String(fields.get("label") || "");
+    var unlabeled = fields.get("unlabeled") === "true";
     var opened = await withRetries("starting the upload", function () {
-      return request("POST", "/api/datasets/" + datasetId + "/uploads/open", { source: source, label: label || null });
+      return request("POST", "/api/datasets/" + datasetId + "/uploads/open", {
+        source: source,
+        label: label || null,
+        unlabeled: unlabeled,
+      });
     });
     if (opened.status !== 200) throw refused(opened);
     var uploadId = opened.data.upload_id;

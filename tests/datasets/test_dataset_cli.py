@@ -101,3 +101,17 @@ def test_demo_creates_a_ready_dataset_with_a_target_source_and_known_flips(cli_e
     assert all(name.startswith("demo.zip/") for name in found)
     taken = errorbook(cli_env, "demo", "--images", "40", "--name", "Shapes")
     assert taken.returncode != 0 and "already exists" in taken.stderr
+
+
+def test_import_unlabeled_stores_the_pool(cli_env, fresh_database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "unsorted"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"{index}.jpg").write_bytes(noisy_jpeg(100 + index))
+    refused = errorbook(cli_env, "import", str(folder), "--dataset", "pool", "--unlabeled", "--label", "cat")
+    assert refused.returncode != 0 and "an unlabeled upload takes no label" in refused.stdout + refused.stderr
+    done = errorbook(cli_env, "import", str(folder), "--dataset", "pool", "--unlabeled")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with Session(fresh_database.engine) as session:
+        rows = session.execute(select(Image.label_id, Image.from_pool).join(Dataset).where(Dataset.name == "pool"))
+        assert sorted(rows) == [(None, True)] * 3

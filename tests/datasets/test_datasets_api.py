@@ -27,6 +27,7 @@ def test_datasets_are_created_listed_and_described(as_reviewer: TestClient, as_v
         "name": "street signs",
         "description": "from cars",
         "image_count": 0,
+        "unlabeled": 0,
         "labels": {},
         "sources": {},
         "target_source": None,

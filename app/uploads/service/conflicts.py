@@ -29,8 +29,8 @@ def resolve_conflict(
     if entry.outcome != EntryOutcome.CONFLICT or entry.image_id is None or entry.label is None:
         raise Conflict(f"{entry.name} is not an open conflict")
     image = get_or_404(session, Image, entry.image_id)
-    stored = repository.get_label(session, image.label_id)
-    kept = stored.name if stored is not None else "?"
+    stored = repository.get_label(session, image.label_id) if image.label_id is not None else None
+    kept = stored.name if stored is not None else ("?" if image.label_id is not None else "unlabeled")
     if keep == "new":
         label = _label_for(session, dataset_id=image.dataset_id, name=entry.label, upload_id=upload_id, user_id=user_id)
         reason = f"upload {upload_id}: {entry.name} has the same content, labelled {entry.label!r}"

@@ -38,6 +38,7 @@ class IngestSpec:
     label: str | None
     labels_csv_sha256: str | None
     user_id: int | None
+    unlabeled: bool = False
 
 
 def begin_ingest(session: Session, *, upload_id: int) -> IngestSpec | None:
@@ -54,6 +55,7 @@ def begin_ingest(session: Session, *, upload_id: int) -> IngestSpec | None:
         label=upload.label,
         labels_csv_sha256=upload.labels_csv_sha256,
         user_id=upload.created_by_id,
+        unlabeled=upload.unlabeled,
     )
 
 
@@ -127,7 +129,10 @@ def ingest_batch(session: Session, *, spec: IngestSpec, items: Sequence[BatchFil
         for name in labels_needed(todo)
     }
     plan = classify_batch(
-        todo, labels={name: label.name for name, label in labels.items()}, stored=_known(session, spec, todo)
+        todo,
+        labels={name: label.name for name, label in labels.items()},
+        stored=_known(session, spec, todo),
+        unlabeled=spec.unlabeled,
     )
     new_ids = _add_images(
         session, spec=spec, new=plan.new, label_ids={label.name: label.id for label in labels.values()}
@@ -151,7 +156,8 @@ def _known(session: Session, spec: IngestSpec, files: Sequence[BatchFile]) -> di
     labels = datasets_repository.labels_of(session, spec.dataset_id, include_merged=True)
     names = {label.id: label.name for label in labels}
     return {
-        sha: KnownImage(image_id, names.get(label_id, "?"), filename)
+        # An image stored unlabeled (the pool) has no name a file could give: a labelled copy is a conflict.
+        sha: KnownImage(image_id, names.get(label_id, "?") if label_id is not None else "", filename)
         for sha, (image_id, label_id, filename) in found.items()
     }
 
@@ -168,7 +174,8 @@ def _add_images(
             "filename": image.file.name,
             "source": image.file.plan.source,
             "imported_subset": image.file.plan.subset,
-            "label_id": label_ids[image.label],
+            "label_id": label_ids[image.label] if image.label is not None else None,
+            "from_pool": image.label is None,
             "width": image.decoded.width,
             "height": image.decoded.height,
             "format": image.decoded.format,
@@ -181,7 +188,7 @@ def _add_images(
     new_ids = repository.insert_images(session, rows)
     repository.insert_import_changes(
         session,
-        [(new_ids[image.file.sha256], label_ids[image.label]) for image in new],
+        [(new_ids[image.file.sha256], label_ids[image.label] if image.label is not None else None) for image in new],
         user_id=spec.user_id,
         now=utcnow(),
     )

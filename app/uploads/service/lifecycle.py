@@ -42,6 +42,7 @@ def finish_upload(
     `source_folders`: the top folder of each path names the image's source (`source/label/file`, the demo).
     """
     upload = staging.open_upload(session, upload_id, user)
+    staging.check_upload_fields(label=label, labels_csv=labels_csv, unlabeled=upload.unlabeled)
     if label is not None and label.strip():
         upload.label = staging.checked_name(label, what="label")
     if source is not None and source.strip():

@@ -86,16 +86,19 @@ def start_upload(
     source: str | None = None,
     label: str | None = None,
     resume: bool = True,
+    unlabeled: bool = False,
 ) -> tuple[Upload, bool]:
-    """The user's open upload into this dataset (resumed), or a new one; returns (upload, resumed)."""
+    """The user's open upload into this dataset (resumed), or a new one; returns (upload, resumed).
+    `unlabeled`: its images are stored without a label (the pool) instead of being rejected as "no label"."""
     get_or_404(session, Dataset, dataset_id)
     source, label = source_name(source), _optional_label(label)
+    check_upload_fields(label=label, labels_csv=None, unlabeled=unlabeled)
     upload = repository.open_upload_of(session, dataset_id=dataset_id, user_id=user_id) if resume else None
     if upload is not None:
-        upload.source, upload.label = source, label
+        upload.source, upload.label, upload.unlabeled = source, label, unlabeled
         session.flush()
         return upload, True
-    upload = Upload(dataset_id=dataset_id, source=source, label=label, created_by_id=user_id)
+    upload = Upload(dataset_id=dataset_id, source=source, label=label, unlabeled=unlabeled, created_by_id=user_id)
     return repository.add_upload(session, upload), False
 
 
@@ -119,8 +122,10 @@ def check_can_add_files(session: Session, *, upload_id: int, user: User | None) 
     open_upload(session, upload_id, user)
 
 
-def check_upload_fields(*, label: str | None, labels_csv: bytes | None) -> None:
+def check_upload_fields(*, label: str | None, labels_csv: bytes | None, unlabeled: bool = False) -> None:
     """What a one-request upload's fields can be refused for, checked before its files are stored."""
+    if unlabeled and ((label is not None and label.strip()) or labels_csv is not None):
+        raise Invalid("an unlabeled upload takes no label and no labels CSV: its images are labelled later")
     if labels_csv is not None:
         if label is not None and label.strip():
             raise Invalid("give either one label for every file or a labels CSV, not both")

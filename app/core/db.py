@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.settings import Settings, get_settings
+from app.core.settings import Settings
 
 _engines: dict[str, Engine] = {}
 READ_MOSTLY_OPTION = "errorbook_read_mostly"
@@ -90,12 +90,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on any error. Services only flush.
-
-    Callers pass their engine; the fallback to the global settings is left only for the dataset CLI commands
-    (app/datasets/cli.py), which do not pass one yet."""
-    with committing(session_factory(engine or get_engine(get_settings()))()) as session:
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A unit of work on the caller's engine: commit on success, roll back on any error. Services only flush."""
+    with committing(session_factory(engine)()) as session:
         yield session
 
 

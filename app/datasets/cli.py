@@ -49,11 +49,12 @@ def import_command(
     if not path.exists():
         raise NotFound(f"{path} does not exist")
     settings = get_settings()
-    upgrade_to_head(get_engine(settings))
+    engine = get_engine(settings)
+    upgrade_to_head(engine)
     blobs = blob_store(settings)
     csv_bytes = labels_csv.read_bytes() if labels_csv is not None else None
     uploads.check_upload_fields(label=label, labels_csv=csv_bytes, unlabeled=unlabeled)  # before any row is made
-    with session_scope() as session:
+    with session_scope(engine) as session:
         found = service.dataset_by_name(session, name=dataset)
         target = found or service.create_dataset(session, name=dataset, user_id=None)
         dataset_id = target.id
@@ -62,7 +63,7 @@ def import_command(
         )
         upload_id = upload.id
     typer.echo(f"{'adding to' if found else 'created'} dataset {dataset!r} (id {dataset_id}); upload {upload_id}")
-    with session_scope() as session, Progress() as bar:
+    with session_scope(engine) as session, Progress() as bar:
         task = bar.add_task("Copying files", total=_file_count(path))
         uploads.stage_local_path(
             session, upload_id=upload_id, path=path, blobs=blobs, progress=lambda n: bar.advance(task, n)
@@ -91,7 +92,8 @@ def demo_command(
     server = _follow_running_server()
     settings = get_settings()
     typer.echo(f"data dir: {settings.resolved_data_dir}")
-    upgrade_to_head(get_engine(settings))
+    engine = get_engine(settings)
+    upgrade_to_head(engine)
     blobs = blob_store(settings)
     typer.echo(f"generating {images} images ({', '.join(DEMO_CLASSES)}) ...")
     generated = generate_demo_dataset(n_images=images, seed=seed)
@@ -104,7 +106,7 @@ def demo_command(
     with tempfile.TemporaryDirectory() as scratch:
         archive = Path(scratch) / "demo.zip"
         write_demo_zip(generated, archive)
-        with session_scope() as session:
+        with session_scope(engine) as session:
             dataset = service.create_dataset(session, name=name, description=description, user_id=None)
             dataset_id = dataset.id
             upload, _ = uploads.start_upload(session, dataset_id=dataset_id, user_id=None, resume=False)
@@ -115,7 +117,7 @@ def demo_command(
             ).id
     if not _run_and_report(upload_id=upload_id, job_id=job_id, exit_on_failure=False):
         raise typer.Exit(1)
-    with session_scope() as session:
+    with session_scope(engine) as session:
         service.update_dataset(session, dataset_id=dataset_id, changes={"target_source": TARGET_SOURCE})
     typer.echo(f"demo dataset {name!r} is ready (id {dataset_id}, target source {TARGET_SOURCE!r}).")
     if server is not None:
@@ -164,29 +166,31 @@ def _run_and_report(*, upload_id: int, job_id: int, exit_on_failure: bool = True
     from app.core.db import get_engine, session_scope
     from app.core.settings import get_settings
     from app.jobs import service as jobs
+    from app.jobs.states import JobStatus
     from app.jobs.worker import Worker
     from app.uploads import service
     from app.uploads.states import UploadStatus
 
     settings = get_settings()
-    worker = Worker(settings=settings, engine=get_engine(settings), queues=["default"])
+    engine = get_engine(settings)
+    worker = Worker(settings=settings, engine=engine, queues=["default"])
     thread = threading.Thread(target=worker.run, name="import-worker", daemon=True)
     thread.start()
     try:
         with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[message]}")) as bar:
             task = bar.add_task("Ingesting", total=1.0, message="queued")
             while True:
-                with session_scope() as session:
+                with session_scope(engine) as session:
                     job = jobs.get_job(session, job_id=job_id)
                     status, progress, message = job.status, job.progress, job.message
                 bar.update(task, completed=progress, message=message)
-                if status not in ("queued", "running"):
+                if status not in (JobStatus.QUEUED, JobStatus.RUNNING):
                     break
                 time.sleep(0.5)
     finally:
         worker.request_stop()
         thread.join(timeout=settings.job_shutdown_grace_seconds + 10)
-    with session_scope() as session:
+    with session_scope(engine) as session:
         report = service.upload_report(session, upload_id=upload_id, limit=REPORTED_ITEMS)
         job = jobs.get_job(session, job_id=job_id)
         _print_report(report, job.error)

@@ -82,7 +82,7 @@ def start_embeddings(
     backbone: str,
     user_id: int | None,
     home: Path | None,
-    max_attempts: int | None = None,
+    max_attempts: int,
 ) -> tuple[EmbeddingSet, Job]:
     """Queue the job (or return the one already queued or running for this dataset and backbone)."""
     _dataset(session, dataset_id)

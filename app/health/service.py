@@ -96,7 +96,7 @@ def require_scan(session: Session, *, dataset_id: int) -> HealthScan:
 
 
 def start_scan(
-    session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int | None = None
+    session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int
 ) -> tuple[HealthScan, Job]:
     """Queue a scan (or return the one already queued or running for this dataset)."""
     get_or_404(session, Dataset, dataset_id)

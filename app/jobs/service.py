@@ -5,9 +5,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
-from app.core.settings import get_settings
+from app.core.settings import Settings
 from app.jobs import repository
 from app.models import Job, utcnow
+
+DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["job_max_attempts"].default
 
 
 def enqueue(
@@ -17,18 +19,18 @@ def enqueue(
     payload: dict[str, Any],
     queue: str = "default",
     created_by_id: int | None = None,
-    max_attempts: int | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Job:
     """Add a job in the caller's transaction, so it exists exactly when the row that needs it does.
 
-    Callers pass `max_attempts` from their settings (ERRORBOOK_JOB_MAX_ATTEMPTS). The fallback to the global
-    settings is left only for the upload callers in app/datasets, which do not pass it yet."""
+    The app's callers pass `max_attempts` from their settings (ERRORBOOK_JOB_MAX_ATTEMPTS); the default, the
+    setting's own default, serves scripts and tests."""
     return repository.add_job(
         session,
         kind=kind,
         payload=payload,
         queue=queue,
-        max_attempts=max_attempts or get_settings().job_max_attempts,
+        max_attempts=max_attempts,
         created_by_id=created_by_id,
         now=utcnow(),
     )

@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from app.pool import service
 from app.pool.schemas import PoolOut, PoolScoreStarted
-from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import DB, AppSettings, Reviewer, Viewer
 from app.web.templating import render
 
 router = APIRouter()
@@ -18,9 +18,9 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 @router.post("/api/runs/{run_id}/pool/score", response_model=PoolScoreStarted, status_code=202)
-def api_score_pool(run_id: int, db: DB, user: Reviewer) -> PoolScoreStarted:
+def api_score_pool(run_id: int, db: DB, user: Reviewer, settings: AppSettings) -> PoolScoreStarted:
     """Queue a job scoring every unlabeled image of the run's dataset with the run's model."""
-    scoring, job = service.start_scoring(db, run_id=run_id, user_id=user.id)
+    scoring, job = service.start_scoring(db, run_id=run_id, user_id=user.id, settings=settings)
     return PoolScoreStarted(run_id=scoring.run_id, job_id=job.id)
 
 
@@ -45,6 +45,8 @@ def label_page(
 
 
 @router.post("/datasets/{dataset_id}/label/score", include_in_schema=False)
-def label_page_score(dataset_id: int, run_id: Annotated[int, Form()], db: DB, user: Reviewer) -> Response:
-    service.start_scoring(db, run_id=run_id, user_id=user.id, dataset_id=dataset_id)
+def label_page_score(
+    dataset_id: int, run_id: Annotated[int, Form()], db: DB, user: Reviewer, settings: AppSettings
+) -> Response:
+    service.start_scoring(db, run_id=run_id, user_id=user.id, settings=settings, dataset_id=dataset_id)
     return RedirectResponse(f"/datasets/{dataset_id}/label?run_id={run_id}", status_code=303)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Invalid
 from app.core.lookup import get_or_404
-from app.core.settings import get_settings
+from app.core.settings import Settings
 from app.jobs import service as jobs
 from app.ml.active_learning import STRATEGIES, rank_pool
 from app.models import Dataset, Job, PoolScoring, Run, utcnow
@@ -38,7 +38,7 @@ def _finished_run(session: Session, run_id: int, dataset_id: int | None) -> Run:
 
 
 def start_scoring(
-    session: Session, *, run_id: int, user_id: int | None, dataset_id: int | None = None
+    session: Session, *, run_id: int, user_id: int | None, settings: Settings, dataset_id: int | None = None
 ) -> tuple[PoolScoring, Job]:
     """Queue the job that scores every pool image with the run's model (a scoring already waiting is reused)."""
     run = _finished_run(session, run_id, dataset_id)
@@ -52,7 +52,12 @@ def start_scoring(
         if job.status in ("queued", "running"):
             return scoring, job
     job = jobs.enqueue(
-        session, kind=POOL_JOB, payload={"run_id": run.id}, queue=get_settings().training_queue, created_by_id=user_id
+        session,
+        kind=POOL_JOB,
+        payload={"run_id": run.id},
+        queue=settings.training_queue,
+        created_by_id=user_id,
+        max_attempts=settings.job_max_attempts,
     )
     if scoring is None:
         scoring = repository.add_scoring(session, PoolScoring(run_id=run.id, job_id=job.id, status="queued"))

@@ -259,7 +259,7 @@ def create_split(
     params: SplitParams,
     user_id: int | None,
     parent: Split | None = None,
-    max_attempts: int | None = None,
+    max_attempts: int,
 ) -> tuple[Split, Job]:
     dataset = _dataset(session, dataset_id)
     check_params(params)
@@ -285,7 +285,7 @@ def create_split(
 
 
 def extend_split(
-    session: Session, *, split_id: int, user_id: int | None, max_attempts: int | None = None
+    session: Session, *, split_id: int, user_id: int | None, max_attempts: int
 ) -> tuple[Split, Job]:
     """A new version that keeps every assignment of ``split_id`` and places only the images added since."""
     parent = get_split(session, split_id=split_id)

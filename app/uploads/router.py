@@ -275,8 +275,9 @@ def api_finish_upload(request: Request, upload_id: int, form: UploadForm, db: DB
 
 
 @router.post("/api/uploads/{upload_id}/retry", response_model=UploadStarted, status_code=202)
-def api_retry_upload(upload_id: int, db: DB, user: Reviewer) -> UploadStarted:
-    job = service.retry_upload(db, upload_id=upload_id, user_id=user.id)
+def api_retry_upload(request: Request, upload_id: int, db: DB, user: Reviewer) -> UploadStarted:
+    max_attempts = _settings(request).job_max_attempts
+    job = service.retry_upload(db, upload_id=upload_id, user_id=user.id, max_attempts=max_attempts)
     return UploadStarted(upload_id=upload_id, job_id=job.id)
 
 
@@ -332,8 +333,9 @@ def upload_panel(request: Request, upload_id: int, db: DB, user: Viewer) -> Resp
 
 
 @router.post("/uploads/{upload_id}/retry", include_in_schema=False)
-def upload_retry(upload_id: int, db: DB, user: Reviewer) -> Response:
-    service.retry_upload(db, upload_id=upload_id, user_id=user.id)
+def upload_retry(request: Request, upload_id: int, db: DB, user: Reviewer) -> Response:
+    max_attempts = _settings(request).job_max_attempts
+    service.retry_upload(db, upload_id=upload_id, user_id=user.id, max_attempts=max_attempts)
     return RedirectResponse(f"/uploads/{upload_id}", status_code=303)
 
 

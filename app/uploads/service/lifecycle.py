@@ -56,7 +56,9 @@ def finish_upload(
     if not repository.count_entries(session, upload.id):
         raise Invalid("nothing was uploaded: add image files, folders or .zip archives first")
     payload = {"upload_id": upload.id, "source_folders": source_folders}
-    job = jobs.enqueue(session, kind=INGEST_KIND, payload=payload, created_by_id=user_id)
+    job = jobs.enqueue(
+        session, kind=INGEST_KIND, payload=payload, created_by_id=user_id, max_attempts=settings.job_max_attempts
+    )
     upload.status, upload.job_id = UploadStatus.QUEUED, job.id
     session.flush()
     receive.discard_parts(settings, upload_id=upload.id)  # chunks of files never completed
@@ -74,7 +76,7 @@ def upload_status(session: Session, upload: Upload) -> UploadStatus:
     return UploadStatus(upload.status)
 
 
-def retry_upload(session: Session, *, upload_id: int, user_id: int | None) -> Job:
+def retry_upload(session: Session, *, upload_id: int, user_id: int | None, max_attempts: int) -> Job:
     """Run a failed or cancelled ingest again; it resumes where the last one stopped."""
     upload = staging.get_upload(session, upload_id=upload_id)
     status = upload_status(session, upload)
@@ -82,7 +84,7 @@ def retry_upload(session: Session, *, upload_id: int, user_id: int | None) -> Jo
         raise Conflict(f"upload {upload_id} is {status}; only a failed or cancelled upload can be retried")
     previous = repository.get_job(session, upload.job_id) if upload.job_id else None
     payload = dict(previous.payload) if previous is not None else {"upload_id": upload.id}
-    job = jobs.enqueue(session, kind=INGEST_KIND, payload=payload, created_by_id=user_id)
+    job = jobs.enqueue(session, kind=INGEST_KIND, payload=payload, created_by_id=user_id, max_attempts=max_attempts)
     upload.status, upload.job_id = UploadStatus.QUEUED, job.id
     session.flush()
     return job

@@ -13,8 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from app.core.errors import Invalid, NotAuthenticated
-from app.core.settings import Settings
-from app.core.storage import BlobStore, delete_blobs
+from app.core.storage import delete_blobs
 from app.datasets import service as datasets
 from app.datasets.router import csv_download
 from app.labels import service as labels
@@ -32,19 +31,11 @@ from app.uploads.schemas import (
     UploadStarted,
 )
 from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer
+from app.web.deps import get_blobs_dep as _blobs
+from app.web.deps import get_settings_dep as _settings
 from app.web.templating import render
 
 router = APIRouter()
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _blobs(request: Request) -> BlobStore:
-    blobs: BlobStore = request.app.state.blobs
-    return blobs
 
 
 async def _upload_form(request: Request) -> AsyncIterator[FormData]:

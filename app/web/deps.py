@@ -15,6 +15,7 @@ from app.auth import service as auth_service
 from app.core.db import READ_MOSTLY_OPTION, committing
 from app.core.errors import Forbidden, NotAuthenticated
 from app.core.settings import Settings
+from app.core.storage import BlobStore
 from app.models import User
 
 SESSION_COOKIE = "eb_session"
@@ -38,6 +39,11 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_blobs_dep(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
 
 
 def reads_only(endpoint: Endpoint) -> Endpoint:

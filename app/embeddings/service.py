@@ -32,10 +32,8 @@ EMBEDDINGS_JOB = "embeddings.build"
 _WITHOUT_PRETRAINED_WEIGHTS = (SCRATCH_BACKBONE,)
 
 
-class EmbeddingsMissing(Conflict):
+class EmbeddingsMissing(Conflict, code="embeddings_missing"):
     """409 naming the job to start (its URL and backbone are in the answer)."""
-
-    code = "embeddings_missing"
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,8 @@ _APPROXIMATE_OUTLIER_LIMIT = 50_000
 _CHUNK = 65_536
 
 
-class HealthMissing(Conflict):
+class HealthMissing(Conflict, code="health_missing"):
     """409 naming the scan to start."""
-
-    code = "health_missing"
 
 
 @dataclass(frozen=True)

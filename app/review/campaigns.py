@@ -29,11 +29,8 @@ OPEN, CLOSED = "open", "closed"
 REVIEW_STATUSES = (OPEN, CLOSED)
 
 
-class CampaignRuleError(DomainError):
+class CampaignRuleError(DomainError, status_code=400, code="campaign_rule"):
     """A campaign that would treat dev and test differently (the seed's rule: correct both, the same way)."""
-
-    status_code = 400
-    code = "campaign_rule"
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, DomainError, Invalid, NotFound
 from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
+from app.ml.top_classes import TopClass, top_classes
 from app.models import Dataset, Review, Run, User, utcnow
 from app.review import logic, repository
 from app.review.rescoring import rescored_metrics
@@ -74,12 +74,6 @@ class ReviewView:
     @property
     def subsets(self) -> list[str]:
         return self.review.subsets.split(",")
-
-
-@dataclass(frozen=True)
-class TopClass:
-    label: str
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -292,12 +286,7 @@ def item_detail(session: Session, *, review_id: int, image_id: int) -> ItemDetai
         raise NotFound(f"image {image_id} is not part of review {review_id}")
     run = get_or_404(session, Run, review.run_id)
     prediction = repository.prediction(session, run_id=review.run_id, image_id=image_id)
-    top: list[TopClass] = []
-    if prediction is not None:
-        probs = np.frombuffer(prediction.probs, dtype=np.float32)
-        names = [str(name) for name in run.label_names]
-        for column in np.argsort(-probs, kind="stable")[:3].tolist():
-            top.append(TopClass(names[column] if column < len(names) else f"#{column}", float(probs[column])))
+    top = top_classes(prediction.probs, run.label_names, 3) if prediction is not None else []
     return ItemDetail(
         review=review,
         item=item_views(rows, labels, utcnow())[0],

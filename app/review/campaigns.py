@@ -4,7 +4,7 @@ their progress per subset, claims so reviewers do not collide, and the large vie
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,13 +34,7 @@ class CampaignRuleError(DomainError, status_code=400, code="campaign_rule"):
 
 
 @dataclass(frozen=True)
-class ItemView:
-    image_id: int
-    subset: str
-    selection: str
-    rank: int
-    suspicion: float
-    status: str
+class ItemView(repository.CampaignItem):
     label: str
     label_version: int
     excluded_reason: str | None
@@ -203,12 +197,7 @@ def progress(session: Session, review: Review) -> list[logic.SubsetProgress]:
 def item_views(rows: Sequence[repository.ItemRow], labels: dict[int, str], now: datetime) -> list[ItemView]:
     return [
         ItemView(
-            image_id=row.image_id,
-            subset=row.subset,
-            selection=row.selection,
-            rank=row.rank,
-            suspicion=row.suspicion,
-            status=row.status,
+            **{place.name: getattr(row, place.name) for place in fields(repository.CampaignItem)},
             label=labels.get(row.label_id, "?"),
             label_version=row.label_version,
             excluded_reason=row.excluded_reason,

@@ -229,18 +229,7 @@ async def api_chunk(
         user=user,
     )
     await service.receive_chunk(target, request.stream())
-    received = await run_in_threadpool(
-        service.append_chunk,
-        db,
-        upload_id=upload_id,
-        name=name,
-        sha256=sha256,
-        size=size,
-        offset=offset,
-        target=target,
-        blobs=_blobs(request),
-        user=user,
-    )
+    received = await run_in_threadpool(service.append_chunk, db, target=target, blobs=_blobs(request), user=user)
     return ChunkOut(received=received, complete=received == size)
 
 

@@ -71,15 +71,7 @@ def api_errors(
 
 @router.post("/api/runs/{run_id}/errors/sample", response_model=ErrorListOut, status_code=201)
 def api_new_sample(run_id: int, body: NewSampleIn, db: DB, user: Reviewer) -> ErrorListOut:
-    service.new_sample(
-        db,
-        run_id=run_id,
-        subset=body.subset,
-        size=body.size,
-        seed=body.seed,
-        include_correct=body.include_correct,
-        actor=user,
-    )
+    service.new_sample(db, run_id=run_id, actor=user, **body.model_dump())
     return ErrorListOut.model_validate(service.error_sample(db, run_id=run_id, subset=body.subset))
 
 

@@ -168,15 +168,7 @@ def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user
 @router.post("/api/datasets/{dataset_id}/uploads/open", response_model=UploadOpened)
 def api_open_upload(dataset_id: int, body: UploadOpenIn, db: DB, user: Reviewer) -> UploadOpened:
     """Start an upload the browser fills in batches, or resume this user's unfinished one."""
-    upload, resumed = service.start_upload(
-        db,
-        dataset_id=dataset_id,
-        user_id=user.id,
-        source=body.source,
-        label=body.label,
-        resume=body.resume,
-        unlabeled=body.unlabeled,
-    )
+    upload, resumed = service.start_upload(db, dataset_id=dataset_id, user_id=user.id, **body.model_dump())
     return UploadOpened(upload_id=upload.id, resumed=resumed, files=service.file_count(db, upload_id=upload.id))
 
 

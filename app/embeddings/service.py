@@ -90,17 +90,16 @@ def start_embeddings(
     embedding_set = repository.find_set(session, dataset_id, backbone) or repository.add_set(
         session, dataset_id=dataset_id, backbone=backbone
     )
-    if embedding_set.job_id is not None:
-        running = jobs.get_job(session, job_id=embedding_set.job_id)
-        if running.status in job_states.ACTIVE:
-            return embedding_set, running
-    job = jobs.enqueue(
+    job, queued = jobs.active_or_enqueue(
         session,
+        job_id=embedding_set.job_id,
         kind=EMBEDDINGS_JOB,
         payload={"set_id": embedding_set.id},
         created_by_id=user_id,
         max_attempts=max_attempts,
     )
+    if not queued:
+        return embedding_set, job
     embedding_set.job_id = job.id
     embedding_set.status = EmbeddingSetStatus.QUEUED
     session.flush()

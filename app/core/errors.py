@@ -53,3 +53,9 @@ class InsufficientStorage(DomainError, status_code=507, code="insufficient_stora
 
 class RateLimited(DomainError, status_code=429, code="rate_limited"):
     """Too many attempts; try again later."""
+
+
+def check_between(value: int, low: int, high: int, message: str) -> None:
+    """Invalid (422) with ``message`` unless ``low <= value <= high``: the range check every count and seed gets."""
+    if not low <= value <= high:
+        raise Invalid(message)

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, DomainError, Invalid, NotFound
+from app.core.errors import Conflict, DomainError, Invalid, NotFound, check_between
 from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
@@ -113,12 +113,12 @@ def create_review(
     """Start a campaign: the top-K most suspicious examples of each subset plus a random sample of correctly
     classified ones, by one rule for all subsets."""
     chosen = campaign_subsets(subsets, include_train=include_train)
-    if not 1 <= suspicious_per_subset <= MAX_PER_SUBSET:
-        raise Invalid(f"suspicious_per_subset must be between 1 and {MAX_PER_SUBSET}; got {suspicious_per_subset}")
-    if not 0 <= correct_per_subset <= MAX_PER_SUBSET:
-        raise Invalid(f"correct_per_subset must be between 0 and {MAX_PER_SUBSET}; got {correct_per_subset}")
-    if not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"the seed must be a whole number from 0 to {MAX_SEED}; got {seed}")
+    for name, value, low in (
+        ("suspicious_per_subset", suspicious_per_subset, 1),
+        ("correct_per_subset", correct_per_subset, 0),
+    ):
+        check_between(value, low, MAX_PER_SUBSET, f"{name} must be between {low} and {MAX_PER_SUBSET}; got {value}")
+    check_between(seed, 0, MAX_SEED, f"the seed must be a whole number from 0 to {MAX_SEED}; got {seed}")
     dataset = get_or_404(session, Dataset, dataset_id)
     run = finished_run(session, run_id)
     if run.dataset_id != dataset.id:
@@ -245,8 +245,7 @@ def claim_items(session: Session, *, review_id: int, actor: User, count: int = D
     """Hold up to ``count`` pending items for ``actor`` for CLAIM_SECONDS (renewing the ones already held), so two
     reviewers of one campaign get different items. Each claim is a conditional UPDATE, so two reviewers racing for
     an item cannot both get it; the loser simply takes the next free one."""
-    if not 1 <= count <= MAX_CLAIM_SIZE:
-        raise Invalid(f"claim between 1 and {MAX_CLAIM_SIZE} items at a time; got {count}")
+    check_between(count, 1, MAX_CLAIM_SIZE, f"claim between 1 and {MAX_CLAIM_SIZE} items at a time; got {count}")
     review = open_review(session, review_id)
     now = utcnow()
     expires_at = now + timedelta(seconds=CLAIM_SECONDS)

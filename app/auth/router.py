@@ -5,7 +5,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from itsdangerous import BadSignature, URLSafeSerializer
 
 from app.auth import service
 from app.auth.schemas import PasswordChange, TokenCreated, TokenIn, TokenOut, UserIn, UserOut, UserPatch
@@ -20,6 +19,7 @@ from app.web.deps import (
     Viewer,
     cookie_signer,
     read_session_cookie,
+    read_signed_cookie,
 )
 from app.web.templating import render
 
@@ -39,6 +39,7 @@ LOGIN_MESSAGES = {
     "logged_out": "You are logged out.",
 }
 KNOWN_BROWSER_COOKIE = "eb_known"
+_KNOWN_BROWSER_SALT = "known-browser"
 KNOWN_BROWSER_DAYS = 365
 
 
@@ -100,7 +101,7 @@ def login(
     # This browser has logged in as this user: a stranger's failed guesses at the name do not slow it down.
     response.set_cookie(
         KNOWN_BROWSER_COOKIE,
-        _known_signer(request).dumps(service.name_key(user.name)),
+        cookie_signer(request, salt=_KNOWN_BROWSER_SALT).dumps(service.name_key(user.name)),
         httponly=True,
         samesite="lax",
         secure=settings.secure_cookies,
@@ -124,18 +125,8 @@ def _with_new_session(request: Request, db: DB, user: User, target: str) -> Resp
     return response
 
 
-def _known_signer(request: Request) -> URLSafeSerializer:
-    return URLSafeSerializer(request.app.state.secret_key, salt="known-browser")
-
-
 def _known_browser_of(request: Request) -> str | None:
-    raw = request.cookies.get(KNOWN_BROWSER_COOKIE)
-    if not raw:
-        return None
-    try:
-        return str(_known_signer(request).loads(raw))
-    except BadSignature:
-        return None
+    return read_signed_cookie(request, KNOWN_BROWSER_COOKIE, salt=_KNOWN_BROWSER_SALT)
 
 
 @router.post("/logout", include_in_schema=False)

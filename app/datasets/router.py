@@ -11,8 +11,6 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from sqlalchemy.orm import Session
 
 from app.core.errors import Invalid
-from app.core.settings import Settings
-from app.core.storage import BlobStore
 from app.datasets import service
 from app.datasets.schemas import (
     DatasetCreated,
@@ -32,6 +30,8 @@ from app.ml.splitting import SUBSETS
 from app.review import ranking
 from app.uploads import service as uploads
 from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import get_blobs_dep as _blobs
+from app.web.deps import get_settings_dep as _settings
 from app.web.templating import is_htmx, render
 
 router = APIRouter()
@@ -46,16 +46,6 @@ IMAGE_HEADERS = {
 
 # How long a presigned image URL is valid (ERRORBOOK_S3_SERVE=presigned): long enough to load a page of a grid.
 PRESIGNED_SECONDS = 300
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _blobs(request: Request) -> BlobStore:
-    blobs: BlobStore = request.app.state.blobs
-    return blobs
 
 
 # ---- datasets API ---------------------------------------------------------------------------------------

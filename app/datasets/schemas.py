@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
+from app.core.schemas import copied_from
 from app.datasets import service
 
 
@@ -52,16 +53,13 @@ class DatasetOut(BaseModel):
 
     @classmethod
     def of(cls, summary: service.DatasetSummary) -> DatasetOut:
-        dataset = summary.dataset
-        return cls(
-            id=dataset.id,
-            name=dataset.name,
-            description=dataset.description,
+        return copied_from(
+            cls,
+            summary.dataset,
             image_count=summary.image_count,
             unlabeled=summary.unlabeled,
             labels={label.name: label.images for label in summary.labels},
             sources=summary.sources,
-            target_source=dataset.target_source,
             counts=[
                 CountOut(label=label, source=source, images=n)
                 for label, per_source in sorted(summary.table.items())
@@ -144,20 +142,10 @@ class ImageOut(BaseModel):
     @classmethod
     def of(cls, detail: service.ImageDetail) -> ImageOut:
         image = detail.image
-        return cls(
-            id=image.id,
-            dataset_id=image.dataset_id,
-            filename=image.filename,
+        return copied_from(
+            cls,
+            image,
             label=detail.label,
-            label_version=image.label_version,
-            source=image.source,
-            imported_subset=image.imported_subset,
-            sha256=image.sha256,
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            notes=image.notes,
-            upload_id=image.upload_id,
             thumb_url=f"/images/{image.id}/thumb",
             full_url=f"/images/{image.id}/full",
             history=[HistoryOut(**vars(entry)) for entry in detail.history],

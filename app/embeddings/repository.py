@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.models import Dataset, EmbeddingSet, Image, Label, Prediction, Run, Split, SplitAssignment
@@ -76,31 +76,30 @@ def dataset_labels(session: Session, dataset_id: int) -> dict[int, str]:
     return {image_id: name for image_id, name in rows}
 
 
-def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
-    return session.scalar(
+def _ready_splits(dataset_id: int) -> Select[Split]:
+    # Newest first.
+    return (
         select(Split)
         .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
         .order_by(Split.version.desc())
-        .limit(1)
     )
+
+
+def _finished_runs(dataset_id: int) -> Select[Run]:
+    # Newest first.
+    return select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id.desc())
+
+
+def newest_ready_split(session: Session, dataset_id: int) -> Split | None:
+    return session.scalar(_ready_splits(dataset_id).limit(1))
 
 
 def ready_splits(session: Session, dataset_id: int) -> list[Split]:
-    return list(
-        session.scalars(
-            select(Split)
-            .where(Split.dataset_id == dataset_id, Split.status == SplitStatus.READY)
-            .order_by(Split.version.desc())
-        )
-    )
+    return list(session.scalars(_ready_splits(dataset_id)))
 
 
 def finished_runs(session: Session, dataset_id: int) -> list[Run]:
-    return list(
-        session.scalars(
-            select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED).order_by(Run.id.desc())
-        )
-    )
+    return list(session.scalars(_finished_runs(dataset_id)))
 
 
 def split_subsets(session: Session, split_id: int) -> dict[int, str]:
@@ -111,12 +110,7 @@ def split_subsets(session: Session, split_id: int) -> dict[int, str]:
 
 
 def newest_finished_run(session: Session, dataset_id: int) -> Run | None:
-    return session.scalar(
-        select(Run)
-        .where(Run.dataset_id == dataset_id, Run.status == RunStatus.SUCCEEDED)
-        .order_by(Run.id.desc())
-        .limit(1)
-    )
+    return session.scalar(_finished_runs(dataset_id).limit(1))
 
 
 def run_predictions(session: Session, run_id: int) -> list[tuple[int, str, bool, bytes, str]]:

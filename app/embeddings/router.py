@@ -11,13 +11,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from app.core.errors import Invalid
-from app.core.settings import Settings
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingSetOut, EmbeddingSetsOut, EmbeddingsIn, NeighbourOut, SimilarOut
 from app.embeddings.states import UNFINISHED
 from app.jobs import service as jobs
 from app.uploads.router import UploadForm
 from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
+from app.web.deps import get_settings_dep as _settings
 from app.web.templating import render
 
 router = APIRouter()
@@ -39,11 +39,6 @@ _FILE_BODY = {
         }
     }
 }
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 @router.post("/api/datasets/{dataset_id}/embeddings", status_code=202)

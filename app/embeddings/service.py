@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -28,14 +29,13 @@ if TYPE_CHECKING:
     from app.ml.backbones import Backbone
 
 EMBEDDINGS_JOB = "embeddings.build"
+Row = TypeVar("Row", Run, Split)
 # Random weights (simple_cnn) give vectors that say nothing about the pictures.
 _WITHOUT_PRETRAINED_WEIGHTS = (SCRATCH_BACKBONE,)
 
 
-class EmbeddingsMissing(Conflict):
+class EmbeddingsMissing(Conflict, code="embeddings_missing"):
     """409 naming the job to start (its URL and backbone are in the answer)."""
-
-    code = "embeddings_missing"
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,16 @@ def start_embeddings(
     embedding_set = repository.find_set(session, dataset_id, backbone) or repository.add_set(
         session, dataset_id=dataset_id, backbone=backbone
     )
-    if embedding_set.job_id is not None:
-        running = jobs.get_job(session, job_id=embedding_set.job_id)
-        if running.status in job_states.ACTIVE:
-            return embedding_set, running
-    job = jobs.enqueue(
+    job, queued = jobs.active_or_enqueue(
         session,
+        job_id=embedding_set.job_id,
         kind=EMBEDDINGS_JOB,
         payload={"set_id": embedding_set.id},
         created_by_id=user_id,
         max_attempts=max_attempts,
     )
+    if not queued:
+        return embedding_set, job
     embedding_set.job_id = job.id
     embedding_set.status = EmbeddingSetStatus.QUEUED
     session.flush()
@@ -294,11 +293,7 @@ def map_colours(
         return "labels", dict(repository.dataset_labels(session, dataset_id))
     if by == "subset":
         return _subset_colours(session, dataset_id=dataset_id, split_id=split_id)
-    run = (
-        get_or_404(session, Run, run_id, dataset_id=dataset_id)
-        if run_id is not None
-        else repository.newest_finished_run(session, dataset_id)
-    )
+    run = _asked_or_newest(session, Run, run_id, dataset_id=dataset_id, newest=repository.newest_finished_run)
     if run is None:
         return "no finished run", {}
     rows = repository.run_predictions(session, run.id)
@@ -308,14 +303,24 @@ def map_colours(
 
 
 def _subset_colours(session: Session, *, dataset_id: int, split_id: int | None) -> tuple[str, dict[int, str | float]]:
-    split = (
-        get_or_404(session, Split, split_id, dataset_id=dataset_id)
-        if split_id is not None
-        else repository.newest_ready_split(session, dataset_id)
-    )
+    split = _asked_or_newest(session, Split, split_id, dataset_id=dataset_id, newest=repository.newest_ready_split)
     if split is None:
         return "no ready split", {}
     return f"split v{split.version}", dict(repository.split_subsets(session, split.id))
+
+
+def _asked_or_newest(
+    session: Session,
+    model: type[Row],
+    row_id: int | None,
+    *,
+    dataset_id: int,
+    newest: Callable[[Session, int], Row | None],
+) -> Row | None:
+    """The dataset's row the caller named (404 if it is not the dataset's), else the dataset's newest one."""
+    if row_id is not None:
+        return get_or_404(session, model, row_id, dataset_id=dataset_id)
+    return newest(session, dataset_id)
 
 
 def _self_doubt(run: Run, rows: list[tuple[int, str, bool, bytes, str]]) -> dict[int, str | float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,13 +17,8 @@ from app.error_analysis.samples import ErrorItem, items_of
 from app.error_analysis.tags import TagView, ensure_tags, tag_of, tag_views
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
+from app.ml.top_classes import TopClass, top_classes
 from app.models import Image, Run, User, utcnow
-
-
-@dataclass(frozen=True)
-class TopClass:
-    label: str
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -63,10 +57,7 @@ def error_detail(session: Session, *, run_id: int, image_id: int) -> ErrorDetail
     prediction = repository.prediction(session, run_id=run.id, image_id=image_id)
     image = get_or_404(session, Image, image_id)
     assert prediction is not None
-    probs = np.frombuffer(prediction.probs, dtype=np.float32)
-    names = list(run.label_names)
-    order = np.argsort(-probs, kind="stable")[:5]
-    top = [TopClass(label=str(names[i]) if i < len(names) else f"#{i}", probability=float(probs[i])) for i in order]
+    top = top_classes(prediction.probs, run.label_names, 5)
     return ErrorDetail(
         run=run,
         subset=subset,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
@@ -71,15 +71,7 @@ def api_errors(
 
 @router.post("/api/runs/{run_id}/errors/sample", response_model=ErrorListOut, status_code=201)
 def api_new_sample(run_id: int, body: NewSampleIn, db: DB, user: Reviewer) -> ErrorListOut:
-    service.new_sample(
-        db,
-        run_id=run_id,
-        subset=body.subset,
-        size=body.size,
-        seed=body.seed,
-        include_correct=body.include_correct,
-        actor=user,
-    )
+    service.new_sample(db, run_id=run_id, actor=user, **body.model_dump())
     return ErrorListOut.model_validate(service.error_sample(db, run_id=run_id, subset=body.subset))
 
 
@@ -186,17 +178,16 @@ def errors_new_sample(
     return RedirectResponse(_errors_url(run_id, sample.subset), status_code=303)
 
 
+def _card(item: Any, *, run: Any, subset: str, tags: Any, can_tag: bool, **more: Any) -> dict[str, Any]:
+    """The context every template that shows an example's card needs, plus what the page adds."""
+    return {"item": item, "run": run, "subset": subset, "tags": tags, "can_tag": can_tag, **more}
+
+
 @router.get("/runs/{run_id}/errors/{image_id}", include_in_schema=False)
 def error_detail_page(request: Request, run_id: int, image_id: int, db: DB, user: Viewer) -> Response:
     detail = service.error_detail(db, run_id=run_id, image_id=image_id)
-    context = {
-        "detail": detail,
-        "item": detail.item,
-        "run": detail.run,
-        "subset": detail.subset,
-        "tags": detail.tags,
-        "can_tag": role_at_least(user, "reviewer"),
-    }
+    can_tag = role_at_least(user, "reviewer")
+    context = _card(detail.item, run=detail.run, subset=detail.subset, tags=detail.tags, can_tag=can_tag, detail=detail)
     template = "error_analysis/_detail.html" if is_htmx(request) else "error_analysis/detail.html"
     return render(request, template, context)
 
@@ -208,14 +199,8 @@ def error_toggle_tag(
     """What a digit key does: returns the example's card and, out of band, the updated ceiling table."""
     item = service.toggle_tag(db, run_id=run_id, image_id=image_id, tag_id=tag_id, actor=user)
     page = service.error_page(db, run_id=run_id, subset=subset)
-    context = {
-        "item": item,
-        "run": page.sample.run,
-        "subset": page.sample.subset,
-        "analysis": page.analysis,
-        "tags": page.tags,
-        "can_tag": True,
-    }
+    sample = page.sample
+    context = _card(item, run=sample.run, subset=sample.subset, tags=page.tags, can_tag=True, analysis=page.analysis)
     return render(request, "error_analysis/_tagged.html", context)
 
 
@@ -230,14 +215,7 @@ def error_note(
 ) -> Response:
     item = service.set_note(db, run_id=run_id, image_id=image_id, note=note, actor=user)
     detail = service.error_detail(db, run_id=run_id, image_id=image_id)
-    context = {
-        "item": item,
-        "run": detail.run,
-        "subset": detail.subset,
-        "tags": detail.tags,
-        "can_tag": True,
-        "saved": True,
-    }
+    context = _card(item, run=detail.run, subset=detail.subset, tags=detail.tags, can_tag=True, saved=True)
     return render(request, "error_analysis/_noted.html", context)
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from app.core.db import prepare_to_write
-from app.core.errors import Invalid
+from app.core.errors import check_between
 from app.error_analysis import predictions, repository
 from app.error_analysis.logic import normalise_subset
 from app.error_analysis.predictions import SubsetSnapshot
@@ -81,12 +81,11 @@ class ErrorSampleView:
 
 
 def _check_sample_params(*, size: int, seed: int, include_correct: int) -> None:
-    if not 1 <= size <= MAX_SAMPLE_SIZE:
-        raise Invalid(f"the sample size must be between 1 and {MAX_SAMPLE_SIZE}; got {size}")
-    if not 0 <= seed <= MAX_SAMPLE_SEED:
-        raise Invalid(f"the seed must be a whole number from 0 to {MAX_SAMPLE_SEED}; got {seed}")
-    if not 0 <= include_correct <= MAX_SAMPLE_SIZE:
-        raise Invalid(f"the number of correct examples must be between 0 and {MAX_SAMPLE_SIZE}")
+    check_between(size, 1, MAX_SAMPLE_SIZE, f"the sample size must be between 1 and {MAX_SAMPLE_SIZE}; got {size}")
+    check_between(seed, 0, MAX_SAMPLE_SEED, f"the seed must be a whole number from 0 to {MAX_SAMPLE_SEED}; got {seed}")
+    check_between(
+        include_correct, 0, MAX_SAMPLE_SIZE, f"the number of correct examples must be between 0 and {MAX_SAMPLE_SIZE}"
+    )
 
 
 def correct_examples_for(size: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy.orm import Session
 
@@ -82,17 +82,10 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Category:
+class Category(CeilingRow):
     """One row of the ceiling table as the API gives it: the figures, the category's colour and a sentence."""
 
-    tag: str
     color: str
-    count: int
-    share: float
-    share_low: float
-    share_high: float
-    estimated_errors: float
-    ceiling_error: float
     description: str
 
 
@@ -118,17 +111,7 @@ class ErrorAnalysis:
     @property
     def categories(self) -> list[Category]:
         return [
-            Category(
-                tag=row.tag,
-                color=self.colors.get(row.tag, ""),
-                count=row.count,
-                share=row.share,
-                share_low=row.share_low,
-                share_high=row.share_high,
-                estimated_errors=row.estimated_errors,
-                ceiling_error=row.ceiling_error,
-                description=self.sentence(row),
-            )
+            Category(**asdict(row), color=self.colors.get(row.tag, ""), description=self.sentence(row))
             for row in self.rows
         ]
 

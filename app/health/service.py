@@ -37,10 +37,8 @@ _APPROXIMATE_OUTLIER_LIMIT = 50_000
 _CHUNK = 65_536
 
 
-class HealthMissing(Conflict):
+class HealthMissing(Conflict, code="health_missing"):
     """409 naming the scan to start."""
-
-    code = "health_missing"
 
 
 @dataclass(frozen=True)
@@ -101,17 +99,16 @@ def start_scan(
     """Queue a scan (or return the one already queued or running for this dataset)."""
     get_or_404(session, Dataset, dataset_id)
     scan = repository.scan_of(session, dataset_id) or repository.add_scan(session, dataset_id)
-    if scan.job_id is not None:
-        running = jobs.get_job(session, job_id=scan.job_id)
-        if running.status in job_states.ACTIVE:
-            return scan, running
-    job = jobs.enqueue(
+    job, queued = jobs.active_or_enqueue(
         session,
+        job_id=scan.job_id,
         kind=HEALTH_JOB,
         payload={"dataset_id": dataset_id},
         created_by_id=user_id,
         max_attempts=max_attempts,
     )
+    if not queued:
+        return scan, job
     scan.job_id = job.id
     if scan.scanned_at is None:
         scan.status = "queued"

@@ -102,17 +102,24 @@ def _fenced(job_id: int, token: str) -> Any:
     return update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
 
 
-def heartbeat(session: Session, *, job_id: int, token: str, lease_seconds: float, now: datetime) -> bool:
-    """Extend the lease; returns whether a cancel was requested. Raises LeaseLost if the lease is gone."""
+def _fenced_write(session: Session, *, job_id: int, token: str, **values: Any) -> bool:
+    """Write ``values`` while the lease is held; returns whether a cancel was requested, raises LeaseLost if not."""
     row = session.execute(
         _fenced(job_id, token)
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .values(**values)
         .returning(Job.cancel_requested)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
         raise LeaseLost(f"job {job_id}: lease {token[:8]} is no longer held")
     return bool(row.cancel_requested)
+
+
+def heartbeat(session: Session, *, job_id: int, token: str, lease_seconds: float, now: datetime) -> bool:
+    """Extend the lease; returns whether a cancel was requested. Raises LeaseLost if the lease is gone."""
+    return _fenced_write(
+        session, job_id=job_id, token=token, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now
+    )
 
 
 def report_progress(
@@ -123,15 +130,7 @@ def report_progress(
         values["progress"] = max(0.0, min(1.0, progress))
     if message is not None:
         values["message"] = message[:500]
-    row = session.execute(
-        _fenced(job_id, token)
-        .values(**values)
-        .returning(Job.cancel_requested)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
-        raise LeaseLost(f"job {job_id}: lease {token[:8]} is no longer held")
-    return bool(row.cancel_requested)
+    return _fenced_write(session, job_id=job_id, token=token, **values)
 
 
 def cancel_requested(session: Session, *, job_id: int, token: str) -> bool:

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import NotFound
 from app.core.settings import Settings
 from app.jobs import repository
+from app.jobs.states import ACTIVE
 from app.models import Job, utcnow
 
 DEFAULT_MAX_ATTEMPTS: int = Settings.model_fields["job_max_attempts"].default
@@ -34,6 +35,18 @@ def enqueue(
         created_by_id=created_by_id,
         now=utcnow(),
     )
+
+
+def active_or_enqueue(
+    session: Session, *, job_id: int | None, kind: str, payload: dict[str, Any], **enqueue_args: Any
+) -> tuple[Job, bool]:
+    """The job ``job_id`` while it is still queued or running (False: nothing new), else a newly queued one (True),
+    so pressing start twice does not queue the work twice."""
+    if job_id is not None:
+        running = get_job(session, job_id=job_id)
+        if running.status in ACTIVE:
+            return running, False
+    return enqueue(session, kind=kind, payload=payload, **enqueue_args), True
 
 
 def get_job(session: Session, *, job_id: int) -> Job:

@@ -78,40 +78,34 @@ def _updated_one(result: Any) -> bool:
     return cast(CursorResult[Any], result).rowcount == 1
 
 
-def set_label_if_version(session: Session, *, image_id: int, expected_version: int, label_id: int) -> bool:
+def _update_if_version(
+    session: Session, image_id: int, expected_version: int, *, bump: bool = True, **values: Any
+) -> bool:
     """Atomic on SQLite and Postgres: a concurrent writer that got there first changed the version, so this
     matches no row (Postgres re-checks the WHERE clause after waiting for the other writer's row lock)."""
     statement = (
         update(Image)
         .where(Image.id == image_id, Image.label_version == expected_version)
-        .values(label_id=label_id, label_version=Image.label_version + 1)
+        .values(**values, label_version=Image.label_version + 1 if bump else Image.label_version)
         .execution_options(synchronize_session=False)
     )
     return _updated_one(session.execute(statement))
+
+
+def set_label_if_version(session: Session, *, image_id: int, expected_version: int, label_id: int) -> bool:
+    return _update_if_version(session, image_id, expected_version, label_id=label_id)
 
 
 def set_exclusion_if_version(
     session: Session, *, image_id: int, expected_version: int, excluded_reason: str | None
 ) -> bool:
-    statement = (
-        update(Image)
-        .where(Image.id == image_id, Image.label_version == expected_version)
-        .values(excluded_reason=excluded_reason, label_version=Image.label_version + 1)
-        .execution_options(synchronize_session=False)
-    )
-    return _updated_one(session.execute(statement))
+    return _update_if_version(session, image_id, expected_version, excluded_reason=excluded_reason)
 
 
 def lock_if_version(session: Session, *, image_id: int, expected_version: int) -> bool:
     """Lock the image row if it is still at ``expected_version`` (a no-op UPDATE), for decisions that confirm a
     label without changing it."""
-    statement = (
-        update(Image)
-        .where(Image.id == image_id, Image.label_version == expected_version)
-        .values(label_version=Image.label_version)
-        .execution_options(synchronize_session=False)
-    )
-    return _updated_one(session.execute(statement))
+    return _update_if_version(session, image_id, expected_version, bump=False)
 
 
 def add_change(session: Session, change: LabelChange) -> LabelChange:

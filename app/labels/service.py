@@ -9,8 +9,10 @@ domain error is raised part-way, so a refused change or undo changes nothing).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -164,27 +166,20 @@ def set_label(
 ) -> LabelChange:
     """Give the image another label, only if it is still at ``expected_version`` (else StaleVersion, 409), and
     record the change; the image is refreshed to its new state."""
-    check_version(session, image, expected_version=expected_version)
-    old_label_id = image.label_id
-    if not repository.set_label_if_version(
-        session, image_id=image.id, expected_version=expected_version, label_id=label_id
-    ):
-        raise stale(session, image, expected_version=expected_version)
-    return _recorded(
+    return _write_versioned(
         session,
         image,
-        LabelChange(
-            image_id=image.id,
-            kind=kind,
-            old_label_id=old_label_id,
-            new_label_id=label_id,
-            version=expected_version + 1,
-            reason=reason,
-            review_id=review_id,
-            reverts_change_id=reverts_change_id,
-            user_id=user_id,
-            confirmed_by_id=confirmed_by_id,
+        expected_version=expected_version,
+        write=lambda: repository.set_label_if_version(
+            session, image_id=image.id, expected_version=expected_version, label_id=label_id
         ),
+        kind=kind,
+        new_label_id=label_id,
+        reason=reason,
+        review_id=review_id,
+        reverts_change_id=reverts_change_id,
+        user_id=user_id,
+        confirmed_by_id=confirmed_by_id,
     )
 
 
@@ -202,32 +197,32 @@ def set_exclusion(
 ) -> LabelChange:
     """Leave the image out of scoring (``excluded_reason``) or score it again (None), against ``expected_version``
     like ``set_label``."""
-    check_version(session, image, expected_version=expected_version)
-    if not repository.set_exclusion_if_version(
-        session, image_id=image.id, expected_version=expected_version, excluded_reason=excluded_reason
-    ):
-        raise stale(session, image, expected_version=expected_version)
-    return _recorded(
+    write = partial(
+        repository.set_exclusion_if_version,
         session,
-        image,
-        LabelChange(
-            image_id=image.id,
-            kind=kind,
-            old_label_id=image.label_id,
-            new_label_id=image.label_id,
-            version=expected_version + 1,
-            reason=reason,
-            review_id=review_id,
-            reverts_change_id=reverts_change_id,
-            user_id=user_id,
-        ),
+        image_id=image.id,
+        expected_version=expected_version,
+        excluded_reason=excluded_reason,
+    )
+    change = dict(kind=kind, reason=reason, review_id=review_id, reverts_change_id=reverts_change_id, user_id=user_id)
+    return _write_versioned(
+        session, image, expected_version=expected_version, write=write, new_label_id=image.label_id, **change
     )
 
 
-def _recorded(session: Session, image: Image, change: LabelChange) -> LabelChange:
-    repository.add_change(session, change)
+def _write_versioned(
+    session: Session, image: Image, *, expected_version: int, write: Callable[[], bool], **change: Any
+) -> LabelChange:
+    """Run ``write`` (a compare-and-set at ``expected_version``) and record the change it made, from the label the
+    image had before; the image is refreshed to its new state."""
+    check_version(session, image, expected_version=expected_version)
+    old_label_id = image.label_id
+    if not write():
+        raise stale(session, image, expected_version=expected_version)
+    recorded = LabelChange(image_id=image.id, old_label_id=old_label_id, version=expected_version + 1, **change)
+    repository.add_change(session, recorded)
     session.refresh(image)
-    return change
+    return recorded
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from app.ml.arrays import Float32Array, Int64Array
+
 STRATEGIES = ("uncertainty", "diversity", "hybrid")
 EMBEDDING_DIMS = 64
 PROJECTION_SEED = 20_260_601
@@ -26,15 +28,12 @@ HYBRID_CANDIDATES = 3
 # Weight of diversity against uncertainty in the hybrid's greedy pick (0: uncertainty only, 1: diversity only).
 HYBRID_DIVERSITY_WEIGHT = 0.3
 
-FloatArray = npt.NDArray[np.float32]
-IndexArray = npt.NDArray[np.int64]
-
 
 @dataclass(frozen=True)
 class Ranking:
     """Rows of the pool in the order to label them, with the score each was picked by (higher = picked first)."""
 
-    indices: IndexArray
+    indices: Int64Array
     scores: npt.NDArray[np.float64]
 
 
@@ -68,7 +67,9 @@ def uncertainty(probs: npt.ArrayLike, *, measure: str = "margin") -> npt.NDArray
     raise ValueError(f"measure must be 'margin' or 'entropy'; got {measure!r}")
 
 
-def project_features(features: npt.ArrayLike, *, dims: int = EMBEDDING_DIMS, seed: int = PROJECTION_SEED) -> FloatArray:
+def project_features(
+    features: npt.ArrayLike, *, dims: int = EMBEDDING_DIMS, seed: int = PROJECTION_SEED
+) -> Float32Array:
     """L2-normalised features times a fixed Gaussian matrix (seeded by the input width, so every run of one
     backbone projects alike), float32 [N, min(dims, width)]."""
     x = np.asarray(features, dtype=np.float32)
@@ -84,7 +85,7 @@ def project_features(features: npt.ArrayLike, *, dims: int = EMBEDDING_DIMS, see
     return np.asarray(x @ matrix, dtype=np.float32)
 
 
-def _min_sq_distances(points: FloatArray, centers: FloatArray, *, chunk: int = 4096) -> npt.NDArray[np.float64]:
+def _min_sq_distances(points: Float32Array, centers: Float32Array, *, chunk: int = 4096) -> npt.NDArray[np.float64]:
     """Squared distance of each point to its nearest center (inf without centers), in chunks of centers."""
     best = np.full(points.shape[0], np.inf)
     if centers.shape[0] == 0:
@@ -97,7 +98,7 @@ def _min_sq_distances(points: FloatArray, centers: FloatArray, *, chunk: int = 4
     return best
 
 
-def _check(embeddings: npt.ArrayLike, limit: int) -> FloatArray:
+def _check(embeddings: npt.ArrayLike, limit: int) -> Float32Array:
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError("embeddings must be a 2-D array")

@@ -97,13 +97,7 @@ def sample_errors(
     picked_errors = rng.choice(error_ids, size=min(size, error_ids.size), replace=False)
     picked_correct = rng.choice(correct_ids, size=min(include_correct, correct_ids.size), replace=False)
 
-    # Correct examples go to random slots; the errors keep their drawn order around them.
-    shown = picked_errors.size + picked_correct.size
-    correct_slot = np.zeros(shown, dtype=bool)
-    correct_slot[rng.choice(shown, size=picked_correct.size, replace=False)] = True
-    picked = np.empty(shown, dtype=np.int64)
-    picked[~correct_slot] = picked_errors
-    picked[correct_slot] = picked_correct
+    picked, correct_slot = mix_in_at_random_slots(rng, picked_errors, picked_correct)
 
     return SampledErrors(
         image_ids=tuple(int(image_id) for image_id in picked),
@@ -112,6 +106,20 @@ def sample_errors(
         sampled_errors=int(picked_errors.size),
         sampled_correct=int(picked_correct.size),
     )
+
+
+def mix_in_at_random_slots(
+    rng: np.random.Generator, kept: npt.NDArray[np.int64], mixed_in: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """``kept`` in its order with ``mixed_in`` at random slots among it (so a reviewer cannot tell the two apart by
+    place); returns the values and which slots hold a mixed-in one."""
+    shown = kept.size + mixed_in.size
+    mixed_slot = np.zeros(shown, dtype=bool)
+    mixed_slot[rng.choice(shown, size=mixed_in.size, replace=False)] = True
+    values = np.empty(shown, dtype=np.int64)
+    values[~mixed_slot] = kept
+    values[mixed_slot] = mixed_in
+    return values, mixed_slot
 
 
 def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float]:

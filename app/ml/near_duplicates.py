@@ -31,6 +31,7 @@ from math import comb
 import numpy as np
 import numpy.typing as npt
 
+from app.ml.arrays import Int64Array, UInt64Array
 from app.ml.images import SIGNATURE_VIEW_LENGTH
 
 HASH_BITS = 64
@@ -45,8 +46,6 @@ _FLAT_STD = 1.0
 # Relative costs for the cost model, in units of one candidate-pair comparison: one element of one sorted key.
 _SORT_COST_PER_HASH = 4.0
 
-Int64Array = npt.NDArray[np.int64]
-UInt64Array = npt.NDArray[np.uint64]
 ProgressCallback = Callable[[float, str], None]
 SignatureLoader = Callable[[npt.NDArray[np.int64]], tuple[npt.ArrayLike, npt.ArrayLike]]
 Signatures = npt.NDArray[np.uint8] | SignatureLoader

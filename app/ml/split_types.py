@@ -11,6 +11,7 @@ from typing import TypedDict
 import numpy as np
 import numpy.typing as npt
 
+from app.ml.arrays import BoolArray, Int64Array
 from app.ml.near_duplicates import DEFAULT_HAMMING_THRESHOLD, MAX_HAMMING_THRESHOLD
 
 SUBSETS: tuple[str, ...] = ("train", "train_dev", "dev", "test")
@@ -35,9 +36,6 @@ MAX_LISTED_GROUP_MEMBERS = 20
 MAX_NAMED_CLASSES = 20
 # Random sort keys of this many bits leave room to pack stratum and row index into one 63-bit sort word.
 RANDOM_KEY_BITS = 24
-
-Int64Array = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)

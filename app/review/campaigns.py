@@ -4,17 +4,17 @@ their progress per subset, claims so reviewers do not collide, and the large vie
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, DomainError, Invalid, NotFound
+from app.core.errors import Conflict, DomainError, Invalid, NotFound, check_between
 from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
+from app.ml.top_classes import TopClass, top_classes
 from app.models import Dataset, Review, Run, User, utcnow
 from app.review import logic, repository
 from app.review.rescoring import rescored_metrics
@@ -29,21 +29,12 @@ OPEN, CLOSED = "open", "closed"
 REVIEW_STATUSES = (OPEN, CLOSED)
 
 
-class CampaignRuleError(DomainError):
+class CampaignRuleError(DomainError, status_code=400, code="campaign_rule"):
     """A campaign that would treat dev and test differently (the seed's rule: correct both, the same way)."""
-
-    status_code = 400
-    code = "campaign_rule"
 
 
 @dataclass(frozen=True)
-class ItemView:
-    image_id: int
-    subset: str
-    selection: str
-    rank: int
-    suspicion: float
-    status: str
+class ItemView(repository.CampaignItem):
     label: str
     label_version: int
     excluded_reason: str | None
@@ -77,12 +68,6 @@ class ReviewView:
     @property
     def subsets(self) -> list[str]:
         return self.review.subsets.split(",")
-
-
-@dataclass(frozen=True)
-class TopClass:
-    label: str
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -128,12 +113,12 @@ def create_review(
     """Start a campaign: the top-K most suspicious examples of each subset plus a random sample of correctly
     classified ones, by one rule for all subsets."""
     chosen = campaign_subsets(subsets, include_train=include_train)
-    if not 1 <= suspicious_per_subset <= MAX_PER_SUBSET:
-        raise Invalid(f"suspicious_per_subset must be between 1 and {MAX_PER_SUBSET}; got {suspicious_per_subset}")
-    if not 0 <= correct_per_subset <= MAX_PER_SUBSET:
-        raise Invalid(f"correct_per_subset must be between 0 and {MAX_PER_SUBSET}; got {correct_per_subset}")
-    if not 0 <= seed <= MAX_SEED:
-        raise Invalid(f"the seed must be a whole number from 0 to {MAX_SEED}; got {seed}")
+    for name, value, low in (
+        ("suspicious_per_subset", suspicious_per_subset, 1),
+        ("correct_per_subset", correct_per_subset, 0),
+    ):
+        check_between(value, low, MAX_PER_SUBSET, f"{name} must be between {low} and {MAX_PER_SUBSET}; got {value}")
+    check_between(seed, 0, MAX_SEED, f"the seed must be a whole number from 0 to {MAX_SEED}; got {seed}")
     dataset = get_or_404(session, Dataset, dataset_id)
     run = finished_run(session, run_id)
     if run.dataset_id != dataset.id:
@@ -212,12 +197,7 @@ def progress(session: Session, review: Review) -> list[logic.SubsetProgress]:
 def item_views(rows: Sequence[repository.ItemRow], labels: dict[int, str], now: datetime) -> list[ItemView]:
     return [
         ItemView(
-            image_id=row.image_id,
-            subset=row.subset,
-            selection=row.selection,
-            rank=row.rank,
-            suspicion=row.suspicion,
-            status=row.status,
+            **{place.name: getattr(row, place.name) for place in fields(repository.CampaignItem)},
             label=labels.get(row.label_id, "?"),
             label_version=row.label_version,
             excluded_reason=row.excluded_reason,
@@ -265,8 +245,7 @@ def claim_items(session: Session, *, review_id: int, actor: User, count: int = D
     """Hold up to ``count`` pending items for ``actor`` for CLAIM_SECONDS (renewing the ones already held), so two
     reviewers of one campaign get different items. Each claim is a conditional UPDATE, so two reviewers racing for
     an item cannot both get it; the loser simply takes the next free one."""
-    if not 1 <= count <= MAX_CLAIM_SIZE:
-        raise Invalid(f"claim between 1 and {MAX_CLAIM_SIZE} items at a time; got {count}")
+    check_between(count, 1, MAX_CLAIM_SIZE, f"claim between 1 and {MAX_CLAIM_SIZE} items at a time; got {count}")
     review = open_review(session, review_id)
     now = utcnow()
     expires_at = now + timedelta(seconds=CLAIM_SECONDS)
@@ -295,12 +274,7 @@ def item_detail(session: Session, *, review_id: int, image_id: int) -> ItemDetai
         raise NotFound(f"image {image_id} is not part of review {review_id}")
     run = get_or_404(session, Run, review.run_id)
     prediction = repository.prediction(session, run_id=review.run_id, image_id=image_id)
-    top: list[TopClass] = []
-    if prediction is not None:
-        probs = np.frombuffer(prediction.probs, dtype=np.float32)
-        names = [str(name) for name in run.label_names]
-        for column in np.argsort(-probs, kind="stable")[:3].tolist():
-            top.append(TopClass(names[column] if column < len(names) else f"#{column}", float(probs[column])))
+    top = top_classes(prediction.probs, run.label_names, 3) if prediction is not None else []
     return ItemDetail(
         review=review,
         item=item_views(rows, labels, utcnow())[0],

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.labels.logic import Effect
+from app.ml.error_analysis import mix_in_at_random_slots
 from app.ml.suspicion import rank_suspicious
 
 SUSPICIOUS = "suspicious"
@@ -118,13 +119,7 @@ def select_for_review(
     pool = np.flatnonzero(in_pool)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, zlib.crc32(subset.encode())])))
     picked_correct = rng.choice(pool, size=min(correct, pool.size), replace=False)
-
-    shown = picked_suspicious.size + picked_correct.size
-    correct_slot = np.zeros(shown, dtype=bool)
-    correct_slot[rng.choice(shown, size=picked_correct.size, replace=False)] = True
-    rows = np.empty(shown, dtype=np.int64)
-    rows[~correct_slot] = picked_suspicious
-    rows[correct_slot] = picked_correct
+    rows, correct_slot = mix_in_at_random_slots(rng, picked_suspicious, picked_correct)
     return [
         SelectedExample(
             image_id=int(ranked.image_ids[row]),

@@ -35,8 +35,8 @@ class SubsetRow:
 
 
 @dataclass(frozen=True)
-class ItemRow:
-    """A campaign item with the image's current state and the run's prediction for it."""
+class CampaignItem:
+    """Where an image stands in a campaign: why it was picked, its place in the order and its review status."""
 
     image_id: int
     subset: str
@@ -44,6 +44,12 @@ class ItemRow:
     rank: int
     suspicion: float
     status: str
+
+
+@dataclass(frozen=True)
+class ItemRow(CampaignItem):
+    """A campaign item with the image's current state and the run's prediction for it (columns in this order)."""
+
     claimed_by_id: int | None
     claimed_by: str | None
     claim_expires_at: datetime | None

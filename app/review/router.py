@@ -45,18 +45,8 @@ def _can_review(user: Any) -> bool:
 
 @router.post("/api/datasets/{dataset_id}/reviews", response_model=ReviewCreated, status_code=201)
 def api_create_review(dataset_id: int, body: ReviewIn, db: DB, user: Reviewer) -> ReviewCreated:
-    review = agreement.start_campaign(
-        db,
-        require_agreement=body.require_agreement,
-        dataset_id=dataset_id,
-        run_id=body.run_id,
-        subsets=body.subsets,
-        suspicious_per_subset=body.suspicious_per_subset,
-        correct_per_subset=body.correct_per_subset,
-        seed=body.seed,
-        include_train=body.include_train,
-        actor=user,
-    )
+    # The body's fields are start_campaign's keyword arguments, name for name.
+    review = agreement.start_campaign(db, dataset_id=dataset_id, actor=user, **body.model_dump())
     return ReviewCreated(review_id=review.id)
 
 
@@ -99,15 +89,7 @@ def api_label(image_id: int, db: DB, user: Viewer) -> LabelOut:
 
 @router.post("/api/images/{image_id}/label", response_model=LabelOut)
 def api_change_label(image_id: int, body: LabelIn, db: DB, user: Reviewer) -> LabelOut:
-    outcome = agreement.change_label(
-        db,
-        image_id=image_id,
-        label=body.label,
-        expected_version=body.expected_version,
-        review_id=body.review_id,
-        reason=body.reason,
-        actor=user,
-    )
+    outcome = agreement.change_label(db, image_id=image_id, actor=user, **body.model_dump())
     return LabelOut.of(outcome.state, outcome.proposal)
 
 
@@ -137,14 +119,7 @@ def api_honesty(review_id: int, db: DB, user: Viewer) -> HonestyOut:
 @router.post("/api/images/{image_id}/exclude", response_model=LabelOut)
 def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> LabelOut:
     agreement.refuse_if_proposed(db, review_id=body.review_id, image_id=image_id)
-    state = relabel.mark_ambiguous(
-        db,
-        image_id=image_id,
-        reason=body.reason,
-        expected_version=body.expected_version,
-        review_id=body.review_id,
-        actor=user,
-    )
+    state = relabel.mark_ambiguous(db, image_id=image_id, actor=user, **body.model_dump())
     return LabelOut.of(state)
 
 

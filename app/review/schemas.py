@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.core.limits import MAX_SEED
+from app.core.schemas import copied_from
 from app.review.agreement import ProposalView
 from app.review.campaigns import DEFAULT_CLAIM_SIZE, ItemView, ReviewView
 from app.review.relabel import LabelState
@@ -71,16 +72,9 @@ class ItemOut(BaseModel):
 
     @classmethod
     def of(cls, item: ItemView, proposal: ProposalView | None = None) -> ItemOut:
-        return cls(
-            image_id=item.image_id,
-            subset=item.subset,
-            label=item.label,
-            label_version=item.label_version,
-            predicted=item.predicted,
-            suspicion=item.suspicion,
-            selection=item.selection,
-            status=item.status,
-            excluded_reason=item.excluded_reason,
+        return copied_from(
+            cls,
+            item,
             claimed_by=item.claimed_by if item.claim_active else None,
             proposal=ProposalOut.model_validate(proposal) if proposal is not None else None,
         )
@@ -105,16 +99,10 @@ class ReviewOut(BaseModel):
     def of(cls, view: ReviewView, proposals: dict[int, ProposalView] | None = None) -> ReviewOut:
         review = view.review
         proposals = proposals or {}
-        return cls(
-            id=review.id,
-            dataset_id=review.dataset_id,
-            run_id=review.run_id,
+        return copied_from(
+            cls,
+            review,
             subsets=view.subsets,
-            suspicious_per_subset=review.suspicious_per_subset,
-            correct_per_subset=review.correct_per_subset,
-            seed=review.seed,
-            status=review.status,
-            require_agreement=review.require_agreement,
             items=[ItemOut.of(item, proposals.get(item.image_id)) for item in view.items],
             progress={row.subset: ProgressOut.model_validate(row) for row in view.status.progress},
             drift=view.status.drift,
@@ -169,14 +157,8 @@ class LabelOut(BaseModel):
 
     @classmethod
     def of(cls, state: LabelState, proposal: ProposalView | None = None) -> LabelOut:
-        return cls(
-            image_id=state.image_id,
-            label=state.label,
-            label_version=state.label_version,
-            excluded_reason=state.excluded_reason,
-            change_id=state.change_id,
-            review_status=state.review_status,
-            proposal=ProposalOut.model_validate(proposal) if proposal is not None else None,
+        return copied_from(
+            cls, state, proposal=ProposalOut.model_validate(proposal) if proposal is not None else None
         )
 
 

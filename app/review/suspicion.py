@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, Invalid
+from app.core.errors import Conflict, Invalid, check_between
 from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.models import Run
@@ -74,8 +74,7 @@ def suspicious_examples(session: Session, *, run_id: int, subset: str, limit: in
     """The subset's examples ranked by how likely their given label is wrong (from the run's probabilities)."""
     if subset not in (*REVIEWED_SUBSETS, TRAIN):
         raise Invalid(f"subset must be dev, test or train; got {subset!r}")
-    if not 1 <= limit <= MAX_PER_SUBSET:
-        raise Invalid(f"limit must be between 1 and {MAX_PER_SUBSET}")
+    check_between(limit, 1, MAX_PER_SUBSET, f"limit must be between 1 and {MAX_PER_SUBSET}")
     run = finished_run(session, run_id)
     labels = label_service.names(session, dataset_id=run.dataset_id)
     known_names = set(labels.values())

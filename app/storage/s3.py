@@ -23,9 +23,8 @@ from app.core.errors import DomainError
 from app.core.storage import StoredBlob, _check_digest, spooled, sweep_old_files
 
 
-class ObjectStoreUnavailable(DomainError):
-    status_code = 503
-    code = "object_store_unavailable"
+class ObjectStoreUnavailable(DomainError, status_code=503, code="object_store_unavailable"):
+    """The object store did not answer (down, unreachable, or refusing our credentials)."""
 
 
 @dataclass(frozen=True)

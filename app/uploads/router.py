@@ -13,8 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from app.core.errors import Invalid, NotAuthenticated
-from app.core.settings import Settings
-from app.core.storage import BlobStore, delete_blobs
+from app.core.storage import delete_blobs
 from app.datasets import service as datasets
 from app.datasets.router import csv_download
 from app.labels import service as labels
@@ -32,19 +31,11 @@ from app.uploads.schemas import (
     UploadStarted,
 )
 from app.web.deps import DB, SESSION_COOKIE, Reviewer, Viewer
+from app.web.deps import get_blobs_dep as _blobs
+from app.web.deps import get_settings_dep as _settings
 from app.web.templating import render
 
 router = APIRouter()
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _blobs(request: Request) -> BlobStore:
-    blobs: BlobStore = request.app.state.blobs
-    return blobs
 
 
 async def _upload_form(request: Request) -> AsyncIterator[FormData]:
@@ -177,15 +168,7 @@ def api_upload(request: Request, dataset_id: int, form: UploadForm, db: DB, user
 @router.post("/api/datasets/{dataset_id}/uploads/open", response_model=UploadOpened)
 def api_open_upload(dataset_id: int, body: UploadOpenIn, db: DB, user: Reviewer) -> UploadOpened:
     """Start an upload the browser fills in batches, or resume this user's unfinished one."""
-    upload, resumed = service.start_upload(
-        db,
-        dataset_id=dataset_id,
-        user_id=user.id,
-        source=body.source,
-        label=body.label,
-        resume=body.resume,
-        unlabeled=body.unlabeled,
-    )
+    upload, resumed = service.start_upload(db, dataset_id=dataset_id, user_id=user.id, **body.model_dump())
     return UploadOpened(upload_id=upload.id, resumed=resumed, files=service.file_count(db, upload_id=upload.id))
 
 
@@ -238,18 +221,7 @@ async def api_chunk(
         user=user,
     )
     await service.receive_chunk(target, request.stream())
-    received = await run_in_threadpool(
-        service.append_chunk,
-        db,
-        upload_id=upload_id,
-        name=name,
-        sha256=sha256,
-        size=size,
-        offset=offset,
-        target=target,
-        blobs=_blobs(request),
-        user=user,
-    )
+    received = await run_in_threadpool(service.append_chunk, db, target=target, blobs=_blobs(request), user=user)
     return ChunkOut(received=received, complete=received == size)
 
 

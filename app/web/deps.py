@@ -15,6 +15,7 @@ from app.auth import service as auth_service
 from app.core.db import READ_MOSTLY_OPTION, committing
 from app.core.errors import Forbidden, NotAuthenticated
 from app.core.settings import Settings
+from app.core.storage import BlobStore
 from app.models import User
 
 SESSION_COOKIE = "eb_session"
@@ -40,6 +41,11 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+def get_blobs_dep(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
+
+
 def reads_only(endpoint: Endpoint) -> Endpoint:
     """Mark a POST route that writes nothing (a live preview): its transaction begins as a read, so on SQLite
     it does not hold the write lock that every relabel and tag waits for."""
@@ -62,18 +68,23 @@ DB = Annotated[Session, Depends(_get_db, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def cookie_signer(request: Request) -> URLSafeSerializer:
-    return URLSafeSerializer(request.app.state.secret_key, salt="session")
+def cookie_signer(request: Request, *, salt: str = "session") -> URLSafeSerializer:
+    return URLSafeSerializer(request.app.state.secret_key, salt=salt)
 
 
-def read_session_cookie(request: Request) -> str | None:
-    raw = request.cookies.get(SESSION_COOKIE)
+def read_signed_cookie(request: Request, name: str, *, salt: str) -> str | None:
+    """The value of a cookie we signed with ``salt``; None when it is missing or its signature does not hold."""
+    raw = request.cookies.get(name)
     if not raw:
         return None
     try:
-        return str(cookie_signer(request).loads(raw))
+        return str(cookie_signer(request, salt=salt).loads(raw))
     except BadSignature:
         return None
+
+
+def read_session_cookie(request: Request) -> str | None:
+    return read_signed_cookie(request, SESSION_COOKIE, salt="session")
 
 
 async def _submitted_csrf(request: Request) -> str | None:

@@ -70,6 +70,13 @@ def _part_path(settings: Settings, upload_id: int, sha256: str) -> Path:
 
 @dataclass(frozen=True)
 class ChunkTarget:
+    """A checked chunk request: which file of which upload, where its bytes go, and how many it may have."""
+
+    upload_id: int
+    name: str
+    sha256: str
+    size: int
+    offset: int
     part: Path
     chunk: Path  # where this request's bytes land before they are appended under a lock
     max_bytes: int
@@ -100,9 +107,9 @@ def chunk_target(
     received = part.stat().st_size if part.exists() else 0
     if offset != received:
         raise Conflict(f"expected the chunk at byte {received:,}", extra={"received": received})
-    return ChunkTarget(
-        part=part, chunk=part.with_name(f"{sha256}.{offset}.chunk"), max_bytes=min(MAX_CHUNK_BYTES, size - offset)
-    )
+    chunk = part.with_name(f"{sha256}.{offset}.chunk")
+    max_bytes = min(MAX_CHUNK_BYTES, size - offset)
+    return ChunkTarget(upload.id, name, sha256, size, offset, part=part, chunk=chunk, max_bytes=max_bytes)
 
 
 async def receive_chunk(target: ChunkTarget, body: AsyncIterator[bytes]) -> None:
@@ -120,20 +127,10 @@ async def receive_chunk(target: ChunkTarget, body: AsyncIterator[bytes]) -> None
         raise
 
 
-def append_chunk(
-    session: Session,
-    *,
-    upload_id: int,
-    name: str,
-    sha256: str,
-    size: int,
-    offset: int,
-    target: ChunkTarget,
-    blobs: BlobStore,
-    user: User | None = None,
-) -> int:
-    """Append a received chunk if the part still ends at `offset`; when complete, verify the whole file's
-    sha256, store it and record it. Returns the bytes received so far."""
+def append_chunk(session: Session, *, target: ChunkTarget, blobs: BlobStore, user: User | None = None) -> int:
+    """Append a received chunk if the part still ends at the target's offset; when complete, verify the whole
+    file's sha256, store it and record it. Returns the bytes received so far."""
+    name, sha256, size, offset = target.name, target.sha256, target.size, target.offset
     try:
         with staging.disk_space(), target.part.open("ab") as part:
             fcntl.flock(part, fcntl.LOCK_EX)  # a retried chunk racing its original must not append twice
@@ -159,7 +156,8 @@ def append_chunk(
         with staging.disk_space():
             stored, stored_size = store_file(blobs, part)
     target.part.unlink(missing_ok=True)
-    staging.stage_files(session, upload_id=upload_id, files=[staging.StagedBlob(name, stored, stored_size)], user=user)
+    staged = [staging.StagedBlob(name, stored, stored_size)]
+    staging.stage_files(session, upload_id=target.upload_id, files=staged, user=user)
     return received
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from app.core.db import make_engine  # noqa: E402
 from app.core.migrate import upgrade_to_head  # noqa: E402
 from app.core.settings import normalise_database_url  # noqa: E402
+from app.jobs.service import DEFAULT_MAX_ATTEMPTS  # noqa: E402
 
 POSTGRES_URL = os.environ.get("ERRORBOOK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -114,7 +115,9 @@ def measure(mode: str, url: str, dataset_id: int) -> None:
         if mode != "first":
             print(json.dumps(result | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
             return
-        split, _job = service.create_split(session, dataset_id=dataset_id, params=params, user_id=None)
+        split, _job = service.create_split(
+            session, dataset_id=dataset_id, params=params, user_id=None, max_attempts=DEFAULT_MAX_ATTEMPTS
+        )
         split_id = split.id
         session.commit()
         claimed = repository.claim_next(session, worker_id="bench", queues=None, lease_seconds=600, now=utcnow())

@@ -23,6 +23,7 @@ from app.core.settings import Settings
 from app.core.storage import LocalBlobStore
 from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs
+from app.jobs.service import DEFAULT_MAX_ATTEMPTS
 from app.ml.splitting import SplitParams
 from app.models import Dataset, Image, Job, Label, Prediction, Run, Split, SplitAssignment
 from app.splits import service as splits
@@ -103,7 +104,9 @@ def _dataset_of_rows(engine, count: int) -> int:  # type: ignore[no-untyped-def]
 def _create_split(engine, dataset_id: int, target_source: str | None = "phone") -> tuple[int, int]:  # type: ignore[no-untyped-def]
     with Session(engine) as session:
         params = SplitParams(seed=3, target_source=target_source)
-        split, job = splits.create_split(session, dataset_id=dataset_id, params=params, user_id=None)
+        split, job = splits.create_split(
+            session, dataset_id=dataset_id, params=params, user_id=None, max_attempts=DEFAULT_MAX_ATTEMPTS
+        )
         session.commit()
         return split.id, job.id
 

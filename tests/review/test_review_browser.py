@@ -80,13 +80,15 @@ def test_a_reviewer_relabels_dev_and_test_with_the_keyboard(tmp_path: Path) -> N
         page.wait_for_selector(f'#review-detail [data-item-detail][data-image-id="{second_id}"]')
         page.keyboard.press("k")
         page.wait_for_selector(f'#item-{second_id}[data-status="kept"]')
+        # The bars refresh by a request after each decision; on a loaded machine (the suite runs on two
+        # processes, each with its own server and browser) that can take longer than expect's 5 s default.
         for subset in ("dev", "test"):
-            expect(page.locator(f'[data-progress="{subset}"] [data-done]')).to_have_text("1")
+            expect(page.locator(f'[data-progress="{subset}"] [data-done]')).to_have_text("1", timeout=20_000)
         page.screenshot(path=str(tmp_path / "review-page.png"), full_page=True)
 
         page.keyboard.press("u")  # undo the keep: the test item is undecided again
         page.wait_for_selector(f'#item-{second_id}[data-status="pending"]')
-        expect(page.locator('[data-progress="test"] [data-done]')).to_have_text("0")
+        expect(page.locator('[data-progress="test"] [data-done]')).to_have_text("0", timeout=20_000)
         assert _done(page, "dev") == "1"
     assert (tmp_path / "review-page.png").stat().st_size > 10_000
 

@@ -98,7 +98,11 @@ def serve(env: dict[str, str], log_path: Path, *, worker: bool = False, timeout:
 @contextmanager
 def chromium() -> Iterator[Browser]:
     """Headless Debian Chromium through Playwright."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # The suite runs on two processes, each with its own servers and browser: on a 2-core machine a page's
+    # follow-up request can take longer than expect's 5 s default without anything being wrong.
+    expect.set_options(timeout=20_000)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -4,20 +4,13 @@ test server on loopback), pages serve its thumbnails, and nothing is written to 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.datasets.conftest import Ingest, noisy_jpeg, stored_blobs
-from tests.s3_server import S3Server, s3_server, set_credentials
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[S3Server]:
-    with s3_server() as running:
-        yield running
+from tests.s3_server import S3Server, set_credentials
 
 
 @pytest.fixture

@@ -5,20 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from app.storage.s3 import ObjectStoreUnavailable, S3BlobStore, S3Location, make_client
-from tests.s3_server import S3Server, s3_server, set_credentials
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[S3Server]:
-    with s3_server() as running:
-        yield running
+from tests.s3_server import S3Server, set_credentials
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from app.ml.backbone_choices import backbone_choices
 from app.ml.modes import TrainingMode, propose_mode
 from app.ml.run_wording import gap_note, timing_lines
 from app.models import Run
+from app.review.rescoring import rescored_metrics
 from app.splits.states import SplitStatus
 from app.training import predict, service
 from app.training.schemas import PredictionsOut, PredictOut, RunCreated, RunIn, RunOut
@@ -40,10 +41,6 @@ PREDICT_BODY = {
 
 
 def _rescored(db: DB, run: Run) -> dict[str, Any] | None:
-    try:
-        from app.review.rescoring import rescored_metrics
-    except ImportError:  # label review not installed in this build
-        return None
     if service.run_status(db, run) != RunStatus.SUCCEEDED:
         return None
     return rescored_metrics(db, run_id=run.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 import threading
 import warnings
@@ -123,12 +124,18 @@ class ImageRejectedError(ValueError):
 
 
 def inspect_image(
-    data: bytes | Path, *, filename: str | None = None, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
+    data: bytes | Path,
+    *,
+    filename: str | None = None,
+    limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+    needed_side: int | None = None,
 ) -> ImageInfo | Rejection:
     """Decode `data` fully (first frame) and return its facts, or why it cannot be used.
 
     `filename` is only used to note an extension that does not match the content; for a path it defaults to
-    the path's name.
+    the path's name. With `needed_side`, the caller only needs a picture that fits that side (a thumbnail): a
+    JPEG is then decoded at the smallest DCT scale (1/2, 1/4, 1/8) still at least that big. Every byte is still
+    decoded, so a truncated or corrupt file is refused the same; the reported width and height stay the file's.
     """
     if filename is None:
         filename = data.name if isinstance(data, Path) else ""
@@ -145,10 +152,10 @@ def inspect_image(
         if refused_format is not None:
             return Rejection("unsupported_format", f"{refused_format} is not supported")
         source.seek(0)
-        decoded = _decode_first_frame(source, head=head, limits=limits)
+        decoded = _decode_first_frame(source, head=head, limits=limits, needed_side=needed_side)
         if isinstance(decoded, Rejection):
             return decoded
-        image, frame_count = decoded
+        image, frame_count, (width, height) = decoded
         source.seek(0)
         sha256 = hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
 
@@ -160,8 +167,8 @@ def inspect_image(
     if frame_count > 1:
         notes.append(f"{frame_count} frames (animated or multi-page); only the first frame is used")
     return ImageInfo(
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         format=detected_format,
         mode=image.mode,
         sha256=sha256,
@@ -318,7 +325,9 @@ def _allowed_format_name(head: bytes) -> str | None:
     return next((name for signature, name in _ALLOWED_SIGNATURES if head.startswith(signature)), None)
 
 
-def _decode_first_frame(source: BinaryIO, *, head: bytes, limits: ImageLimits) -> tuple[Image.Image, int] | Rejection:
+def _decode_first_frame(
+    source: BinaryIO, *, head: bytes, limits: ImageLimits, needed_side: int | None
+) -> tuple[Image.Image, int, tuple[int, int]] | Rejection:
     claimed_format = _allowed_format_name(head)
     too_many_pixels = Rejection(
         "too_many_pixels", f"image has more than {limits.max_pixels:,} pixels (decompression-bomb guard)"
@@ -343,12 +352,21 @@ def _decode_first_frame(source: BinaryIO, *, head: bytes, limits: ImageLimits) -
         try:
             frame_count = getattr(image, "n_frames", 1)
             image.seek(0)
+            size = image.size
+            if needed_side is not None and image.format == "JPEG":
+                image.draft(image.mode, _fitted_size(size, needed_side))
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             return too_many_pixels
         except _DECODE_ERRORS as error:
             return _decode_error_rejection(error, claimed_format)
-    return image, frame_count
+    return image, frame_count, size
+
+
+def _fitted_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The size of `size` shrunk to fit a `side` x `side` box (as `Image.thumbnail` makes it), never grown."""
+    scale = min(side / max(size), 1.0)
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
 def _decode_error_rejection(error: Exception, claimed_format: str | None) -> Rejection:

@@ -42,7 +42,8 @@ def decode_for_ingest(
 ) -> DecodedImage | Rejection:
     """Validate the image file at `path` (fully decoded), make its thumbnail and measure its statistics, all from
     this one decode; runs in a decoder process."""
-    inspected = inspect_image(Path(path), filename=filename, limits=limits)
+    # Everything below works on the thumbnail, so a JPEG decodes at the smallest scale that still covers it.
+    inspected = inspect_image(Path(path), filename=filename, limits=limits, needed_side=thumbnail_side)
     if isinstance(inspected, Rejection):
         return inspected
     image = inspected.image

@@ -107,6 +107,25 @@ def test_truncated_jpeg_is_rejected() -> None:
     assert "truncated" in rejection.reason
 
 
+def test_a_jpeg_needed_only_as_a_thumbnail_decodes_at_a_reduced_scale_with_its_own_facts() -> None:
+    image = two_colour_image((1000, 750), (250, 10, 10), (10, 10, 250))
+    data = encode(image, "JPEG", quality=90)
+    info = accepted(data, filename="a.jpg", needed_side=256)
+    assert (info.width, info.height) == (1000, 750)  # the file's size, not the decode's
+    assert info.image.size == (500, 375)  # 1/2 is the smallest DCT scale still covering 256 x 192
+    assert info.sha256 == accepted(data, filename="a.jpg").sha256
+    assert_close(pixel(info.image, 100, 100), (250, 10, 10), tolerance=12)
+    small = accepted(encode(Image.new("RGB", (200, 150), (9, 9, 9)), "JPEG"), needed_side=256)
+    assert small.image.size == (200, 150)  # never decoded larger than it is, nor smaller than needed
+
+
+def test_truncated_jpeg_is_rejected_when_decoded_at_a_reduced_scale() -> None:
+    noise = np.random.default_rng(1).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG")
+    rejection = rejected(data[: len(data) // 2], filename="cut.jpg", needed_side=64)
+    assert rejection.code == "corrupt"
+
+
 def test_text_file_named_jpg_is_not_an_image() -> None:
     rejection = rejected(b"just some notes\nnot a picture\n", filename="notes.jpg")
     assert rejection.code == "not_image"

@@ -125,7 +125,7 @@ def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> Label
 
 @router.get("/api/images/{image_id}/history", response_model=list[HistoryOut])
 def api_history(image_id: int, db: DB, user: Viewer) -> list[HistoryOut]:
-    return [HistoryOut.model_validate(row) for row in relabel.image_history(db, image_id=image_id)]
+    return relabel.image_history(db, image_id=image_id)
 
 
 @router.post("/api/label-changes/{change_id}/revert", response_model=LabelOut)

@@ -5,17 +5,15 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, TimestampMixin, utcnow
+from app.models.base import Base, DatasetScopedMixin, TimestampMixin, utcnow
 
 
-class Tag(TimestampMixin, Base):
+class Tag(DatasetScopedMixin, TimestampMixin, Base):
     """An error category, defined per dataset; ``mislabeled`` always exists."""
 
     __tablename__ = "tags"
     __table_args__ = (UniqueConstraint("dataset_id", "name"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     color: Mapped[str] = mapped_column(String(7), default="#888888")
     position: Mapped[int] = mapped_column(default=0)
@@ -67,13 +65,11 @@ class ErrorAnnotationTag(Base):
     tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
 
 
-class Review(TimestampMixin, Base):
+class Review(DatasetScopedMixin, TimestampMixin, Base):
     """A label-review campaign: always dev and test together, by one selection rule."""
 
     __tablename__ = "reviews"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     subsets: Mapped[str] = mapped_column(String(64))
     suspicious_per_subset: Mapped[int]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -29,3 +29,11 @@ class Base(DeclarativeBase):
 
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetScopedMixin:
+    """A row that belongs to one dataset and is deleted with it; the dataset's lists look it up by that index."""
+
+    # Sorted first, where the tables declared them before this mixin existed (mixin columns otherwise come last).
+    id: Mapped[int] = mapped_column(primary_key=True, sort_order=-2)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True, sort_order=-1)

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, TimestampMixin, utcnow
+from app.models.base import Base, DatasetScopedMixin, TimestampMixin, utcnow
 
 
 class Dataset(TimestampMixin, Base):
@@ -21,22 +21,18 @@ class Dataset(TimestampMixin, Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
 
-class Label(TimestampMixin, Base):
+class Label(DatasetScopedMixin, TimestampMixin, Base):
     __tablename__ = "labels"
     __table_args__ = (UniqueConstraint("dataset_id", "name"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     # A merged label keeps its row (history and predictions point at it) but is no longer offered.
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"))
 
 
-class Upload(TimestampMixin, Base):
+class Upload(DatasetScopedMixin, TimestampMixin, Base):
     __tablename__ = "uploads"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="open")  # open, queued, ingesting, done, failed
     source: Mapped[str] = mapped_column(String(100), default="default")
     label: Mapped[str | None] = mapped_column(String(100))
@@ -141,13 +137,11 @@ class LabelChange(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class LabelEvent(TimestampMixin, Base):
+class LabelEvent(DatasetScopedMixin, TimestampMixin, Base):
     """Dataset-level label operations (add, rename, merge), kept for the dataset's history."""
 
     __tablename__ = "label_events"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

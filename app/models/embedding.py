@@ -6,20 +6,18 @@ from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.embeddings.states import EmbeddingSetStatus
-from app.models.base import Base, TimestampMixin, utcnow
+from app.models.base import Base, DatasetScopedMixin, TimestampMixin, utcnow
 
 EMBEDDING_STATUSES = tuple(EmbeddingSetStatus)
 
 
-class EmbeddingSet(TimestampMixin, Base):
+class EmbeddingSet(DatasetScopedMixin, TimestampMixin, Base):
     """One dataset's vectors from one backbone: the rows say what is stored, the files under the data dir hold
     the float16 vectors and the nearest-neighbour index (app/embeddings/store.py)."""
 
     __tablename__ = "embedding_sets"
     __table_args__ = (UniqueConstraint("dataset_id", "backbone"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     backbone: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default=EmbeddingSetStatus.QUEUED.value)
     count: Mapped[int] = mapped_column(default=0)

@@ -5,15 +5,13 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, TimestampMixin
+from app.models.base import Base, DatasetScopedMixin, TimestampMixin
 from app.training.states import RunStatus
 
 
-class Run(TimestampMixin, Base):
+class Run(DatasetScopedMixin, TimestampMixin, Base):
     __tablename__ = "runs"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     split_id: Mapped[int] = mapped_column(ForeignKey("splits.id"))
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED.value)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -5,20 +5,18 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, TimestampMixin
+from app.models.base import Base, DatasetScopedMixin, TimestampMixin
 from app.splits.states import SplitStatus
 
 SUBSETS = ("train", "train_dev", "dev", "test")
 
 
-class Split(TimestampMixin, Base):
+class Split(DatasetScopedMixin, TimestampMixin, Base):
     """An immutable split version: its parameters, seed, and (once built) its assignments."""
 
     __tablename__ = "splits"
     __table_args__ = (UniqueConstraint("dataset_id", "version"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     version: Mapped[int]
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("splits.id"))
     status: Mapped[str] = mapped_column(String(16), default=SplitStatus.QUEUED.value)

@@ -18,14 +18,13 @@ from app.ml.active_learning import STRATEGIES, rank_pool
 from app.models import Dataset, Job, PoolScoring, Run, utcnow
 from app.pool import logic, repository
 from app.pool.schemas import LabelProbabilityOut, PoolItemOut, PoolOut
+from app.training.service import enqueue_run_job, run_status
 
 POOL_JOB = "pool.score"
 TOP_K = 3
 
 
 def _finished_run(session: Session, run_id: int, dataset_id: int | None) -> Run:
-    from app.training.service import run_status
-
     run = (
         get_or_404(session, Run, run_id)
         if dataset_id is None
@@ -51,14 +50,7 @@ def start_scoring(
         job = jobs.get_job(session, job_id=scoring.job_id)
         if job.status in ("queued", "running"):
             return scoring, job
-    job = jobs.enqueue(
-        session,
-        kind=POOL_JOB,
-        payload={"run_id": run.id},
-        queue=settings.training_queue,
-        created_by_id=user_id,
-        max_attempts=settings.job_max_attempts,
-    )
+    job = enqueue_run_job(session, kind=POOL_JOB, run=run, user_id=user_id, settings=settings)
     if scoring is None:
         scoring = repository.add_scoring(session, PoolScoring(run_id=run.id, job_id=job.id, status="queued"))
     else:

@@ -77,46 +77,31 @@ def refuse_if_proposed(session: Session, *, review_id: int | None, image_id: int
     )
 
 
-def change_label(
-    session: Session,
-    *,
-    image_id: int,
-    label: str,
-    expected_version: int,
-    review_id: int | None = None,
-    reason: str = "",
-    actor: User,
-) -> Outcome:
+def change_label(session: Session, *, request: relabel.RelabelRequest, actor: User) -> Outcome:
     """A relabel: applied at once (``relabel.change_label``), or, in a campaign that requires agreement, recorded as
     a proposal that leaves the label as it was."""
-    review = campaigns.get_review(session, review_id) if review_id is not None else None
-    direct: dict[str, Any] = {
-        "image_id": image_id,
-        "label": label,
-        "expected_version": expected_version,
-        "reason": reason,
-    }
+    review = campaigns.get_review(session, request.review_id) if request.review_id is not None else None
     if review is None or not review.require_agreement:
-        return Outcome(relabel.change_label(session, review_id=review_id, actor=actor, **direct))
-    image = label_service.get_image(session, image_id)
+        return Outcome(relabel.change_label(session, request=request, actor=actor))
+    image = label_service.get_image(session, request.image_id)
     item = relabel.campaign_item(session, review_id=review.id, image=image)
     assert item is not None
     refuse_if_proposed(session, review_id=review.id, image_id=image.id)
     by_name = {name: label_id for label_id, name in label_service.names(session, dataset_id=image.dataset_id).items()}
-    if by_name.get(label, image.label_id) == image.label_id:
+    if by_name.get(request.label, image.label_id) == image.label_id:
         # An unknown label is refused there; the label it already has keeps the item, as in any campaign.
-        return Outcome(relabel.change_label(session, review_id=review.id, actor=actor, **direct))
-    cleaned = label_service.clean_reason(reason)
+        return Outcome(relabel.change_label(session, request=request, actor=actor))
+    cleaned = label_service.clean_reason(request.reason)
     # Lock the image at the version seen: a concurrent relabel either finished first (409 here) or waits.
-    label_service.lock_version(session, image=image, expected_version=expected_version)
+    label_service.lock_version(session, image=image, expected_version=request.expected_version)
     proposal = repository.add_proposal(
         session,
         LabelProposal(
             review_id=review.id,
             image_id=image.id,
             old_label_id=image.label_id,
-            new_label_id=by_name[label],
-            base_version=expected_version,
+            new_label_id=by_name[request.label],
+            base_version=request.expected_version,
             reason=cleaned,
             state=logic.PROPOSED,
             proposed_by_id=actor.id,

@@ -31,6 +31,18 @@ class LabelState:
     review_status: str | None = None  # the campaign item's status after this request, when a campaign was named
 
 
+@dataclass(frozen=True)
+class RelabelRequest:
+    """A relabel as a reviewer asks for it: the label, the version of the image they saw, why, and the campaign it
+    is a decision of (if any)."""
+
+    image_id: int
+    label: str
+    expected_version: int
+    review_id: int | None = None
+    reason: str = ""
+
+
 def state(session: Session, image: Image, **extra: Any) -> LabelState:
     return LabelState(
         image_id=image.id,
@@ -72,19 +84,11 @@ def _reopen(item: ReviewItem) -> str:
     return item.status
 
 
-def change_label(
-    session: Session,
-    *,
-    image_id: int,
-    label: str,
-    expected_version: int,
-    review_id: int | None = None,
-    reason: str = "",
-    actor: User,
-) -> LabelState:
+def change_label(session: Session, *, request: RelabelRequest, actor: User) -> LabelState:
     """Relabel an image, naming the version the reviewer saw. Choosing the label it already has changes nothing
     (within a campaign it keeps the item)."""
-    image = label_service.get_image(session, image_id)
+    label, expected_version = request.label, request.expected_version
+    image = label_service.get_image(session, request.image_id)
     by_name = {name: label_id for label_id, name in label_service.names(session, dataset_id=image.dataset_id).items()}
     if label not in by_name and image.label_id is None:
         # The first label of an image uploaded unlabeled may be new (a dataset can start with no labels at all).
@@ -97,8 +101,8 @@ def change_label(
             f"dataset has no label {label!r}; known labels: {', '.join(sorted(by_name))}",
             extra={"labels": sorted(by_name)},
         )
-    cleaned = label_service.clean_reason(reason)
-    item = campaign_item(session, review_id=review_id, image=image)
+    cleaned = label_service.clean_reason(request.reason)
+    item = campaign_item(session, review_id=request.review_id, image=image)
     label_service.check_version(session, image, expected_version=expected_version)
     if by_name[label] == image.label_id:
         status = None

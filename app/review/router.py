@@ -89,7 +89,8 @@ def api_label(image_id: int, db: DB, user: Viewer) -> LabelOut:
 
 @router.post("/api/images/{image_id}/label", response_model=LabelOut)
 def api_change_label(image_id: int, body: LabelIn, db: DB, user: Reviewer) -> LabelOut:
-    outcome = agreement.change_label(db, image_id=image_id, actor=user, **body.model_dump())
+    request = relabel.RelabelRequest(image_id=image_id, **body.model_dump())
+    outcome = agreement.change_label(db, request=request, actor=user)
     return LabelOut.of(outcome.state, outcome.proposal)
 
 
@@ -125,7 +126,7 @@ def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> Label
 
 @router.get("/api/images/{image_id}/history", response_model=list[HistoryOut])
 def api_history(image_id: int, db: DB, user: Viewer) -> list[HistoryOut]:
-    return [HistoryOut.model_validate(row) for row in relabel.image_history(db, image_id=image_id)]
+    return relabel.image_history(db, image_id=image_id)
 
 
 @router.post("/api/label-changes/{change_id}/revert", response_model=LabelOut)

@@ -7,6 +7,7 @@ from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.core.limits import MAX_SEED
 from app.core.schemas import copied_from
+from app.labels.repository import HistoryRow
 from app.review.agreement import ProposalView
 from app.review.campaigns import DEFAULT_CLAIM_SIZE, ItemView, ReviewView
 from app.review.relabel import LabelState
@@ -162,20 +163,8 @@ class LabelOut(BaseModel):
         )
 
 
-class HistoryOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    kind: str
-    old_label: str | None
-    new_label: str | None
-    version: int
-    reason: str
-    review_id: int | None
-    reverts_change_id: int | None
-    user: str | None
-    confirmed_by: str | None  # the second reviewer, for a relabel applied by agreement
-    created_at: datetime
+# An image's label history is answered with its rows as they are: their one field list is in app/labels/repository.py.
+HistoryOut = HistoryRow
 
 
 class SuspiciousOut(BaseModel):

@@ -68,6 +68,19 @@ def _check_backbone(session: Session, name: str) -> None:
     raise Invalid(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)} or run:<id>")
 
 
+def enqueue_run_job(session: Session, *, kind: str, run: Run, user_id: int | None, settings: Settings) -> Job:
+    """A job about one run (training it, scoring the pool with its model), on the training queue: the worker there
+    has the accelerator and the model cache."""
+    return jobs.enqueue(
+        session,
+        kind=kind,
+        payload={"run_id": run.id},
+        queue=settings.training_queue,
+        created_by_id=user_id,
+        max_attempts=settings.job_max_attempts,
+    )
+
+
 def create_run(session: Session, *, body: RunIn, user_id: int | None, settings: Settings) -> tuple[Run, Job]:
     split = repository.get_split(session, body.split_id)
     if split is None or split.dataset_id != body.dataset_id:
@@ -89,14 +102,7 @@ def create_run(session: Session, *, body: RunIn, user_id: int | None, settings: 
     )
     session.add(run)
     session.flush()
-    job = jobs.enqueue(
-        session,
-        kind=RUN_JOB,
-        payload={"run_id": run.id},
-        queue=settings.training_queue,
-        created_by_id=user_id,
-        max_attempts=settings.job_max_attempts,
-    )
+    job = enqueue_run_job(session, kind=RUN_JOB, run=run, user_id=user_id, settings=settings)
     run.job_id = job.id
     session.flush()
     return run, job

@@ -79,9 +79,10 @@ def test_a_conflict_resolution_racing_a_review_relabel_never_reuses_a_version(fr
 
     def review(session: Session) -> Any:
         actor = session.get(type(reviewer), reviewer_id)
-        return relabel.change_label(
-            session, image_id=image_id, label=others[1], expected_version=1, reason="looks like one", actor=actor
+        request = relabel.RelabelRequest(
+            image_id=image_id, label=others[1], expected_version=1, reason="looks like one"
         )
+        return relabel.change_label(session, request=request, actor=actor)
 
     def resolution(session: Session) -> Any:
         return uploads.resolve_conflict(session, upload_id=upload_id, entry_id=entry_id, keep="new", user_id=None)

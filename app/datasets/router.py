@@ -32,6 +32,7 @@ from app.uploads import service as uploads
 from app.web.deps import DB, Reviewer, Viewer
 from app.web.deps import get_blobs_dep as _blobs
 from app.web.deps import get_settings_dep as _settings
+from app.web.selection import selection_actions
 from app.web.templating import is_htmx, render
 
 router = APIRouter()
@@ -284,6 +285,8 @@ def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, s
         "splits": service.splits_of(db, dataset_id=dataset_id),
         "runs": ranking.finished_runs(db, dataset_id=dataset_id),
         "sorts": ranking.RANKINGS,
+        "sort_names": ranking.RANKING_NAMES,
+        "actions": selection_actions(db, dataset_id=dataset_id),
         "scores": {} if ranked is None else ranked.scores,
         "previous_url": page_url(max(0, page.offset - page.limit)) if page.offset > 0 else None,
         "next_url": page_url(page.offset + page.limit) if page.offset + page.limit < page.total else None,

@@ -136,7 +136,7 @@ def test_the_map_hovers_colours_pans_zooms_and_box_selects_into_a_grid(served: S
     expect(shown).to_have_count(len(served.left))
     assert sorted(int(v) for v in shown.evaluate_all("els => els.map(e => e.dataset.imageId)")) == sorted(served.left)
     assert shown.first.get_attribute("href", timeout=1000).startswith("/images/")
-    expect(selection.locator("[data-map-actions] button[data-map-exclude]")).to_be_visible()
+    expect(selection.locator("[data-selection-actions] button[data-selection-exclude]")).to_be_visible()
     page.click("[data-map-clear]")
     expect(selection).to_be_hidden()
     assert errors == []
@@ -151,4 +151,62 @@ def test_without_embeddings_the_map_says_which_job_to_start(served: Served, brow
     expect(missing).to_contain_text("POST /api/datasets/")
     page.click("[data-map-start]")
     expect(page.locator("[data-map-status]")).to_contain_text("Embeddings job")
+    page.close()
+
+
+def _inside(polygon: list[tuple[float, float]], x: float, y: float) -> bool:
+    within = False
+    for (xi, yi), (xj, yj) in zip(polygon, polygon[-1:] + polygon[:-1], strict=True):
+        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / (yj - yi) + xi:
+            within = not within
+    return within
+
+
+def test_a_lasso_selects_what_it_encloses_and_the_selection_is_excluded_and_scored_again(
+    served: Served, browser: Browser
+) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    _open_map(page, served, served.dataset_id)
+    expect(page.locator("canvas[data-map-canvas]")).to_have_attribute("data-points", "40")
+    corners = {image_id: _screen_of(page, image_id) for image_id in served.left}
+    low_x, low_y = min(x for x, _ in corners.values()) - 10, min(y for _, y in corners.values()) - 10
+    high_x, high_y = max(x for x, _ in corners.values()) + 10, max(y for _, y in corners.values()) + 10
+    # A triangle over the cluster's upper-left half: a box around it would take the whole cluster.
+    triangle = [(low_x, low_y), (high_x, low_y), (low_x, high_y)]
+    inside = sorted(image_id for image_id, at in corners.items() if _inside(triangle, *at))
+    assert 0 < len(inside) < len(served.left)
+    page.click("[data-map-lasso-mode]")
+    expect(page.locator("[data-map-lasso-mode]")).to_have_attribute("aria-pressed", "true")
+    page.mouse.move(*triangle[0])
+    page.mouse.down()
+    for (x0, y0), (x1, y1) in zip(triangle, triangle[1:] + triangle[:1], strict=True):
+        for step in range(1, 11):
+            page.mouse.move(x0 + (x1 - x0) * step / 10, y0 + (y1 - y0) * step / 10)
+    page.mouse.up()
+    selection = page.locator("[data-map-selection]")
+    expect(selection.locator("[data-map-selected-count]")).to_have_text(str(len(inside)))
+    shown = selection.locator("[data-map-grid] [data-image-id]")
+    expect(shown).to_have_count(len(inside))
+    assert sorted(int(v) for v in shown.evaluate_all("els => els.map(e => e.dataset.imageId)")) == inside
+
+    # Exclude exactly the lassoed images, then score them again: each action reports what it did.
+    actions = selection.locator("[data-selection-actions]")
+    actions.locator('input[name="reason"]').fill("lassoed: ambiguous")
+    actions.locator("[data-selection-exclude]").click()
+    expect(actions.locator("[data-selection-result]")).to_have_text(f"{len(inside)} excluded")
+    reasons = page.evaluate(
+        """ids => Promise.all(ids.map(id => fetch('/api/images/' + id + '/label').then(r => r.json())))""",
+        served.left,
+    )
+    excluded = sorted(state["image_id"] for state in reasons if state["excluded_reason"] == "lassoed: ambiguous")
+    assert excluded == inside
+    actions.locator("[data-selection-include]").click()
+    expect(actions.locator("[data-selection-result]")).to_have_text(f"{len(inside)} scored again")
+    reasons = page.evaluate(
+        """ids => Promise.all(ids.map(id => fetch('/api/images/' + id + '/label').then(r => r.json())))""", inside
+    )
+    assert all(state["excluded_reason"] is None for state in reasons)
+    assert errors == []
     page.close()

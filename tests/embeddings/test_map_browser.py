@@ -31,6 +31,8 @@ class Served:
     right: list[int]
     reviewer: str
     password: str
+    run_id: int
+    dev: list[int]
 
 
 def _cluster(centre: tuple[float, float], count: int) -> np.ndarray:
@@ -52,6 +54,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             session.add(EmbeddingSet(dataset_id=fixture.dataset.id, backbone=BACKBONE, status="ready", count=len(ids)))
             session.commit()
             dataset_id, bare_id = fixture.dataset.id, bare.dataset.id
+            run_id, dev = fixture.run.id, [image.id for image in fixture.images["dev"]]
         store = EmbeddingStore(data_dir / "embeddings", dataset_id=dataset_id, backbone=BACKBONE)
         store.append(ids, np.eye(len(ids), 8, dtype=np.float32))
         MapStore(store).write(left + right, np.vstack([_cluster((0.1, 0.15), len(left)), _cluster((0.7, 0.65), 20)]))
@@ -59,7 +62,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         reviewer, password = "mara", "mara-password-123"
         add_user(env, reviewer, password=password)
         with serve(env, tmp_path / "serve.log") as base_url:
-            yield Served(base_url, dataset_id, bare_id, left, right, reviewer, password)
+            yield Served(base_url, dataset_id, bare_id, left, right, reviewer, password, run_id, dev)
 
 
 @pytest.fixture(scope="module")
@@ -208,5 +211,42 @@ def test_a_lasso_selects_what_it_encloses_and_the_selection_is_excluded_and_scor
         """ids => Promise.all(ids.map(id => fetch('/api/images/' + id + '/label').then(r => r.json())))""", inside
     )
     assert all(state["excluded_reason"] is None for state in reasons)
+    assert errors == []
+    page.close()
+
+
+def test_the_ticked_neighbours_are_added_to_a_review_campaign(served: Served, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    log_in(page, served.base_url, served.reviewer, served.password, then=f"/datasets/{served.dataset_id}")
+    started = page.evaluate(
+        """([datasetId, runId]) => fetch('/api/datasets/' + datasetId + '/reviews', {method: 'POST',
+             headers: {'Content-Type': 'application/json', 'X-CSRF-Token': window.errorbook.csrfToken()},
+             body: JSON.stringify({run_id: runId, suspicious_per_subset: 2, correct_per_subset: 1, seed: 3,
+                                   require_agreement: false})}).then(r => r.json())""",
+        [served.dataset_id, served.run_id],
+    )
+    review_id = started["review_id"]
+    page.goto(f"{served.base_url}/datasets/{served.dataset_id}?similar_to={served.dev[0]}&subset=dev")
+    picks = page.locator("#image-grid [data-pick]")
+    expect(picks).to_have_count(len(served.dev))  # the image and its dev neighbours, all ticked
+    actions = page.locator("#image-grid [data-selection-actions]")
+    expect(actions.locator("[data-selection-count]")).to_have_text(str(len(served.dev)))
+    picks.nth(1).uncheck()
+    expect(actions.locator("[data-selection-count]")).to_have_text(str(len(served.dev) - 1))
+    ticked = [int(v) for v in picks.evaluate_all("els => els.filter(e => e.checked).map(e => e.value)")]
+    before = page.evaluate(f"() => fetch('/api/reviews/{review_id}').then(r => r.json())")
+    present = {item["image_id"] for item in before["items"]}
+    actions.locator('select[name="review_id"]').select_option(str(review_id))
+    actions.locator("[data-selection-campaign]").click()
+    fresh = [image_id for image_id in ticked if image_id not in present]
+    already = len(ticked) - len(fresh)
+    expect(actions.locator("[data-selection-result]")).to_have_text(
+        f"{len(fresh)} added to review {review_id}" + (f", {already} were in it" if already else "")
+    )
+    after = page.evaluate(f"() => fetch('/api/reviews/{review_id}').then(r => r.json())")
+    picked = sorted(item["image_id"] for item in after["items"] if item["selection"] == "picked")
+    assert picked == sorted(fresh)  # exactly the ticked ones the campaign lacked
     assert errors == []
     page.close()

@@ -1,7 +1,7 @@
 // Actions on a selection of images (templates/_selection.html): exclude as ambiguous or score again, add to a review
 // campaign to be relabelled there, give a category for the chosen run. Each action is one request naming exactly the
 // selected ids, applied all or nothing. The map passes its selection (selectionActions); a grid's form
-// (data-selection-picks) acts on the ticked cards of its scope and is bound again when htmx swaps the grid.
+// (data-selection-picks) acts on the ticked cards beside it and is bound again when htmx swaps the grid.
 (function () {
   "use strict";
   window.errorbook = window.errorbook || {};
@@ -27,6 +27,7 @@
     var datasetId = form.getAttribute("data-dataset-id");
     var result = form.querySelector("[data-selection-result]");
     var field = function (name) { return form.elements[name] ? form.elements[name].value : ""; };
+    form.addEventListener("submit", function (event) { event.preventDefault(); });  // Enter in the reason field
 
     function run(describe, request) {
       var ids = options.ids();
@@ -94,7 +95,7 @@
         return;
       }
       form.setAttribute("data-bound", "1");
-      var scope = form.closest("[data-selection-scope]") || document;
+      var scope = form.parentNode;  // the grid: the form and its cards
       var picks = function () { return scope.querySelectorAll("[data-pick]"); };
       var count = function () {
         var checked = Array.prototype.filter.call(picks(), function (box) { return box.checked; });

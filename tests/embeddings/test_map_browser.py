@@ -248,5 +248,9 @@ def test_the_ticked_neighbours_are_added_to_a_review_campaign(served: Served, br
     after = page.evaluate(f"() => fetch('/api/reviews/{review_id}').then(r => r.json())")
     picked = sorted(item["image_id"] for item in after["items"] if item["selection"] == "picked")
     assert picked == sorted(fresh)  # exactly the ticked ones the campaign lacked
+    # A filter swaps the grid (htmx): its new cards start ticked and the new form counts them.
+    page.select_option('select[name="subset"]', "test")
+    expect(page.locator("#image-grid [data-pick]:checked")).to_have_count(8)  # the fixture's 8 test images
+    expect(page.locator("#image-grid [data-selection-count]")).to_have_text("8")
     assert errors == []
     page.close()

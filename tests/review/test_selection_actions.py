@@ -161,3 +161,19 @@ def test_the_campaign_grid_sorts_by_a_runs_loss_confidence_and_suspicion(as_revi
     other = make_run(db, sizes={"train": 2, "dev": 2}, seed=24)
     db.commit()
     assert as_reviewer.get(f"/reviews/{review_id}", params={"sort": "loss", "run_id": other.run.id}).status_code == 404
+
+
+def test_scoring_again_reopens_the_campaign_item_the_image_was_excluded_in(as_reviewer, run) -> None:  # type: ignore[no-untyped-def]
+    review_id = start_campaign(as_reviewer, run)
+    item = as_reviewer.get(f"/api/reviews/{review_id}").json()["items"][0]
+    excluded = as_reviewer.post(
+        f"/api/images/{item['image_id']}/exclude",
+        json={"reason": "cannot tell", "expected_version": item["label_version"], "review_id": review_id},
+    )
+    assert excluded.status_code == 200 and excluded.json()["review_status"] == "ambiguous"
+    url = f"/api/datasets/{run.dataset.id}/exclusions"
+    assert as_reviewer.post(url, json={"image_ids": [item["image_id"]], "excluded": False}).json()["changed"] == 1
+    after = next(
+        i for i in as_reviewer.get(f"/api/reviews/{review_id}").json()["items"] if i["image_id"] == item["image_id"]
+    )
+    assert after["status"] == "pending" and after["excluded_reason"] is None  # to be decided again in the campaign

@@ -157,7 +157,9 @@ def api_map_colours(
 def map_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
     page = service.map_page(db, dataset_id=dataset_id)
     return render(
-        request, "embeddings/map.html", {"page": page, "actions": selection_actions(db, dataset_id=dataset_id)}
+        request,
+        "embeddings/map.html",
+        {"page": page, "actions": selection_actions(db, dataset_id=dataset_id, user=user)},
     )
 
 

@@ -27,11 +27,13 @@ from app.embeddings import service as embeddings
 from app.health.logic import ISSUE_TYPES
 from app.labels import service as labels
 from app.ml.splitting import SUBSETS
+from app.models import User
 from app.review import ranking
 from app.uploads import service as uploads
 from app.web.deps import DB, Reviewer, Viewer
 from app.web.deps import get_blobs_dep as _blobs
 from app.web.deps import get_settings_dep as _settings
+from app.web.selection import selection_actions
 from app.web.templating import is_htmx, render
 
 router = APIRouter()
@@ -256,7 +258,7 @@ def _grid_query(request: Request, db: DB, dataset_id: int, params: dict[str, str
     )
 
 
-def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, str]) -> dict[str, Any]:
+def _grid_context(request: Request, db: DB, user: User, dataset_id: int, params: dict[str, str]) -> dict[str, Any]:
     sort = params.get("sort") or None
     ranked = _ranked(db, request, dataset_id, None if sort in ISSUE_SORTS else sort, _number(params, "run_id"))
     query = _grid_query(request, db, dataset_id, params)
@@ -284,6 +286,8 @@ def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, s
         "splits": service.splits_of(db, dataset_id=dataset_id),
         "runs": ranking.finished_runs(db, dataset_id=dataset_id),
         "sorts": ranking.RANKINGS,
+        "sort_names": ranking.RANKING_NAMES,
+        "actions": selection_actions(db, dataset_id=dataset_id, user=user),
         "scores": {} if ranked is None else ranked.scores,
         "previous_url": page_url(max(0, page.offset - page.limit)) if page.offset > 0 else None,
         "next_url": page_url(page.offset + page.limit) if page.offset + page.limit < page.total else None,
@@ -294,7 +298,7 @@ def _grid_context(request: Request, db: DB, dataset_id: int, params: dict[str, s
 def dataset_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
     """The dataset page; its grid's filters (GRID_PARAMS) come from the query string."""
     params = {key: request.query_params.get(key, "") for key in GRID_PARAMS}
-    grid = _grid_context(request, db, dataset_id, params)
+    grid = _grid_context(request, db, user, dataset_id, params)
     if is_htmx(request) and request.headers.get("hx-target") == "image-grid":
         return render(request, "datasets/detail.html", grid, block="grid")  # filters and pages: the grid only
     summary = service.dataset_summary(db, dataset_id=dataset_id)

@@ -18,6 +18,7 @@ from app.jobs import service as jobs
 from app.uploads.router import UploadForm
 from app.web.deps import DB, AppSettings, Reviewer, Viewer, reads_only
 from app.web.deps import get_settings_dep as _settings
+from app.web.selection import selection_actions
 from app.web.templating import render
 
 router = APIRouter()
@@ -135,7 +136,7 @@ def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: B
     return Response(head[:-1].encode() + b',"points":' + found.points_json + b"}", media_type="application/json")
 
 
-ColourBy = Annotated[str, Query(max_length=20, description="label, subset, correct or suspicion")]
+ColourBy = Annotated[str, Query(max_length=20, description="label, subset, correct, issue or suspicion")]
 
 
 @router.get("/api/datasets/{dataset_id}/map/colours")
@@ -154,7 +155,12 @@ def api_map_colours(
 
 @router.get("/datasets/{dataset_id}/map", include_in_schema=False)
 def map_page(request: Request, dataset_id: int, db: DB, user: Viewer) -> Response:
-    return render(request, "embeddings/map.html", {"page": service.map_page(db, dataset_id=dataset_id)})
+    page = service.map_page(db, dataset_id=dataset_id)
+    return render(
+        request,
+        "embeddings/map.html",
+        {"page": page, "actions": selection_actions(db, dataset_id=dataset_id, user=user)},
+    )
 
 
 @router.get("/datasets/{dataset_id}/embeddings", include_in_schema=False)

@@ -18,6 +18,7 @@ from app.core.lookup import get_or_404
 from app.embeddings import repository
 from app.embeddings.states import UNFINISHED, EmbeddingSetStatus
 from app.embeddings.store import EmbeddingStore, MapStore
+from app.health import service as health
 from app.jobs import service as jobs
 from app.jobs import states as job_states
 from app.ml.backbone_choices import BACKBONE_NAMES, DEFAULT_BACKBONE, SCRATCH_BACKBONE, TORCHVISION_PREFIX
@@ -227,7 +228,7 @@ def similar_to_upload(
 
 # ---- the map ----------------------------------------------------------------------------------------------
 
-MAP_COLOURS = ("label", "subset", "correct", "suspicion")
+MAP_COLOURS = ("label", "subset", "correct", "issue", "suspicion")
 # Images a run trained on are scored in-sample: their suspicion would flatter the labels.
 _IN_SAMPLE = "train"
 
@@ -281,7 +282,8 @@ def map_page(session: Session, *, dataset_id: int) -> MapPage:
 def map_colours(
     session: Session, *, dataset_id: int, by: str, split_id: int | None, run_id: int | None
 ) -> tuple[str, dict[int, str | float]]:
-    """What to colour each image by: its subset in a split, right/wrong in a run, or the run's suspicion.
+    """What to colour each image by: its subset in a split, right/wrong in a run, its worst data-health finding,
+    or the run's suspicion.
 
     Returns a description of the source ("split v3", "run 7") and the values by image id (images without one
     are left out: not in the split, not predicted by the run).
@@ -293,6 +295,9 @@ def map_colours(
         return "labels", dict(repository.dataset_labels(session, dataset_id))
     if by == "subset":
         return _subset_colours(session, dataset_id=dataset_id, split_id=split_id)
+    if by == "issue":
+        issues = health.worst_issues(session, dataset_id=dataset_id)
+        return ("the data-health scan", dict(issues)) if issues is not None else ("no data-health scan yet", {})
     run = _asked_or_newest(session, Run, run_id, dataset_id=dataset_id, newest=repository.newest_finished_run)
     if run is None:
         return "no finished run", {}

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.errors import Invalid, NotFound
+from app.core.errors import Invalid, NotFound, check_between
+from app.core.limits import MAX_SELECTION
 from app.core.lookup import get_or_404
 from app.error_analysis import repository
 from app.error_analysis.logic import clean_note
@@ -80,6 +81,7 @@ def _write_annotation(
     note: str | None,
     actor: User,
     toggle_tag_id: int | None = None,
+    add_tag_id: int | None = None,
 ) -> None:
     # The annotation row is locked before its tags are read, so two reviewers writing the same example at once
     # are applied one after the other (on Postgres, reading first would let the second undo half of the first);
@@ -92,9 +94,9 @@ def _write_annotation(
         except IntegrityError:
             annotation = repository.annotation(session, run_id=run.id, image_id=image_id, for_update=True)
     assert annotation is not None
-    if toggle_tag_id is not None:
+    if toggle_tag_id is not None or add_tag_id is not None:
         current = repository.annotation_tag_ids(session, annotation_ids=[annotation.id]).get(annotation.id, set())
-        tag_ids = current ^ {toggle_tag_id}
+        tag_ids = current ^ {toggle_tag_id} if toggle_tag_id is not None else current | {add_tag_id or 0}
     if tag_ids is not None:
         repository.set_annotation_tags(session, annotation_id=annotation.id, tag_ids=tag_ids)
     if note is not None:
@@ -137,6 +139,43 @@ def toggle_tag(session: Session, *, run_id: int, image_id: int, tag_id: int, act
     tag_of(session, dataset_id=run.dataset_id, tag_id=tag_id)
     _write_annotation(session, run=run, image_id=image_id, tag_ids=None, note=None, actor=actor, toggle_tag_id=tag_id)
     return error_item(session, run_id=run_id, image_id=image_id)
+
+
+@dataclass(frozen=True)
+class Tagged:
+    tagged: int
+    already: int  # had the tag before
+
+
+def tag_images(session: Session, *, run_id: int, tag_id: int, image_ids: Sequence[int], actor: User) -> Tagged:
+    """Give a selection of the run's examples one category, all or nothing: an image the run did not predict
+    refuses the whole selection (categories are per run: they say what the run got wrong and why)."""
+    wanted = list(dict.fromkeys(image_ids))
+    check_between(len(wanted), 1, MAX_SELECTION, f"select between 1 and {MAX_SELECTION} images; got {len(wanted)}")
+    run = finished_run(session, run_id=run_id)
+    ensure_tags(session, dataset_id=run.dataset_id)
+    tag_of(session, dataset_id=run.dataset_id, tag_id=tag_id)
+    rows = repository.item_rows(session, run_id=run.id, image_ids=wanted)
+    missing = [image_id for image_id in wanted if image_id not in rows]
+    if missing:
+        raise Invalid(
+            f"{len(missing)} of the images have no prediction in run {run.id} (e.g. "
+            f"{', '.join(map(str, missing[:5]))}); nothing was tagged",
+            extra={"images": missing[:200]},
+        )
+    annotations = [row.annotation_id for row in rows.values() if row.annotation_id is not None]
+    had = {
+        i
+        for i, tag_ids in repository.annotation_tag_ids(session, annotation_ids=annotations).items()
+        if tag_id in tag_ids
+    }
+    already = sum(1 for row in rows.values() if row.annotation_id in had)
+    for image_id in wanted:
+        if rows[image_id].annotation_id not in had:
+            _write_annotation(
+                session, run=run, image_id=image_id, tag_ids=None, note=None, actor=actor, add_tag_id=tag_id
+            )
+    return Tagged(tagged=len(wanted) - already, already=already)
 
 
 def set_note(session: Session, *, run_id: int, image_id: int, note: str, actor: User) -> ErrorItem:

@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from app.auth.service import role_at_least
 from app.core.errors import Invalid
+from app.core.schemas import SelectionIn
 from app.error_analysis import service
 from app.error_analysis.schemas import (
     AnalysisOut,
@@ -19,6 +20,7 @@ from app.error_analysis.schemas import (
     ErrorListOut,
     MergeIn,
     NewSampleIn,
+    TaggedOut,
     TagIn,
     TagOut,
     TagPatch,
@@ -84,6 +86,13 @@ def api_error_detail(run_id: int, image_id: int, db: DB, user: Viewer) -> ErrorD
 def api_set_tags(run_id: int, image_id: int, body: AnnotationIn, db: DB, user: Reviewer) -> ErrorItemOut:
     item = service.set_annotation(db, run_id=run_id, image_id=image_id, tags=body.tags, note=body.note, actor=user)
     return ErrorItemOut.model_validate(item)
+
+
+@router.post("/api/runs/{run_id}/tags/{tag_id}/images", response_model=TaggedOut)
+def api_tag_images(run_id: int, tag_id: int, body: SelectionIn, db: DB, user: Reviewer) -> TaggedOut:
+    """Give a selection of the run's examples one category (a map selection, a grid of neighbours)."""
+    done = service.tag_images(db, run_id=run_id, tag_id=tag_id, image_ids=body.image_ids, actor=user)
+    return TaggedOut(tagged=done.tagged, already=done.already)
 
 
 @router.get("/api/runs/{run_id}/error-analysis", response_model=AnalysisOut)

@@ -120,3 +120,8 @@ class TagPatch(BaseModel):
 
 class MergeIn(BaseModel):
     into: int
+
+
+class TaggedOut(BaseModel):
+    tagged: int
+    already: int

@@ -24,6 +24,7 @@ from app.error_analysis.annotations import (
     error_item,
     set_annotation,
     set_note,
+    tag_images,
     toggle_tag,
 )
 from app.error_analysis.logic import ANALYSED_SUBSETS, MISLABELED, normalise_subset
@@ -76,6 +77,7 @@ __all__ = [
     "set_annotation",
     "set_note",
     "subset_state",
+    "tag_images",
     "toggle_tag",
     "update_tag",
 ]

@@ -29,6 +29,15 @@ ISSUE_TYPES = (
     "odd_size",
 )
 STAT_ISSUES = ("dark", "light", "blurry", "low_information", "grayscale")
+# Which of an image's findings names it on the map: the order of ISSUE_TYPES (copies and conflicts first), except
+# that "unmeasured" (no statistics, not a fault of the picture) yields to any real finding.
+_WORST_FIRST = (*ISSUE_TYPES[1:], ISSUE_TYPES[0])
+
+
+def worst_issue(types: list[str]) -> str:
+    """The one issue type of an image's findings that the map colours it by."""
+    return min(types, key=lambda name: _WORST_FIRST.index(name) if name in _WORST_FIRST else len(_WORST_FIRST))
+
 
 # Mean luminance (0..1). CleanVision flags dark below 0.32-0.37 of its 99th-percentile brightness and light above
 # 0.95 of its 5th percentile; on the mean, which sits well inside that range, these are the equivalent cut-offs.

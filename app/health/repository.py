@@ -113,3 +113,9 @@ def replace_issues(session: Session, dataset_id: int, rows: list[dict[str, objec
     for start in range(0, len(rows), _INSERT_BATCH):
         batch = [{**row, "dataset_id": dataset_id} for row in rows[start : start + _INSERT_BATCH]]
         session.execute(insert(ImageIssue), batch)
+
+
+def issue_types_of_images(session: Session, dataset_id: int) -> list[tuple[int, str]]:
+    """(image id, issue type) of every finding of the dataset's latest scan."""
+    rows = session.execute(select(ImageIssue.image_id, ImageIssue.type).where(ImageIssue.dataset_id == dataset_id))
+    return [(image_id, kind) for image_id, kind in rows]

@@ -82,6 +82,17 @@ def issue_filter(session: Session, *, dataset_id: int, issue: str | None, sort: 
     return issue
 
 
+def worst_issues(session: Session, *, dataset_id: int) -> dict[int, str] | None:
+    """Each image with findings in the latest scan and the worst of them (``logic.worst_issue``); None when the
+    dataset was never scanned (no findings would read as "all healthy")."""
+    if repository.scan_of(session, dataset_id) is None:
+        return None
+    found: dict[int, list[str]] = {}
+    for image_id, kind in repository.issue_types_of_images(session, dataset_id):
+        found.setdefault(image_id, []).append(kind)
+    return {image_id: logic.worst_issue(types) for image_id, types in found.items()}
+
+
 def require_scan(session: Session, *, dataset_id: int) -> HealthScan:
     scan = repository.scan_of(session, dataset_id)
     if scan is None:
@@ -93,9 +104,7 @@ def require_scan(session: Session, *, dataset_id: int) -> HealthScan:
     return scan
 
 
-def start_scan(
-    session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int
-) -> tuple[HealthScan, Job]:
+def start_scan(session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int) -> tuple[HealthScan, Job]:
     """Queue a scan (or return the one already queued or running for this dataset)."""
     get_or_404(session, Dataset, dataset_id)
     scan = repository.scan_of(session, dataset_id) or repository.add_scan(session, dataset_id)

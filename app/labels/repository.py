@@ -140,6 +140,11 @@ def get_change(session: Session, change_id: int) -> LabelChange | None:
     return session.get(LabelChange, change_id)
 
 
+def images_of(session: Session, *, dataset_id: int, image_ids: list[int]) -> list[Image]:
+    query = select(Image).where(Image.dataset_id == dataset_id, Image.id.in_(image_ids))
+    return list(session.scalars(query))
+
+
 def changes_of_image(session: Session, *, image_id: int) -> list[LabelChange]:
     query = select(LabelChange).where(LabelChange.image_id == image_id).order_by(LabelChange.id)
     return list(session.scalars(query))

@@ -210,6 +210,34 @@ def set_exclusion(
     )
 
 
+def exclusion_in_effect(session: Session, *, image: Image) -> LabelChange | None:
+    """The change that left the image out of scoring as it is now (the one to revert to score it again)."""
+    if image.excluded_reason is None:
+        return None
+    changes = repository.changes_of_image(session, image_id=image.id)
+    records = {row.id: _record(row) for row in changes}
+    for change in reversed(changes):
+        try:
+            effect = logic.effect_of(change.id, records)
+        except logic.NotRevertible:
+            continue
+        if effect.field == "exclusion":
+            return change if effect.after == image.excluded_reason else None
+    return None
+
+
+def images_of(session: Session, *, dataset_id: int, image_ids: list[int]) -> list[Image]:
+    """These images of the dataset, in the order asked; 404 naming those that are not the dataset's."""
+    found = {image.id: image for image in repository.images_of(session, dataset_id=dataset_id, image_ids=image_ids)}
+    missing = [image_id for image_id in image_ids if image_id not in found]
+    if missing:
+        raise NotFound(
+            f"{len(missing)} of the images are not in dataset {dataset_id} (e.g. {', '.join(map(str, missing[:5]))})",
+            extra={"images": missing[:LISTED_IMAGES]},
+        )
+    return [found[image_id] for image_id in image_ids]
+
+
 def _write_versioned(
     session: Session, image: Image, *, expected_version: int, write: Callable[[], bool], **change: Any
 ) -> LabelChange:
@@ -233,18 +261,19 @@ class Reverted:
     effect: logic.Effect  # what the change taken back had done
 
 
+def _record(row: LabelChange) -> logic.ChangeRecord:
+    return logic.ChangeRecord(
+        id=row.id,
+        kind=row.kind,
+        old_label_id=row.old_label_id,
+        new_label_id=row.new_label_id,
+        reason=row.reason,
+        reverts_change_id=row.reverts_change_id,
+    )
+
+
 def _effect(session: Session, change: LabelChange) -> logic.Effect:
-    records = {
-        row.id: logic.ChangeRecord(
-            id=row.id,
-            kind=row.kind,
-            old_label_id=row.old_label_id,
-            new_label_id=row.new_label_id,
-            reason=row.reason,
-            reverts_change_id=row.reverts_change_id,
-        )
-        for row in repository.changes_of_image(session, image_id=change.image_id)
-    }
+    records = {row.id: _record(row) for row in repository.changes_of_image(session, image_id=change.image_id)}
     try:
         return logic.effect_of(change.id, records)
     except logic.NotRevertible as exc:

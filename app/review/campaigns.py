@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, DomainError, Invalid, NotFound, check_between
+from app.core.limits import MAX_SELECTION
 from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
@@ -167,6 +168,11 @@ def open_review(session: Session, review_id: int) -> Review:
     return review
 
 
+def open_campaigns(session: Session, *, dataset_id: int) -> list[Review]:
+    """The dataset's open campaigns, newest first: where picked images can be added to be relabelled."""
+    return [review for review in repository.reviews_of_dataset(session, dataset_id=dataset_id) if review.status == OPEN]
+
+
 def set_review_status(session: Session, *, review_id: int, status: str) -> Review:
     """Close a finished campaign (its items can no longer be claimed or decided in it; changes made in it stay
     revertible) or reopen it."""
@@ -285,3 +291,50 @@ def item_detail(session: Session, *, review_id: int, image_id: int) -> ItemDetai
         history=label_service.history(session, image_id=image_id),
         labels=ordered_labels(run, labels),
     )
+
+
+@dataclass(frozen=True)
+class PickedAdded:
+    added: int
+    already: int  # in the campaign before
+
+
+def add_picked_items(session: Session, *, review_id: int, image_ids: Sequence[int]) -> PickedAdded:
+    """Add images picked by hand (a map selection, a grid of neighbours) to an open campaign, ahead of its ranked
+    items. Each must be one of the campaign run's predictions in the campaign's subsets; if any is not, nothing is
+    added and the answer names them. Picked items count in the progress, not in the ranking's precision."""
+    wanted = list(dict.fromkeys(image_ids))
+    check_between(len(wanted), 1, MAX_SELECTION, f"pick between 1 and {MAX_SELECTION} images; got {len(wanted)}")
+    review = open_review(session, review_id)
+    run = get_or_404(session, Run, review.run_id)
+    present = repository.item_image_ids(session, review_id=review.id)
+    new = [image_id for image_id in wanted if image_id not in present]
+    subsets = review.subsets.split(",")
+    rows = {row[0]: row for row in repository.predictions_of(session, run_id=run.id, image_ids=new)}
+    refused = [image_id for image_id in new if image_id not in rows or rows[image_id][1] not in subsets]
+    if refused:
+        raise Invalid(
+            f"{len(refused)} of the {len(wanted)} images are not among run {run.id}'s {' and '.join(subsets)} "
+            f"predictions, which this campaign reviews (e.g. {', '.join(map(str, refused[:5]))}); nothing was added",
+            extra={"images": refused[: label_service.LISTED_IMAGES]},
+        )
+    labels = label_service.names(session, dataset_id=review.dataset_id)
+    columns = {str(name): index for index, name in enumerate(run.label_names)}
+    start = repository.first_rank(session, review_id=review.id) - len(new)
+    items = []
+    for place, image_id in enumerate(new):
+        _, subset, probs, label_id = rows[image_id]
+        column = columns.get(labels.get(label_id, "") if label_id is not None else "", -1)
+        items.append(
+            {
+                "image_id": image_id,
+                "subset": subset,
+                "selection": logic.PICKED,
+                "rank": start + place,
+                "suspicion": round(logic.self_doubt(probs, column), 6),
+            }
+        )
+    if items:
+        repository.add_items(session, review_id=review.id, items=items)
+        session.flush()
+    return PickedAdded(added=len(new), already=len(wanted) - len(new))

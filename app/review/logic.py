@@ -19,6 +19,7 @@ from app.ml.suspicion import rank_suspicious
 
 SUSPICIOUS = "suspicious"
 CORRECT_SAMPLE = "correct_sample"
+PICKED = "picked"  # added by hand (a map selection, a grid of neighbours): not the ranking's pick
 
 # Item statuses of a campaign; everything but "pending" counts as done.
 PENDING = "pending"
@@ -348,3 +349,9 @@ def errors_left(*, subset: str, suspicion: npt.ArrayLike, doubted: npt.ArrayLike
     return ErrorsLeft(
         subset=subset, unreviewed=int(scores.size), doubted=int(in_doubt.sum()), flagged=flagged, agreeing=agreeing
     )
+
+
+def self_doubt(probs: bytes, column: int) -> float:
+    """1 - the run's probability of an image's label (its probability column; -1: a label the run never saw)."""
+    vector = np.frombuffer(probs, dtype=np.float32)
+    return 1.0 - float(vector[column]) if 0 <= column < vector.size else 1.0

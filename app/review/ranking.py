@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -23,7 +24,21 @@ from app.ml.suspicion import fused_suspicion, knn_label_vote
 from app.models import Run
 from app.training.states import RunStatus
 
+
+class HasImageId(Protocol):
+    @property
+    def image_id(self) -> int: ...
+
+
 RANKINGS = ("fused", "suspicion", "loss", "confidence")
+# How a grid's sort menu names each ranking (the dataset grid and the campaign grid say the same).
+RANKING_NAMES = {
+    "fused": "fused suspicion (model + neighbours)",
+    "suspicion": "suspicion (model)",
+    "loss": "loss, highest first",
+    "confidence": "confidence, lowest first",
+}
+Item = TypeVar("Item", bound=HasImageId)
 IN_SAMPLE = "train"
 _EPSILON = 1e-7
 
@@ -123,3 +138,11 @@ def _neighbour_columns(
 def finished_runs(session: Session, *, dataset_id: int) -> list[Run]:
     """The runs whose predictions can sort a grid, newest first."""
     return embeddings_repository.finished_runs(session, dataset_id)
+
+
+def in_ranked_order(items: list[Item], ranked: Ranked | None) -> list[Item]:
+    """A grid's items in the ranking's order; those it does not rank (train, excluded) after them, as they were."""
+    if ranked is None:
+        return items
+    place = {image_id: index for index, image_id in enumerate(ranked.image_ids)}
+    return sorted(items, key=lambda item: place.get(item.image_id, len(place)))

@@ -9,10 +9,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, Invalid
+from app.core.errors import Conflict, Invalid, check_between
+from app.core.limits import MAX_SELECTION
+from app.core.lookup import get_or_404
 from app.labels import service as label_service
 from app.labels.repository import HistoryRow
-from app.models import Image, ReviewItem, User, utcnow
+from app.models import Dataset, Image, ReviewItem, User, utcnow
 from app.review import logic, repository
 from app.review.campaigns import open_review
 
@@ -208,3 +210,42 @@ def revert_change(
 
 def image_history(session: Session, *, image_id: int) -> list[HistoryRow]:
     return label_service.history(session, image_id=image_id)
+
+
+@dataclass(frozen=True)
+class ExclusionsSet:
+    changed: int
+    unchanged: int  # already as asked
+
+
+def set_exclusions(
+    session: Session, *, dataset_id: int, image_ids: list[int], excluded: bool, reason: str, actor: User
+) -> ExclusionsSet:
+    """Leave a selection out of scoring (as ambiguous, with the reason) or score it again, all or nothing: each
+    image through the versioned write at the version it has now, with its own history row. Scoring again reverts
+    the change that excluded the image, so a campaign item it was decided in waits for a decision again."""
+    wanted = list(dict.fromkeys(image_ids))
+    check_between(len(wanted), 1, MAX_SELECTION, f"select between 1 and {MAX_SELECTION} images; got {len(wanted)}")
+    get_or_404(session, Dataset, dataset_id)
+    cleaned = label_service.clean_reason(reason, required=excluded)
+    changed = 0
+    for image in label_service.images_of(session, dataset_id=dataset_id, image_ids=wanted):
+        if (image.excluded_reason is not None) == excluded:
+            continue
+        if excluded:
+            mark_ambiguous(
+                session, image_id=image.id, reason=cleaned, expected_version=image.label_version, actor=actor
+            )
+        else:
+            change = label_service.exclusion_in_effect(session, image=image)
+            if change is None:
+                raise Conflict(f"image {image.id} was left out of scoring without a change that can be taken back")
+            revert_change(
+                session,
+                change_id=change.id,
+                expected_version=image.label_version,
+                reason=cleaned or "scored again",
+                actor=actor,
+            )
+        changed += 1
+    return ExclusionsSet(changed=changed, unchanged=len(wanted) - changed)

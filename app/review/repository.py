@@ -84,6 +84,30 @@ def add_review(session: Session, *, review: Review, items: Sequence[dict[str, An
     return review
 
 
+def add_items(session: Session, *, review_id: int, items: Sequence[dict[str, Any]]) -> None:
+    session.execute(insert(ReviewItem), [{"review_id": review_id, **item} for item in items])
+
+
+def item_image_ids(session: Session, *, review_id: int) -> set[int]:
+    return set(session.scalars(select(ReviewItem.image_id).where(ReviewItem.review_id == review_id)))
+
+
+def first_rank(session: Session, *, review_id: int) -> int:
+    return int(session.scalar(select(func.min(ReviewItem.rank)).where(ReviewItem.review_id == review_id)) or 0)
+
+
+def predictions_of(
+    session: Session, *, run_id: int, image_ids: Sequence[int]
+) -> list[tuple[int, str, bytes, int | None]]:
+    """(image id, subset, probs, current label id) of the run's predictions for these images."""
+    query = (
+        select(Prediction.image_id, Prediction.subset, Prediction.probs, Image.label_id)
+        .join(Image, Image.id == Prediction.image_id)
+        .where(Prediction.run_id == run_id, Prediction.image_id.in_(image_ids))
+    )
+    return [(image_id, subset, probs, label_id) for image_id, subset, probs, label_id in session.execute(query)]
+
+
 def reviews_of_dataset(session: Session, *, dataset_id: int) -> list[Review]:
     query = select(Review).where(Review.dataset_id == dataset_id).order_by(Review.id.desc())
     return list(session.scalars(query))

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from app.core.schemas import SelectionIn
 from app.ml.error_analysis import format_percent
-from app.review import agreement, campaigns, honesty, relabel, rescoring, run_page, suspicion
+from app.review import agreement, campaigns, honesty, ranking, relabel, rescoring, run_page, suspicion
 from app.review.schemas import (
     AgreementOut,
     ClaimIn,
     DecisionIn,
     ExcludeIn,
+    ExclusionsIn,
+    ExclusionsOut,
     HistoryOut,
     HonestyOut,
     ItemOut,
     LabelIn,
     LabelOut,
+    PickedOut,
     RejectIn,
     RevertIn,
     ReviewCreated,
@@ -28,7 +32,7 @@ from app.review.schemas import (
     ReviewStatusOut,
     SuspicionOut,
 )
-from app.web.deps import DB, Reviewer, Viewer
+from app.web.deps import DB, AppSettings, Reviewer, Viewer
 from app.web.templating import render
 
 router = APIRouter()
@@ -60,6 +64,13 @@ def api_review(review_id: int, db: DB, user: Viewer) -> ReviewOut:
 def api_set_review_status(review_id: int, body: ReviewStatusIn, db: DB, user: Reviewer) -> ReviewStatusOut:
     review = campaigns.set_review_status(db, review_id=review_id, status=body.status)
     return ReviewStatusOut(id=review.id, status=review.status)
+
+
+@router.post("/api/reviews/{review_id}/items", response_model=PickedOut)
+def api_add_items(review_id: int, body: SelectionIn, db: DB, user: Reviewer) -> PickedOut:
+    """Add picked images (a map selection, a grid of neighbours) to the campaign, to be relabelled in it."""
+    added = campaigns.add_picked_items(db, review_id=review_id, image_ids=body.image_ids)
+    return PickedOut(added=added.added, already=added.already)
 
 
 @router.post("/api/reviews/{review_id}/claim", response_model=list[ItemOut])
@@ -122,6 +133,13 @@ def api_exclude(image_id: int, body: ExcludeIn, db: DB, user: Reviewer) -> Label
     agreement.refuse_if_proposed(db, review_id=body.review_id, image_id=image_id)
     state = relabel.mark_ambiguous(db, image_id=image_id, actor=user, **body.model_dump())
     return LabelOut.of(state)
+
+
+@router.post("/api/datasets/{dataset_id}/exclusions", response_model=ExclusionsOut)
+def api_set_exclusions(dataset_id: int, body: ExclusionsIn, db: DB, user: Reviewer) -> ExclusionsOut:
+    """Exclude a selection from scoring as ambiguous, or score it again (``excluded: false``), all or nothing."""
+    done = relabel.set_exclusions(db, dataset_id=dataset_id, actor=user, **body.model_dump())
+    return ExclusionsOut(changed=done.changed, unchanged=done.unchanged)
 
 
 @router.get("/api/images/{image_id}/history", response_model=list[HistoryOut])
@@ -198,10 +216,33 @@ def run_review_start(
 
 
 @router.get("/reviews/{review_id}", include_in_schema=False)
-def review_page(request: Request, review_id: int, db: DB, user: Viewer, view: str = "mine") -> Response:
+def review_page(
+    request: Request,
+    review_id: int,
+    db: DB,
+    user: Viewer,
+    settings: AppSettings,
+    view: str = "mine",
+    sort: Annotated[
+        str, Query(max_length=20, description="campaign order, or fused, suspicion, loss, confidence")
+    ] = "",
+    run_id: Annotated[
+        int | None, Query(description="the run whose predictions sort (the campaign's by default)")
+    ] = None,
+) -> Response:
     which = view if view in VIEWS and _can_review(user) else "all"
     loaded = campaigns.review_view(db, review_id=review_id, only_for=user if which == "mine" else None)
+    ranked = None
+    if sort:
+        ranked = ranking.rank_run_images(
+            db, dataset_id=loaded.dataset.id, run_id=run_id or loaded.run.id, by=sort, root=settings.embeddings_dir
+        )
     context = {
+        "items": ranking.in_ranked_order(loaded.items, ranked),
+        "sort": {"by": sort, "run_id": ranked.run_id if ranked else loaded.run.id, "names": ranking.RANKINGS},
+        "sort_names": ranking.RANKING_NAMES,
+        "scores": ranked.scores if ranked else {},
+        "runs": ranking.finished_runs(db, dataset_id=loaded.dataset.id),
         "view": loaded,
         "status": loaded.status,
         "which": which,

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from app.core.limits import MAX_SEED
-from app.core.schemas import copied_from
+from app.core.schemas import SelectionIn, copied_from
 from app.labels.repository import HistoryRow
 from app.review.agreement import ProposalView
 from app.review.campaigns import DEFAULT_CLAIM_SIZE, ItemView, ReviewView
@@ -22,6 +22,21 @@ class ReviewIn(BaseModel):
     include_train: bool = False  # the separate, explicit option to review train as well
     # A relabel is a proposal until a second reviewer confirms it; unset: on, since every campaign touches test.
     require_agreement: bool | None = None
+
+
+class ExclusionsIn(SelectionIn):
+    excluded: bool = True  # False: score the images again
+    reason: str = ""  # required to exclude
+
+
+class ExclusionsOut(BaseModel):
+    changed: int
+    unchanged: int
+
+
+class PickedOut(BaseModel):
+    added: int
+    already: int
 
 
 class ReviewCreated(BaseModel):
@@ -158,9 +173,7 @@ class LabelOut(BaseModel):
 
     @classmethod
     def of(cls, state: LabelState, proposal: ProposalView | None = None) -> LabelOut:
-        return copied_from(
-            cls, state, proposal=ProposalOut.model_validate(proposal) if proposal is not None else None
-        )
+        return copied_from(cls, state, proposal=ProposalOut.model_validate(proposal) if proposal is not None else None)
 
 
 # An image's label history is answered with its rows as they are: their one field list is in app/labels/repository.py.

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.core.settings import Settings
 from app.embeddings.store import EmbeddingStore, MapStore
-from app.models import EmbeddingSet
+from app.models import EmbeddingSet, HealthScan, ImageIssue
 from tests.factories import make_run
 
 
@@ -93,3 +93,30 @@ def test_map_bad_input_and_the_job_to_start(db, settings, as_viewer) -> None:  #
     assert as_viewer.get(url, params={"by": "correct", "run_id": "x"}).status_code == 422
     page = as_viewer.get(f"/datasets/{dataset_id}/map")
     assert page.status_code == 200 and "data-map-missing" in page.text
+
+
+def test_map_colours_by_the_worst_data_health_issue(db, settings, as_viewer) -> None:  # type: ignore[no-untyped-def]
+    fixture, images = _with_map(db, settings)
+    url = f"/api/datasets/{fixture.dataset.id}/map/colours"
+    never = as_viewer.get(url, params={"by": "issue"}).json()
+    assert never["source"] == "no data-health scan yet" and never["values"] == {}
+    db.add(HealthScan(dataset_id=fixture.dataset.id, status="ready"))
+    found = {
+        images[0].id: ["dark", "exact_duplicate"],
+        images[1].id: ["unmeasured", "blurry"],
+        images[2].id: ["odd_size"],
+    }
+    for image_id, types in found.items():
+        for kind in types:
+            db.add(ImageIssue(image_id=image_id, type=kind, dataset_id=fixture.dataset.id, score=1.0))
+    db.commit()
+    body = as_viewer.get(url, params={"by": "issue"}).json()
+    assert body["source"] == "the data-health scan"
+    # Copies before image statistics; "unmeasured" yields to any real finding; images without findings left out.
+    assert body["values"] == {
+        str(images[0].id): "exact_duplicate",
+        str(images[1].id): "blurry",
+        str(images[2].id): "odd_size",
+    }
+    page = as_viewer.get(f"/datasets/{fixture.dataset.id}/map").text
+    assert '<option value="issue">' in page and "data-map-lasso-mode" in page

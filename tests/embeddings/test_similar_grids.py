@@ -3,6 +3,8 @@ more like this" as the dataset grid of an image's neighbours (similar_to)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -79,3 +81,40 @@ def test_the_strip_is_in_the_error_and_review_large_views(
     assert f'hx-get="/images/{item["image_id"]}/similar?k=8"' in review_detail
     strip = as_reviewer.get(f"/images/{item['image_id']}/similar", params={"k": 8}).text
     assert strip.count('class="thumb"') == 8
+
+
+def _ticked(html: str) -> list[int]:
+    return [int(found) for found in re.findall(r'data-pick value="(\d+)"[^>]*checked', html)]
+
+
+def test_the_grid_of_neighbours_offers_the_selection_actions_on_what_it_shows(
+    db: Session, settings: Settings, as_reviewer: TestClient, as_viewer: TestClient
+) -> None:
+    fixture = _embedded(db, settings)
+    dataset_id, image_id = fixture.dataset.id, fixture.images["dev"][0].id
+    review_id = start_campaign(as_reviewer, fixture)
+    page = as_reviewer.get(f"/datasets/{dataset_id}", params={"similar_to": image_id})
+    assert page.status_code == 200, page.text
+    shown = [int(part.split('"')[0]) for part in page.text.split('class="thumb" href="/images/')[1:]]
+    assert _ticked(page.text) == shown  # every neighbour shown starts ticked, nothing else
+    for action in ("data-selection-exclude", "data-selection-include", "data-selection-campaign", "data-selection-tag"):
+        assert action in page.text
+    assert f'<option value="{review_id}">review {review_id} (run {fixture.run.id})</option>' in page.text
+    assert 'data-selection-run="[data-grid-run]"' in page.text and "/static/js/selection.js" in page.text
+    # The grid alone (htmx swaps it when a filter changes) keeps its tick boxes and actions.
+    swapped = as_reviewer.get(
+        f"/datasets/{dataset_id}",
+        params={"similar_to": image_id, "subset": "dev"},
+        headers={"hx-request": "true", "hx-target": "image-grid"},
+    )
+    assert "<html" not in swapped.text and "data-selection-actions" in swapped.text
+    assert _ticked(swapped.text) and set(_ticked(swapped.text)) <= {image.id for image in fixture.images["dev"]}
+    # The plain grid: tick boxes, none ticked; a viewer gets neither boxes nor actions.
+    plain = as_reviewer.get(f"/datasets/{dataset_id}").text
+    assert "data-pick" in plain and _ticked(plain) == []
+    viewer = as_viewer.get(f"/datasets/{dataset_id}", params={"similar_to": image_id}).text
+    assert "data-pick" not in viewer and "data-selection-actions" not in viewer
+    # Without an open campaign the form says where to start one.
+    as_reviewer.patch(f"/api/reviews/{review_id}", json={"status": "closed"})
+    closed = as_reviewer.get(f"/datasets/{dataset_id}", params={"similar_to": image_id}).text
+    assert "data-selection-no-campaign" in closed and "data-selection-campaign" not in closed

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from app.core.settings import Settings, get_settings
 from app.core.storage import LocalBlobStore, read_blob
+from app.jobs import service as jobs
 from app.jobs.states import JobStatus, ShardStatus
 from app.models import Job, JobExecution, JobShard
 from app.training.shards import FEATURE_SHARD_JOB
-from tests.jobs.conftest import wait_until
+from tests.jobs.conftest import WorkerProcesses, wait_until
 from tests.jobs.inline import drain_jobs, run_next_job
 from tests.training.conftest import colour_split, train
 
@@ -66,9 +67,7 @@ def _shards(engine: Any, parent_id: int) -> list[tuple[JobShard, Job]]:
 def _outcomes(engine: Any, job_id: int) -> list[str | None]:
     with Session(engine) as session:
         return list(
-            session.scalars(
-                select(JobExecution.outcome).where(JobExecution.job_id == job_id).order_by(JobExecution.id)
-            )
+            session.scalars(select(JobExecution.outcome).where(JobExecution.job_id == job_id).order_by(JobExecution.id))
         )
 
 
@@ -211,3 +210,57 @@ def test_a_shard_out_of_attempts_fails_the_run_and_cancelling_a_run_cancels_its_
     assert run_next_job(engine) is None  # the other shards were cancelled with it
     for sha, data in saved.items():
         Path(blobs.path(sha)).write_bytes(data)
+
+
+def _both_ready(engine: Any, pool: WorkerProcesses) -> None:
+    """Wait until each worker's runner has claimed a job, so both are there when the shards are queued."""
+    with Session(engine) as session:
+        holds = [jobs.enqueue(session, kind="demo.sleep", payload={"seconds": 120, "steps": 240}, queue="gpu").id]
+        holds.append(jobs.enqueue(session, kind="demo.sleep", payload={"seconds": 120, "steps": 240}, queue="gpu").id)
+        session.commit()
+    wait_until(lambda: all(_status(engine, job_id) == JobStatus.RUNNING for job_id in holds), timeout=240, interval=0.2)
+    with Session(engine) as session:
+        for job_id in holds:
+            jobs.cancel_job(session, job_id=job_id)
+        session.commit()
+    wait_until(lambda: all(_status(engine, job_id) == JobStatus.CANCELLED for job_id in holds), timeout=60)
+
+
+def test_two_worker_processes_share_the_shards_and_the_run_ends_as_one_piece_would(
+    colours, monkeypatch, fresh_database, tmp_path
+) -> None:
+    client, engine, dataset_id, split_id = colours
+    whole = train(client, engine, dataset_id, split_id)
+    _forget_features()
+    pool = WorkerProcesses(fresh_database.url, tmp_path / "data")
+    try:
+        # One GPU-queue worker and one that takes every queue: both take shards.
+        pool.start(1, args=("--queue", "gpu"), ERRORBOOK_EXTRACT_SHARD_SIZE=str(SHARD_SIZE))
+        pool.start(1, ERRORBOOK_EXTRACT_SHARD_SIZE=str(SHARD_SIZE))
+        _both_ready(engine, pool)
+        run = _start(client, dataset_id, split_id)
+        seen: set[str] = set()
+
+        def finished() -> bool:
+            with Session(engine) as session:
+                job = session.get(Job, run["job_id"])
+                assert job is not None
+                seen.add(job.message)
+                return job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+        wait_until(finished, timeout=480, interval=0.1)
+    finally:
+        pool.stop_all()
+    sharded = client.get(f"/api/runs/{run['run_id']}").json()
+    assert sharded["status"] == "succeeded", pool.logs()[-3000:]
+    _same_results(sharded, whole)
+    shard_jobs = _shards(engine, run["job_id"])
+    with Session(engine) as session:
+        ran_on = set(
+            session.scalars(
+                select(JobExecution.worker_id).where(JobExecution.job_id.in_([job.id for _, job in shard_jobs]))
+            )
+        )
+    assert len(ran_on) == 2  # the shards were shared
+    total = len(shard_jobs)
+    assert any(f"of {total} shards done" in message and f"{total} of {total}" not in message for message in seen), seen

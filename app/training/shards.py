@@ -86,21 +86,34 @@ def plan(
 
 
 def features_in_shards(ctx: JobContext, *, subsets: dict[str, list[str]], config: dict[str, Any]) -> Gathered | None:
-    """None when the run extracts in one piece; else the shards' features once every shard is in. Before that it
-    queues the shards (or, woken early, waits on the ones queued) and ends this attempt as waiting."""
+    """A run's features: None when it extracts in one piece, else the shards' (see `sharded_features`)."""
     from app.training.inference import PROBE_IMAGES
 
     size = ctx.settings.extract_shard_size
     total = sum(len(shas) for shas in subsets.values())
     if not should_shard(images=total, shard_size=size, mode=str(config["mode"]), backbone=str(config["backbone"])):
         return None
+    # The same probe images the parent verifies its runtime on, so every shard runs the backbone the same way.
+    source = FeatureSource(str(config["backbone"]), int(config["seed"]), subsets["train"][:PROBE_IMAGES])
+    return sharded_features(ctx, subsets=subsets, source=source, flipped={"train"}, span=RUN_EXTRACTION_SPAN)
+
+
+def sharded_features(
+    ctx: JobContext,
+    *,
+    subsets: Mapping[str, Sequence[str]],
+    source: FeatureSource,
+    flipped: set[str],
+    span: tuple[float, float],
+) -> Gathered:
+    """The shards' features once every shard is in. Before that, queue the shards (or, woken early, wait on the
+    ones queued) and end this attempt as waiting (raises JobWaiting)."""
     with ctx.reading() as session:
         progress = shards.progress_of(session, ctx.job_id, now=utcnow())
     if progress is not None and progress.done == progress.total:
         return gather(ctx, subsets)
-    # The same probe images the parent verifies its runtime on, so every shard runs the backbone the same way.
-    source = FeatureSource(str(config["backbone"]), int(config["seed"]), subsets["train"][:PROBE_IMAGES])
-    specs = plan(subsets, size=size, source=source, flipped={"train"}, span=RUN_EXTRACTION_SPAN)
+    specs = plan(subsets, size=ctx.settings.extract_shard_size, source=source, flipped=flipped, span=span)
+    total = sum(len(shas) for shas in subsets.values())
     ctx.wait_for_shards(
         kind=FEATURE_SHARD_JOB,
         specs=specs,
@@ -114,6 +127,7 @@ class _Done:
     position: int
     result_sha256: str | None
     subset: str
+    shas: list[str]
     extracted: int
     created_at: datetime
     finished_at: datetime | None
@@ -128,6 +142,7 @@ def _done_shards(ctx: JobContext) -> list[_Done]:
                 position=row.position,
                 result_sha256=row.result_sha256,
                 subset=str(jobs[row.job_id].payload["subset"]),
+                shas=list(jobs[row.job_id].payload["shas"]),
                 extracted=int((jobs[row.job_id].result or {}).get("extracted", 0)),
                 created_at=row.created_at,
                 finished_at=row.finished_at,
@@ -141,17 +156,19 @@ def gather(ctx: JobContext, subsets: Mapping[str, Sequence[str]]) -> Gathered:
     blobs = blob_store(ctx.settings)
     rows = _done_shards(ctx)
     parts: dict[str, list[np.ndarray]] = {}
+    planned: dict[str, list[str]] = {}
     gathered = Gathered()
     for row in rows:
+        planned.setdefault(row.subset, []).extend(row.shas)
         if row.result_sha256 is None:
             raise TaskError(f"shard {row.position + 1} of {len(rows)} has no features recorded")
         parts.setdefault(row.subset, []).append(_read(blobs, row.result_sha256, row.position))
         key = f"extracted_{row.subset}"
         gathered.timings[key] = gathered.timings.get(key, 0) + row.extracted
     for subset, shas in subsets.items():
-        views = np.concatenate(parts[subset], axis=1) if subset in parts else None
-        if views is None or views.shape[1] != len(shas):
-            raise TaskError(f"the shards of {subset} hold features of a different image count than the split")
+        if planned.get(subset) != list(shas):
+            raise TaskError(f"the images of {subset} changed after its shards were queued; start it again")
+        views = np.concatenate(parts[subset], axis=1)
         gathered.features[subset] = views[0]
         if views.shape[0] > 1:
             gathered.flipped[subset] = views[1]

@@ -12,6 +12,7 @@ work inside a shard; no result depends on it.
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -195,12 +196,36 @@ def encode(views: Sequence[np.ndarray]) -> bytes:
 
 
 def _load_backbone(payload: dict[str, Any]) -> Any:
-    import os
-
     from app.ml import backbones as bb
 
     torch_home = Path(os.environ["TORCH_HOME"]) if os.environ.get("TORCH_HOME") else None
     return bb.load_backbone(str(payload["backbone"]), torch_home=torch_home, seed=int(payload["seed"]))
+
+
+# The runner process keeps the last shard's backbone and verified runtime: the next shard of the same run (the
+# usual case) skips loading the weights and building and verifying the ONNX session again.
+_prepared: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def _backbone_and_runtime(ctx: JobContext, payload: dict[str, Any]) -> tuple[Any, Any]:
+    from app.training import inference
+
+    settings = ctx.settings
+    key: tuple[Any, ...] = (payload["backbone"], payload["seed"], tuple(payload["probe_shas"]))
+    key += (settings.inference_runtime, settings.feature_precision, str(settings.onnx_cache_dir))
+    key += (os.environ.get("TORCH_HOME"),)
+    if key in _prepared:
+        return _prepared[key]
+    _prepared.clear()  # one backbone per runner at a time
+    ctx.progress(0.02, "loading the backbone")
+    backbone = _load_backbone(payload)
+    blobs = blob_store(settings)
+    probe_paths = [blobs.path(sha) for sha in payload["probe_shas"]]
+    probe = inference.probe_images(probe_paths, backbone.input_spec.preprocessing)
+    prepared = (backbone, inference.scoring_runtime(settings, "linear", backbone, probe=probe))
+    if len(probe_paths) == (0 if probe is None else len(probe)):  # kept only when verified on the whole probe
+        _prepared[key] = prepared
+    return prepared
 
 
 def _extract(ctx: JobContext, payload: dict[str, Any]) -> tuple[bytes, int]:
@@ -208,15 +233,10 @@ def _extract(ctx: JobContext, payload: dict[str, Any]) -> tuple[bytes, int]:
     import torch
 
     from app.ml import features as feats
-    from app.training import inference
 
     torch.set_num_threads(ctx.settings.torch_threads)
-    ctx.progress(0.02, "loading the backbone")
-    backbone = _load_backbone(payload)
+    backbone, runtime = _backbone_and_runtime(ctx, payload)
     blobs = blob_store(ctx.settings)
-    probe_paths = [blobs.path(sha) for sha in payload["probe_shas"]]
-    probe = inference.probe_images(probe_paths, backbone.input_spec.preprocessing)
-    runtime = inference.scoring_runtime(ctx.settings, "linear", backbone, probe=probe)
     shas = list(payload["shas"])
     result = feats.extract_features(
         backbone=backbone,

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # A failed or cancelled upload keeps its files this long for a retry; then the sweep discards it.
     upload_retry_days: float = 7.0
     training_queue: str = "gpu"
+    # A run or embeddings job over more images than this extracts its features in shard jobs of this many images,
+    # which any worker takes (0: never shard).
+    extract_shard_size: int = Field(default=5000, ge=0)
     # Split assignments written per transaction (a crash mid-write is undone by the retry).
     split_write_rows: int = 100_000
 

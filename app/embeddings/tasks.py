@@ -72,6 +72,8 @@ def _refresh_map(ctx: JobContext, store: EmbeddingStore) -> int:
 
 def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> int:
     """Embed `todo` chunk by chunk, appending each chunk as it is done; returns how many came from the cache."""
+    if 0 < ctx.settings.extract_shard_size < len(todo):
+        return _embed_in_shards(ctx, store, backbone_name, todo)
     import torch
 
     from app.ml.backbones import load_backbone
@@ -101,3 +103,20 @@ def _embed(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: lis
         store.append([image_id for image_id, _ in chunk], unit_rows(result.features))
         cache_hits += result.cache_hits
     return cache_hits
+
+
+def _embed_in_shards(ctx: JobContext, store: EmbeddingStore, backbone_name: str, todo: list[tuple[int, str]]) -> int:
+    """More images than a shard: shard jobs extract them, any worker each (this attempt waits for them, see
+    app/training/shards.py); once every shard is in, append them all in order. Returns the cache hits."""
+    from app.training.shards import FeatureSource, sharded_features
+
+    # seed 0 and no probe: what `_embed` loads and verifies, so sharded and unsharded vectors are the same.
+    gathered = sharded_features(
+        ctx,
+        subsets={"images": [sha for _, sha in todo]},
+        source=FeatureSource(backbone_name, 0, []),
+        flipped=set(),
+        span=(0.05, 0.9),
+    )
+    store.append([image_id for image_id, _ in todo], unit_rows(gathered.features["images"]))
+    return len(todo) - int(gathered.timings.get("extracted_images", 0))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -15,6 +15,7 @@ from app.core.db import READ_MOSTLY_OPTION, committing, session_factory
 from app.core.settings import Settings
 from app.jobs import repository
 from app.jobs.retry import retry_transient
+from app.jobs.shards import ParentNotHeld, ShardSpec, fan_out
 from app.models import utcnow
 
 
@@ -24,6 +25,15 @@ class JobCancelled(Exception):
 
 class TaskError(Exception):
     """A failure the user should read as is (no traceback, no exception class name)."""
+
+
+class RetryLater(Exception):
+    """A failure worth another attempt (a shard that could not read its images, say): the job is queued again
+    while attempts remain, then fails with this reason."""
+
+
+class JobWaiting(Exception):
+    """The task parked its job as waiting on shard jobs (app/jobs/shards.fan_out): its end is already recorded."""
 
 
 class JobContext:
@@ -84,11 +94,32 @@ class JobContext:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A task's own unit of work; commits only while this worker still holds the lease."""
+
         def still_ours(session: Session) -> None:
             repository.assert_lease(session, job_id=self.job_id, token=self.lease_token, now=utcnow())
 
         with committing(self._sessions(), before_commit=still_ours) as session:
             yield session
+
+    def wait_for_shards(self, *, kind: str, specs: Sequence[ShardSpec], queue: str, message: str) -> NoReturn:
+        """Park this job as waiting on `shards` (queued now, unless an earlier attempt already queued them) and end
+        the attempt; the last shard to finish queues the job again, and the task then runs from its start."""
+        try:
+            with committing(self._sessions()) as session:
+                fan_out(
+                    session,
+                    parent_id=self.job_id,
+                    token=self.lease_token,
+                    kind=kind,
+                    shards=specs,
+                    queue=queue,
+                    max_attempts=self.settings.job_max_attempts,
+                    message=message,
+                    now=utcnow(),
+                )
+        except ParentNotHeld as error:
+            raise repository.LeaseLost(str(error)) from error
+        raise JobWaiting(message)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

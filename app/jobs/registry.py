@@ -16,6 +16,7 @@ TASK_MODULES = (
     "app.uploads.tasks",
     "app.splits.tasks",
     "app.training.tasks",
+    "app.training.shards",
     "app.embeddings.tasks",
     "app.pool.tasks",
     "app.health.tasks",

@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.jobs.states import JobStatus
+from app.jobs import shards
+from app.jobs.states import UNSUCCESSFUL, JobStatus
 from app.models import Job, JobExecution
 
 
@@ -174,6 +175,8 @@ def finish(
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise LeaseLost(f"job {job_id}: lease {token[:8]} is no longer held; completion refused")
     _close_execution(session, token=token, outcome=status, error=error, now=now)
+    if status in UNSUCCESSFUL:
+        shards.settle_parent(session, job_id=job_id, status=status, reason=error, now=now)
 
 
 def release(session: Session, *, job_id: int, token: str, now: datetime, reason: str) -> None:
@@ -195,8 +198,11 @@ def release(session: Session, *, job_id: int, token: str, now: datetime, reason:
         _close_execution(session, token=token, outcome="released", error=reason, now=now)
 
 
-def retry_or_fail(session: Session, *, job_id: int, token: str, now: datetime, reason: str) -> str | None:
-    """After losing a job (its runner died), requeue it while attempts remain, else fail it with the reason."""
+def retry_or_fail(
+    session: Session, *, job_id: int, token: str, now: datetime, reason: str, outcome: str = "lost"
+) -> str | None:
+    """After losing a job (its runner died) or a failure worth retrying, requeue it while attempts remain, else
+    fail it with the reason."""
     job = session.execute(
         select(Job.attempts, Job.max_attempts).where(
             Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING
@@ -213,11 +219,12 @@ def retry_or_fail(session: Session, *, job_id: int, token: str, now: datetime, r
         .values(status=status, lease_token=None, lease_expires_at=None, worker_id=None, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     )
-    _close_execution(session, token=token, outcome="lost", error=reason, now=now)
+    _close_execution(session, token=token, outcome=outcome, error=reason, now=now)
     if status == JobStatus.FAILED:
         session.execute(
             update(Job).where(Job.id == job_id).values(finished_at=now).execution_options(synchronize_session=False)
         )
+        shards.settle_parent(session, job_id=job_id, status=status, reason=values["error"], now=now)
     return status
 
 
@@ -258,6 +265,14 @@ def request_cancel(session: Session, *, job_id: int, now: datetime) -> None:
         .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, message="cancelled before it started")
         .execution_options(synchronize_session=False)
     )
+    waiting = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.WAITING)
+        .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, message="cancelled with its shards")
+        .execution_options(synchronize_session=False)
+    )
+    if waiting.rowcount == 1:  # type: ignore[attr-defined]
+        shards.cancel_shards(session, parent_id=job_id, now=now)
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from app.core.db import get_engine, session_factory
 from app.core.settings import Settings, get_settings
 from app.jobs import repository
-from app.jobs.context import JobCancelled, JobContext, TaskError
+from app.jobs.context import JobCancelled, JobContext, JobWaiting, RetryLater, TaskError
 from app.jobs.registry import handler_for, load_all
 from app.jobs.retry import retry_transient
 from app.jobs.states import JobStatus
@@ -97,6 +97,11 @@ def run_job(
     except repository.LeaseLost:
         log.warning("job %s: lease lost while running; leaving it to its new holder", job_id)
         return
+    except JobWaiting:
+        return  # parked on its shards in the task's own fenced transaction; the last shard queues it again
+    except RetryLater as exc:
+        _requeue(engine, job_id=job_id, token=token, reason=str(exc), outcome="retried")  # type: ignore[arg-type]
+        return
     except JobCancelled:
         status, message = JobStatus.CANCELLED, "cancelled by request"
     except TaskError as exc:
@@ -135,9 +140,9 @@ def run_job(
     retry_transient(record_end, what=f"job {job_id}: recording its end")
 
 
-def _requeue(engine: Engine, *, job_id: int, token: str, reason: str) -> None:
+def _requeue(engine: Engine, *, job_id: int, token: str, reason: str, outcome: str = "lost") -> None:
     def requeue() -> None:
         with session_factory(engine).begin() as session:
-            repository.retry_or_fail(session, job_id=job_id, token=token, now=utcnow(), reason=reason)
+            repository.retry_or_fail(session, job_id=job_id, token=token, now=utcnow(), reason=reason, outcome=outcome)
 
     retry_transient(requeue, what=f"job {job_id}: requeueing")

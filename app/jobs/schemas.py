@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # While a job waits on its shards: {"shards": {"total", "done", "items_total", "items_done", "items_per_second"}}.
+    result: dict[str, Any] | None = None
 
 
 class DemoJobIn(BaseModel):

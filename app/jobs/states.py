@@ -8,11 +8,20 @@ from enum import StrEnum
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # Fanned out into shard jobs and holding no worker: the last shard to finish queues it again (app/jobs/shards.py).
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING})
 # A job that ended without succeeding: whatever it was building did not get built.
 UNSUCCESSFUL = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class ShardStatus(StrEnum):
+    """A shard of a parent job's work, as stored in job_shards.status."""
+
+    PENDING = "pending"
+    DONE = "done"

@@ -14,7 +14,7 @@ from app.models.base import Base, utcnow
 from app.models.dataset import Dataset, Image, ImageStat, Label, LabelChange, LabelEvent, Upload, UploadEntry
 from app.models.embedding import EmbeddingSet
 from app.models.health import HealthScan, ImageIssue
-from app.models.job import Job, JobExecution
+from app.models.job import Job, JobExecution, JobShard
 from app.models.pool import PoolScore, PoolScoring
 from app.models.run import Prediction, Run
 from app.models.split import Split, SplitAssignment
@@ -35,6 +35,7 @@ __all__ = [
     "ImageStat",
     "Job",
     "JobExecution",
+    "JobShard",
     "Label",
     "LoginFailure",
     "LabelChange",

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.jobs.states import JobStatus
+from app.jobs.states import JobStatus, ShardStatus
 from app.models.base import Base, TimestampMixin, utcnow
 
 JOB_STATUSES = tuple(JobStatus)
@@ -54,3 +54,21 @@ class JobExecution(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class JobShard(Base):
+    """One shard of a parent job's work (its own job in the queue); the parent runs on when every shard is done."""
+
+    __tablename__ = "job_shards"
+    __table_args__ = (UniqueConstraint("parent_job_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    position: Mapped[int]
+    items: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default=ShardStatus.PENDING.value)
+    # The shard's output, a content-addressed object in the blob store (garbage once the parent has ended).
+    result_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -7,6 +7,7 @@ from collections.abc import Collection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.jobs.shards import unfinished_parent_results
 from app.models import Image, Upload, UploadEntry
 
 # Uploads whose entries still need their blobs: being filled, queued or ingesting (a failed or cancelled ingest
@@ -15,7 +16,8 @@ from app.uploads.states import UNFINISHED
 
 
 def referenced(session: Session, shas: Collection[str]) -> set[str]:
-    """Those of `shas` an image, a thumbnail, a labels CSV or an unfinished upload's entry names."""
+    """Those of `shas` an image, a thumbnail, a labels CSV, an unfinished upload's entry or a shard result of an
+    unfinished job names."""
     if not shas:
         return set()
     found = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(shas))))
@@ -27,6 +29,7 @@ def referenced(session: Session, shas: Collection[str]) -> set[str]:
         .where(UploadEntry.sha256.in_(shas), Upload.status.in_(UNFINISHED))
     )
     found |= set(session.scalars(entries))
+    found |= unfinished_parent_results(session, list(shas))
     return {sha for sha in found if sha}
 
 

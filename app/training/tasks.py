@@ -21,6 +21,7 @@ from app.ml.modes import TrainingMode
 from app.ml.run_scores import RunScores, prediction_rows, score_run
 from app.storage.backends import blob_store
 from app.training import inference, repository, service
+from app.training import shards as sharding
 from app.training.states import RunStatus
 
 SUBSET_ORDER = ("train", "train_dev", "dev", "test")
@@ -40,6 +41,7 @@ class RunInputs:
     paths: dict[str, list[Path]] = field(default_factory=dict)
     shas: dict[str, list[str]] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # class indices
+    sharded: sharding.Gathered | None = None  # features extracted by shard jobs (linear runs over many images)
 
 
 @dataclass
@@ -191,6 +193,10 @@ def _extract_features(
     """Features of every subset (through the cache), plus the flipped train features for augmentation."""
     from app.ml import features as feats
 
+    timings.values["feature_precision"] = ctx.settings.feature_precision
+    if inputs.sharded is not None:
+        timings.values.update(inputs.sharded.timings)
+        return inputs.sharded.features, inputs.sharded.flipped.get("train")
     t0 = time.perf_counter()
     total = sum(len(p) for p in inputs.paths.values())
     done = 0
@@ -215,7 +221,6 @@ def _extract_features(
         timings.values[f"extracted_{subset}"] = result.extracted
         done += count
     timings.values["features_s"] = time.perf_counter() - t0
-    timings.values["feature_precision"] = ctx.settings.feature_precision
     return features, flipped
 
 
@@ -350,6 +355,9 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     inputs = load_inputs(ctx, run_id)
     if inputs is None:
         return {"run_id": run_id, "already_done": True}
+    # Many images: fan out into shard jobs and wait (this attempt ends here), or take the shards' features.
+    ordered = {subset: inputs.shas[subset] for subset in SUBSET_ORDER if subset in inputs.shas}
+    inputs.sharded = sharding.features_in_shards(ctx, subsets=ordered, config=inputs.config)
     backbone, head = load_backbone(ctx, inputs)
     timings.values["load_backbone_s"] = time.perf_counter() - timings.started
     # Where the tensors ran: users comparing run times need to know whether a GPU was used.
@@ -369,4 +377,9 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     (ctx.work_dir / CHECKPOINT).unlink(missing_ok=True)
     dev_accuracy = scores.metrics["dev"]["accuracy"]
     ctx.progress(1.0, f"done: dev accuracy {dev_accuracy:.1%}")
-    return {"run_id": run_id, "dev_accuracy": dev_accuracy, "dataset_id": inputs.dataset_id}
+    return {
+        "run_id": run_id,
+        "dev_accuracy": dev_accuracy,
+        "dataset_id": inputs.dataset_id,
+        "shards": timings.values.get("shards", 0),
+    }

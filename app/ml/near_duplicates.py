@@ -122,8 +122,8 @@ def group_near_duplicates(
     keys = _HashKeys.of(hashes, missing, inner_hashes, inner_missing)
     # Pairs the search compares anyway may join from further off, but only on verified signatures.
     reach = threshold * verified_reach if signatures is not None else threshold
-    search = _search_close_pairs(keys.values, threshold, bucket_window, progress, reach=reach)
-    first, second = keys.between_images(search.first, search.second)
+    search = _search_close_pairs(keys.values, threshold, bucket_window, progress, reach=reach, owners=keys.sole_owner)
+    first, second = search.first, search.second
     # Only images sharing a hash or with a hash close to another image's can have a partner.
     has_partner = keys.owner_count > 1
     has_partner[first] = True
@@ -240,7 +240,7 @@ class _HashKeys:
     full: Int64Array  # per image: index of its whole-view hash in `values`, -1 when it has none
     inner: Int64Array  # per image: index of its inner-view hash (its whole-view one when it has none)
     owner_count: Int64Array  # per value: how many images have it (as either view)
-    sole_owner: Int64Array  # per value: the image having it, where only one does
+    sole_owner: Int64Array  # per value: the image having it where only one does, else -1
 
     @classmethod
     def of(
@@ -270,13 +270,8 @@ class _HashKeys:
         owner_count = np.bincount(inverse, minlength=distinct.size).astype(np.int64)
         sole_owner = np.full(distinct.size, -1, dtype=np.int64)
         sole_owner[inverse] = np.concatenate([full_items, inner_items])
+        sole_owner[owner_count > 1] = -1
         return cls(distinct, full, inner, owner_count, sole_owner)
-
-    def between_images(self, first: Int64Array, second: Int64Array) -> tuple[Int64Array, Int64Array]:
-        """The pairs of values without those where one image has both (its whole and inner views are close)."""
-        own = (self.owner_count[first] == 1) & (self.owner_count[second] == 1)
-        own &= self.sole_owner[first] == self.sole_owner[second]
-        return first[~own], second[~own]
 
 
 def _present_mask(missing: npt.ArrayLike | None, size: int, name: str) -> npt.NDArray[np.bool_]:
@@ -328,9 +323,12 @@ def _search_close_pairs(
     progress: ProgressCallback | None,
     *,
     reach: int | None = None,
+    owners: Int64Array | None = None,
 ) -> _PairSearch:
-    """Index pairs (into the sorted distinct `hashes`) within `threshold` bits, found by multi-index hashing;
-    with `reach`, also the pairs it compares (they share a key) that are within `reach` bits."""
+    """Distinct index pairs (into the sorted distinct `hashes`, first < second) within `threshold` bits, found by
+    multi-index hashing; with `reach`, also the pairs it compares (they share a key) that are within `reach` bits.
+    `owners` (per value: the only image having it, -1 where several do) drops the pairs of one image's own
+    values: its whole and inner views are often close, and would make every image a candidate."""
     reach = threshold if reach is None else max(reach, threshold)
     count = hashes.size
     no_pairs = np.empty(0, dtype=np.int64)
@@ -368,8 +366,13 @@ def _search_close_pairs(
             distances = np.bitwise_count(hashes[active_members] ^ hashes[partner_members])
             close = distances <= reach
             compared_pairs += active.size
-            first_parts.append(active_members[close])
-            second_parts.append(partner_members[close])
+            first_close, second_close = active_members[close], partner_members[close]
+            if owners is not None:
+                first_owner = owners[first_close]
+                keep = (first_owner < 0) | (first_owner != owners[second_close])
+                first_close, second_close = first_close[keep], second_close[keep]
+            first_parts.append(first_close)
+            second_parts.append(second_close)
             offset += 1
             active = active[active + offset < count]
             active = active[sorted_key[active + offset] == sorted_key[active]]
@@ -377,9 +380,9 @@ def _search_close_pairs(
         windowed_buckets += int(np.count_nonzero(np.diff(active, prepend=-2) != 1))
         if progress is not None:
             progress((step + 1) / len(key_choices), "comparing image hashes")
-    first = np.concatenate(first_parts) if first_parts else no_pairs
-    second = np.concatenate(second_parts) if second_parts else no_pairs
-    return _PairSearch(first, second, compared_pairs, windowed_buckets)
+    # A close pair shares several keys: once is enough for the leaders' lookups.
+    pairs = np.unique(np.concatenate(first_parts) * count + np.concatenate(second_parts)) if first_parts else no_pairs
+    return _PairSearch(pairs // count, pairs % count, compared_pairs, windowed_buckets)
 
 
 def _load_signatures(

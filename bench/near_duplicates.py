@@ -30,6 +30,7 @@ from app.ml.images import INNER_VIEW_SHARE, dhash64, encode_thumbnail, inner_dha
 from app.ml.near_duplicates import (  # noqa: E402
     DEFAULT_HAMMING_THRESHOLD,
     DEFAULT_MIN_SIMILARITY,
+    VERIFIED_REACH,
     _component_roots,
     _distinct_values,
     _number_by_first_appearance,
@@ -224,13 +225,14 @@ def main() -> None:
         f"{len(pictures)} pictures from {origins.max() + 1} originals, prepared in {time.perf_counter() - started:.1f} s"
     )
 
-    def grouped(rows: np.ndarray, *, with_inner: bool) -> np.ndarray:
+    def grouped(rows: np.ndarray, *, with_inner: bool, reach: int = VERIFIED_REACH) -> np.ndarray:
         return group_near_duplicates(
             hashes[rows],
             inner_hashes=inner[rows] if with_inner else None,
             threshold=args.threshold,
             signatures=signatures[rows],
             min_similarity=args.min_similarity,
+            verified_reach=reach,
         ).group_ids
 
     every = np.arange(len(pictures))
@@ -240,7 +242,8 @@ def main() -> None:
     whole = grouped(every, with_inner=False)
     rules = (
         ("old (dHash <= 4, connected components)", old_grouping(hashes)),
-        ("whole view only (dHash + signature, leaders)", whole),
+        ("session 3 (whole-view dHash <= 4 + signature)", grouped(every, with_inner=False, reach=1)),
+        ("whole view only, with the verified reach", whole),
         ("new (whole or inner dHash + signature, leaders)", new),
     )
     for name, groups in rules:

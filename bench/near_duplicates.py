@@ -26,15 +26,17 @@ from PIL import Image, ImageDraw, ImageEnhance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.ml.demo import generate_demo_dataset  # noqa: E402
-from app.ml.images import dhash64, encode_thumbnail, pixel_signature, shrink  # noqa: E402
+from app.ml.images import INNER_VIEW_SHARE, dhash64, encode_thumbnail, inner_dhash64, pixel_signature, shrink  # noqa: E402
 from app.ml.near_duplicates import (  # noqa: E402
     DEFAULT_HAMMING_THRESHOLD,
     DEFAULT_MIN_SIMILARITY,
+    VERIFIED_REACH,
     _component_roots,
     _distinct_values,
     _number_by_first_appearance,
     _search_close_pairs,
     group_near_duplicates,
+    signature_similarity,
 )
 
 PHOTOS = [
@@ -117,18 +119,42 @@ def jpeg(image: Image.Image, *, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def ingest_view(image: Image.Image) -> tuple[int, np.ndarray, Image.Image]:
-    """What ingest keeps: the dHash of the thumbnail and (read back from the stored JPEG) its pixel signature."""
+@dataclass(frozen=True)
+class IngestView:
+    dhash: int
+    inner_dhash: int
+    signature: np.ndarray
+    thumbnail: Image.Image
+
+
+def ingest_view(image: Image.Image, inner_share: float) -> IngestView:
+    """What ingest keeps: the dHashes of the thumbnail's whole and inner views and (read back from the stored
+    JPEG, as a split does) its pixel signature."""
     uploaded = Image.open(io.BytesIO(jpeg(image)))
     thumbnail = shrink(uploaded, max_side=256)
     stored = Image.open(io.BytesIO(encode_thumbnail(thumbnail)))
-    return dhash64(thumbnail), pixel_signature(stored), stored
+    return IngestView(dhash64(thumbnail), inner_dhash64(thumbnail, share=inner_share), pixel_signature(stored), stored)
+
+
+def distinct(bases: list[tuple[str, Image.Image]]) -> list[tuple[str, Image.Image]]:
+    """The originals without any that look the same as an earlier one (every pixel of the 32 x 32 grey picture
+    within 8 levels): scikit-image's non-face patches include two black ones, which no eye tells apart."""
+    kept: list[tuple[str, Image.Image]] = []
+    small: list[np.ndarray] = []
+    for kind, image in bases:
+        grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.int16)
+        if small and (np.abs(np.stack(small) - grey).max(axis=(1, 2)) <= 8).any():
+            continue
+        kept.append((kind, image))
+        small.append(grey)
+    return kept
 
 
 def labelled_set(rng: np.random.Generator) -> list[Picture]:
     demo = [Image.open(io.BytesIO(item.jpeg)).convert("RGB") for item in generate_demo_dataset(n_images=600)]
     bases = [("photo", image) for image in real_photos()] + [("face", image) for image in faces()]
     bases += [("demo", image) for image in demo]
+    bases = distinct(bases)
     pictures = [Picture(image, origin, kind) for origin, (kind, image) in enumerate(bases)]
     # Near duplicates of every photo and face and of a third of the demo pictures (all demo pictures stay in).
     for origin, (kind, image) in enumerate(bases):
@@ -184,54 +210,104 @@ def main() -> None:
     parser.add_argument("--old-sheet", type=Path, help="write the demo set's groups under the old rule as a PNG")
     parser.add_argument("--min-similarity", type=float, default=DEFAULT_MIN_SIMILARITY)
     parser.add_argument("--threshold", type=int, default=DEFAULT_HAMMING_THRESHOLD, help="dHash bits")
+    parser.add_argument("--inner-share", type=float, default=INNER_VIEW_SHARE, help="side share of the inner view")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
 
     started = time.perf_counter()
     pictures = labelled_set(rng)
-    views = [ingest_view(picture.image) for picture in pictures]
-    hashes = np.asarray([view[0] for view in views], dtype=np.int64)
-    signatures = np.stack([view[1] for view in views])
+    views = [ingest_view(picture.image, args.inner_share) for picture in pictures]
+    hashes = np.asarray([view.dhash for view in views], dtype=np.int64)
+    inner = np.asarray([view.inner_dhash for view in views], dtype=np.int64)
+    signatures = np.stack([view.signature for view in views])
     origins = np.asarray([picture.origin for picture in pictures], dtype=np.int64)
-    kinds = sorted({picture.kind for picture in pictures})
     print(
         f"{len(pictures)} pictures from {origins.max() + 1} originals, prepared in {time.perf_counter() - started:.1f} s"
     )
 
+    def grouped(rows: np.ndarray, *, with_inner: bool, reach: int = VERIFIED_REACH) -> np.ndarray:
+        return group_near_duplicates(
+            hashes[rows],
+            inner_hashes=inner[rows] if with_inner else None,
+            threshold=args.threshold,
+            signatures=signatures[rows],
+            min_similarity=args.min_similarity,
+            verified_reach=reach,
+        ).group_ids
+
+    every = np.arange(len(pictures))
     started = time.perf_counter()
-    new = group_near_duplicates(
-        hashes, threshold=args.threshold, signatures=signatures, min_similarity=args.min_similarity
-    ).group_ids
+    new = grouped(every, with_inner=True)
     grouping_seconds = time.perf_counter() - started
-    old = old_grouping(hashes)
-    for name, groups in (("old (dHash <= 4, connected components)", old), ("new (dHash + signature, leaders)", new)):
+    whole = grouped(every, with_inner=False)
+    rules = (
+        ("old (dHash <= 4, connected components)", old_grouping(hashes)),
+        ("session 3 (whole-view dHash <= 4 + signature)", grouped(every, with_inner=False, reach=1)),
+        ("whole view only, with the verified reach", whole),
+        ("new (whole or inner dHash + signature, leaders)", new),
+    )
+    for name, groups in rules:
         precision, recall, predicted, true = pair_scores(groups, origins)
         print(f"{name}: pair precision {precision:.4f}, recall {recall:.4f} ({predicted} predicted, {true} true pairs)")
     print(
-        f"new grouping took {grouping_seconds * 1000:.0f} ms; {args.threshold} bits, min similarity {args.min_similarity}"
+        f"new grouping took {grouping_seconds * 1000:.0f} ms; {args.threshold} bits, min similarity "
+        f"{args.min_similarity}, inner view {args.inner_share:.2f} of each side"
     )
-    kind_array = np.asarray([picture.kind for picture in pictures])
-    for kind in kinds:
-        if "/" not in kind:
-            continue
-        variant_rows = np.flatnonzero(kind_array == kind)
-        base_rows = np.asarray([np.flatnonzero(origins == origins[row])[0] for row in variant_rows])
-        joined = float(np.mean(new[variant_rows] == new[base_rows]))
-        print(f"  {kind:20s} joined to its original: {joined:.3f} of {variant_rows.size}")
+    print_per_transformation(pictures, hashes, inner, signatures, whole, new, args)
 
+    kind_array = np.asarray([picture.kind for picture in pictures])
     demo_rows = np.flatnonzero(kind_array == "demo")
-    demo_hashes, demo_signatures = hashes[demo_rows], signatures[demo_rows]
-    demo_old = old_grouping(demo_hashes)
-    demo_new = group_near_duplicates(
-        demo_hashes, threshold=args.threshold, signatures=demo_signatures, min_similarity=args.min_similarity
-    ).group_ids
+    demo_old = old_grouping(hashes[demo_rows])
+    demo_new = grouped(demo_rows, with_inner=True)
     print(f"demo set alone ({demo_rows.size} distinct pictures): old groups of 2+ {group_sizes(demo_old)}")
+    print(f"demo set alone: whole view only, groups of 2+ {group_sizes(grouped(demo_rows, with_inner=False))}")
     print(f"demo set alone: new groups of 2+ {group_sizes(demo_new)}")
-    thumbnails = [views[row][2] for row in demo_rows]
+    thumbnails = [views[row].thumbnail for row in demo_rows]
     if args.sheet:
         print(f"wrote {contact_sheet(thumbnails, demo_new, args.sheet)} group rows to {args.sheet}")
     if args.old_sheet:
         print(f"wrote {contact_sheet(thumbnails, demo_old, args.old_sheet)} group rows to {args.old_sheet}")
+
+
+def print_per_transformation(
+    pictures: list[Picture],
+    hashes: np.ndarray,
+    inner: np.ndarray,
+    signatures: np.ndarray,
+    whole: np.ndarray,
+    new: np.ndarray,
+    args: argparse.Namespace,
+) -> None:
+    """Per transformation, against its original: found by the hash search (whole view only; any of the four view
+    pairs), signature verified, joined to the original's group (whole view only; new), and its pair recall."""
+    origins = np.asarray([picture.origin for picture in pictures], dtype=np.int64)
+    kinds = np.asarray([picture.kind for picture in pictures])
+    full_bits, inner_bits = hashes.view(np.uint64), inner.view(np.uint64)
+    print(
+        f"  {'transformation':20s} {'copies':>6s} {'hash: whole':>11s} {'any view':>8s} {'signature':>9s} "
+        f"{'joined: whole':>13s} {'new':>6s} {'pair recall':>11s}"
+    )
+    for kind in sorted({kind for kind in kinds if "/" in kind}):
+        rows = np.flatnonzero(kinds == kind)
+        base = np.asarray([np.flatnonzero(origins == origins[row])[0] for row in rows])
+        whole_distance = np.bitwise_count(full_bits[rows] ^ full_bits[base])
+        any_distance = np.minimum.reduce(
+            [
+                whole_distance,
+                np.bitwise_count(inner_bits[rows] ^ inner_bits[base]),
+                np.bitwise_count(full_bits[rows] ^ inner_bits[base]),
+                np.bitwise_count(inner_bits[rows] ^ full_bits[base]),
+            ]
+        )
+        similar = signature_similarity(signatures[rows], signatures[base]) >= args.min_similarity
+        # Pair recall of this transformation: its copies' true pairs (with the original and the other copies).
+        partners = [np.flatnonzero((origins == origins[row]) & (np.arange(origins.size) != row)) for row in rows]
+        pair_recall = np.mean([np.mean(new[others] == new[row]) for row, others in zip(rows, partners, strict=True)])
+        print(
+            f"  {kind:20s} {rows.size:6d} {np.mean(whole_distance <= args.threshold):11.3f} "
+            f"{np.mean(any_distance <= args.threshold):8.3f} {np.mean(similar):9.3f} "
+            f"{np.mean(whole[rows] == whole[base]):13.3f} {np.mean(new[rows] == new[base]):6.3f} {pair_recall:11.3f}"
+        )
 
 
 if __name__ == "__main__":

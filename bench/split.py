@@ -58,21 +58,30 @@ def populate(url: str, images: int) -> int:
         labels = rng.choice(label_ids, size=images, p=weights / weights.sum())
         sources = rng.choice(["web", "render", "scan", "phone"], size=images, p=[0.4, 0.3, 0.2, 0.1])
         phashes = rng.integers(-(2**63), 2**63 - 1, size=images, dtype=np.int64)
-        columns = "dataset_id, sha256, filename, source, label_id, label_version, width, height, format, phash, notes, created_at"
+        inner = rng.integers(-(2**63), 2**63 - 1, size=images, dtype=np.int64)  # ingest stores both dHashes
+        columns = "dataset_id, sha256, filename, source, label_id, label_version, width, height, format, phash, inner_phash, notes, created_at"
         if conn.dialect.name == "postgresql":
             buffer = io.StringIO()
             for i in range(images):
                 buffer.write(
-                    f"{dataset_id}\t{i:064x}\timg_{i}.jpg\t{sources[i]}\t{labels[i]}\t1\t64\t64\tJPEG\t{phashes[i]}\t\t2026-01-01\n"
+                    f"{dataset_id}\t{i:064x}\timg_{i}.jpg\t{sources[i]}\t{labels[i]}\t1\t64\t64\tJPEG\t{phashes[i]}\t{inner[i]}\t\t2026-01-01\n"
                 )
             raw = conn.connection.dbapi_connection
             with raw.cursor() as cursor, cursor.copy(f"COPY images ({columns}) FROM STDIN") as copy:  # type: ignore[union-attr]
                 copy.write(buffer.getvalue())
         else:
             conn.exec_driver_sql(
-                f"INSERT INTO images ({columns}) VALUES (?, ?, ?, ?, ?, 1, 64, 64, 'JPEG', ?, '', '2026-01-01')",
+                f"INSERT INTO images ({columns}) VALUES (?, ?, ?, ?, ?, 1, 64, 64, 'JPEG', ?, ?, '', '2026-01-01')",
                 [
-                    (dataset_id, f"{i:064x}", f"img_{i}.jpg", sources[i], int(labels[i]), int(phashes[i]))
+                    (
+                        dataset_id,
+                        f"{i:064x}",
+                        f"img_{i}.jpg",
+                        sources[i],
+                        int(labels[i]),
+                        int(phashes[i]),
+                        int(inner[i]),
+                    )
                     for i in range(images)
                 ],
             )

@@ -31,19 +31,22 @@ class ScanColumns:
     height: np.ndarray
     phashes: np.ndarray
     phash_missing: np.ndarray
+    inner_phashes: np.ndarray
+    inner_phash_missing: np.ndarray
     stats: np.ndarray  # (images, 5): brightness, contrast, sharpness, entropy, colourfulness
 
 
 def scan_columns(session: Session, dataset_id: int) -> ScanColumns:
     rows = session.execute(
-        select(Image.id, Image.label_id, Image.width, Image.height, Image.phash, *_STAT_COLUMNS)
+        select(Image.id, Image.label_id, Image.width, Image.height, Image.phash, Image.inner_phash, *_STAT_COLUMNS)
         .outerjoin(ImageStat, ImageStat.image_id == Image.id)
         .where(Image.dataset_id == dataset_id)
         .order_by(Image.id)
     ).all()
-    table = np.array([tuple(row) for row in rows], dtype=object).reshape(len(rows), 10)
-    phash = table[:, 4]
+    table = np.array([tuple(row) for row in rows], dtype=object).reshape(len(rows), 11)
+    phash, inner = table[:, 4], table[:, 5]
     missing = np.array([value is None for value in phash], dtype=bool)
+    inner_missing = np.array([value is None for value in inner], dtype=bool)
     return ScanColumns(
         image_ids=table[:, 0].astype(np.int64),
         label_ids=table[:, 1].astype(np.int64),
@@ -51,7 +54,9 @@ def scan_columns(session: Session, dataset_id: int) -> ScanColumns:
         height=table[:, 3].astype(np.float64),
         phashes=np.where(missing, 0, phash).astype(np.int64),
         phash_missing=missing,
-        stats=np.where(table[:, 5:] == None, np.nan, table[:, 5:]).astype(np.float64),  # noqa: E711
+        inner_phashes=np.where(inner_missing, 0, inner).astype(np.int64),
+        inner_phash_missing=inner_missing,
+        stats=np.where(table[:, 6:] == None, np.nan, table[:, 6:]).astype(np.float64),  # noqa: E711
     )
 
 

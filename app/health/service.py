@@ -186,6 +186,8 @@ def find_issues(session: Session, *, dataset_id: int, blobs: BlobStore, embeddin
     near = group_near_duplicates(
         columns.phashes,
         missing=columns.phash_missing,
+        inner_hashes=columns.inner_phashes,
+        inner_missing=columns.inner_phash_missing,
         signatures=_signature_loader(session, columns.image_ids, blobs),
     ).group_ids
     found["exact_duplicate"] = logic.duplicate_groups(exact)

@@ -252,9 +252,29 @@ def dhash64(image: Image.Image) -> int:
     return unsigned - (1 << 64) if unsigned >= 1 << 63 else unsigned
 
 
+# The share of each side, centred, that `inner_dhash64` hashes. A copy cropped by 2-5 % at each edge shows 90-96 %
+# of the original, so its whole-view hash lands near the original's inner one (and the other way round).
+# bench/near_duplicates.py --inner-share 0.90: pair precision 0.967, recall 0.893; at 0.94: 0.985, 0.902.
+INNER_VIEW_SHARE = 0.94
+
+
+def inner_dhash64(image: Image.Image, *, share: float = INNER_VIEW_SHARE) -> int:
+    """`dhash64` of the central `share` of each side of the normalised image: a second candidate key for near
+    duplicates, which finds lightly cropped copies that the whole view's hash misses."""
+    return dhash64(_centre_view(normalise(image), share))
+
+
+def _centre_view(picture: Image.Image, share: float) -> Image.Image:
+    width, height = picture.size
+    left, top = width * (1 - share) / 2, height * (1 - share) / 2
+    return picture.crop((round(left), round(top), round(width - left), round(height - top)))
+
+
 SIGNATURE_SIDE = 32
-# The whole picture, then its central 94% and 88%: a lightly cropped copy matches one of the inner views.
-SIGNATURE_VIEWS = (1.0, 0.94, 0.88)
+# The whole picture, then its central 96%, 92% and 88%: a copy cropped by 2-5 % at each edge (keeping 90-96 % of
+# each side) matches one of the inner views. Steps of 4 points verified more cropped copies than 94 / 88 in
+# bench/near_duplicates.py (0.962 of them against 0.952).
+SIGNATURE_VIEWS = (1.0, 0.96, 0.92, 0.88)
 SIGNATURE_VIEW_LENGTH = SIGNATURE_SIDE * SIGNATURE_SIDE * 3
 SIGNATURE_LENGTH = SIGNATURE_VIEW_LENGTH * len(SIGNATURE_VIEWS)
 
@@ -267,11 +287,9 @@ def pixel_signature(image: Image.Image) -> np.ndarray:
     32 x 32 in colour still can, while resizing, recompression and brightness changes leave it nearly unchanged.
     """
     picture = normalise(image)
-    width, height = picture.size
     views = []
     for share in SIGNATURE_VIEWS:
-        left, top = width * (1 - share) / 2, height * (1 - share) / 2
-        view = picture.crop((round(left), round(top), round(width - left), round(height - top)))
+        view = _centre_view(picture, share)
         views.append(np.asarray(view.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX), np.uint8))
     return np.concatenate([view.reshape(-1) for view in views])
 

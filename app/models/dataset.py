@@ -77,7 +77,10 @@ class Image(TimestampMixin, Base):
         Index("ix_images_dataset_label", "dataset_id", "label_id"),
         Index("ix_images_dataset_source", "dataset_id", "source"),
         # Covering index: a split reads a million images' columns in index order, without table lookups.
-        Index("ix_images_split_columns", "dataset_id", "id", "label_id", "source", "phash", "imported_subset"),
+        Index(
+            "ix_images_split_columns",
+            *("dataset_id", "id", "label_id", "source", "phash", "inner_phash", "imported_subset"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -97,6 +100,9 @@ class Image(TimestampMixin, Base):
     height: Mapped[int] = mapped_column(default=0)
     format: Mapped[str] = mapped_column(String(16), default="")
     phash: Mapped[int | None] = mapped_column(BigInteger)
+    # dHash of the central 94 % (app.ml.images.inner_dhash64): finds cropped copies. None for images stored before
+    # migration 0011, which are then compared by their whole view only.
+    inner_phash: Mapped[int | None] = mapped_column(BigInteger)
     notes: Mapped[str] = mapped_column(Text, default="")
     excluded_reason: Mapped[str | None] = mapped_column(Text)  # "ambiguous": left out of scoring
     upload_id: Mapped[int | None] = mapped_column(ForeignKey("uploads.id", ondelete="SET NULL"))

@@ -20,7 +20,8 @@ import numpy.typing as npt
 from app.core.storage import atomic_write_bytes
 
 # 2: near-duplicate groups are verified on pixel signatures and never chain (issue 16); version 1 groups chained.
-FORMAT_VERSION = 2
+# 3: candidates also by the inner-view hash and within the verified reach; four signature views.
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True, eq=False)

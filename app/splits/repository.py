@@ -26,6 +26,8 @@ class ImageColumns:
     label_ids: np.ndarray
     phashes: np.ndarray
     phash_missing: np.ndarray
+    inner_phashes: np.ndarray
+    inner_phash_missing: np.ndarray
     imported_subsets: list[str | None]
 
 
@@ -47,22 +49,25 @@ def _fetch_all(session: Session, sql: str, params: tuple[int, ...]) -> Sequence[
 def image_columns(session: Session, dataset_id: int) -> ImageColumns:
     rows = _fetch_all(
         session,
-        "SELECT id, source, label_id, COALESCE(phash, 0), phash IS NULL, imported_subset FROM images "
+        "SELECT id, source, label_id, COALESCE(phash, 0), phash IS NULL, COALESCE(inner_phash, 0), "
+        "inner_phash IS NULL, imported_subset FROM images "
         # Read over the covering index ix_images_split_columns; the unlabeled pool enters no split.
         "WHERE dataset_id = ? AND label_id IS NOT NULL ORDER BY id",
         (dataset_id,),
     )
     if not rows:
         empty = np.zeros(0, dtype=np.int64)
-        return ImageColumns(empty, [], empty, empty, np.zeros(0, dtype=bool), [])
+        return ImageColumns(empty, [], empty, empty, np.zeros(0, dtype=bool), empty, np.zeros(0, dtype=bool), [])
     # Transposed in C (zip) and converted per column: per-row Python generators cost seconds at a million rows.
-    ids, sources, label_ids, phashes, phash_missing, imported = zip(*rows, strict=True)
+    ids, sources, label_ids, phashes, phash_missing, inner_phashes, inner_missing, imported = zip(*rows, strict=True)
     return ImageColumns(
         image_ids=np.array(ids, dtype=np.int64),
         sources=list(sources),
         label_ids=np.array(label_ids, dtype=np.int64),
         phashes=np.array(phashes, dtype=np.int64),
         phash_missing=np.array(phash_missing, dtype=bool),
+        inner_phashes=np.array(inner_phashes, dtype=np.int64),
+        inner_phash_missing=np.array(inner_missing, dtype=bool),
         imported_subsets=list(imported),
     )
 

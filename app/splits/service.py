@@ -175,6 +175,8 @@ def _stable_columns(
         columns.phashes,
         threshold=threshold,
         missing=columns.phash_missing,
+        inner_hashes=columns.inner_phashes,
+        inner_missing=columns.inner_phash_missing,
         signatures=_signature_loader(session, columns.image_ids, blobs),
     )
     return StableColumns(

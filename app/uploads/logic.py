@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 
 from app.datasets.logic import CsvProblem, LabelCsvResult, PathLabel, Subset, infer_path_labels, parse_label_csv
 from app.ml.image_stats import ImageStats, measure
-from app.ml.images import ImageLimits, Rejection, dhash64, encode_thumbnail, inspect_image, shrink
+from app.ml.images import ImageLimits, Rejection, dhash64, encode_thumbnail, inner_dhash64, inspect_image, shrink
 from app.uploads.states import EntryOutcome
 
 # ---- decoding one staged file ---------------------------------------------------------------------------
@@ -25,8 +25,8 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """What ingest keeps of a valid image: its facts, a JPEG thumbnail, the thumbnail's difference hash and the
-    statistics data health reads."""
+    """What ingest keeps of a valid image: its facts, a JPEG thumbnail, the thumbnail's difference hashes (whole
+    and inner view) and the statistics data health reads."""
 
     width: int
     height: int
@@ -34,6 +34,7 @@ class DecodedImage:
     notes: tuple[str, ...]
     thumbnail: bytes
     dhash: int
+    inner_dhash: int | None = None
     stats: ImageStats | None = None
 
 
@@ -60,6 +61,7 @@ def decode_for_ingest(
         notes=inspected.notes,
         thumbnail=encode_thumbnail(thumbnail),
         dhash=dhash64(thumbnail),
+        inner_dhash=inner_dhash64(thumbnail),
         # Measured on the thumbnail: the statistics work at a smaller side anyway, and it is already in memory.
         stats=measure(thumbnail),
     )

@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 
 from PIL import Image as PILImage
+from sklearn.datasets import load_sample_images
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from app.ml.demo import generate_demo_dataset
+from app.models import Image
 from tests.datasets.conftest import Ingest, jpeg, zip_of
 
 
@@ -43,3 +47,37 @@ def test_scan_job_over_ingested_images(ingest: Ingest) -> None:
     if measured:
         assert f"{other}/night.jpg" in [names[i] for i in issues["dark"]["examples"]]
     assert issues["outlier"]["checked"] == 0  # no embeddings yet
+
+
+def _crop_conflict_scan(ingest: Ingest, *, forget_inner_hashes: bool) -> dict[str, dict[str, object]]:
+    """A photo and its 5 %-cropped copy under two labels, among unrelated demo pictures, scanned."""
+    dataset_id = ingest.create_dataset()
+    photo = PILImage.fromarray(load_sample_images().images[1])
+    width, height = photo.size
+    cropped = photo.crop((width // 20, height // 20, width - width // 20, height - height // 20))
+    files = [(f"{item.true_label}/{i}.jpg", item.jpeg) for i, item in enumerate(generate_demo_dataset(n_images=6))]
+    for name, picture in (("flower/photo.jpg", photo), ("tree/cropped.jpg", cropped)):
+        data = io.BytesIO()
+        picture.save(data, format="JPEG", quality=90)
+        files.append((name, data.getvalue()))
+    assert ingest.upload(dataset_id, files)["accepted"] == 8
+    if forget_inner_hashes:  # as images stored before migration 0011 are
+        with Session(ingest.engine) as session:
+            session.execute(update(Image).where(Image.dataset_id == dataset_id).values(inner_phash=None))
+            session.commit()
+    assert ingest.reviewer.post(f"/api/datasets/{dataset_id}/health").status_code == 202
+    assert [job.status for job in ingest.run_jobs()] == ["succeeded"]
+    body = ingest.viewer.get(f"/api/datasets/{dataset_id}/health").json()
+    return {issue["type"]: issue for issue in body["issues"]}
+
+
+def test_a_cropped_copy_under_another_label_is_a_label_conflict(ingest: Ingest) -> None:
+    issues = _crop_conflict_scan(ingest, forget_inner_hashes=False)
+    assert issues["near_duplicate"]["count"] == 2
+    assert issues["label_conflict"]["count"] == 2
+
+
+def test_images_without_an_inner_hash_are_compared_by_their_whole_view(ingest: Ingest) -> None:
+    issues = _crop_conflict_scan(ingest, forget_inner_hashes=True)
+    assert issues["near_duplicate"]["count"] == 0
+    assert issues["label_conflict"]["count"] == 0

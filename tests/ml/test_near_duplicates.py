@@ -194,11 +194,15 @@ def test_signature_similarity_ignores_brightness_and_tells_patterns_apart() -> N
     shuffled = np.random.default_rng(0).permutation(ramp)
     flat = np.full(SIGNATURE_LENGTH, 90, dtype=np.uint8)
     similarity = signature_similarity(
-        np.stack([ramp, ramp, flat]).astype(np.uint8), np.stack([brighter, shuffled, flat + 40]).astype(np.uint8)
+        np.stack([ramp, ramp, flat, flat, flat * 0]).astype(np.uint8),
+        np.stack([brighter, shuffled, flat + 10, flat + 40, flat * 0 + 255]).astype(np.uint8),
     )
     assert similarity[0] > 0.99
     assert similarity[1] < 0.2
+    # Flat pictures have no pattern: alike only when their colours are close (black is no copy of white).
     assert similarity[2] == 1.0
+    assert similarity[3] == 0.0
+    assert similarity[4] == 0.0
 
 
 def test_uint64_and_int64_views_of_the_same_hashes_group_alike() -> None:

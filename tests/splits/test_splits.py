@@ -173,6 +173,25 @@ def test_near_duplicates_land_in_one_subset(client_and_engine) -> None:
     assert client.get(f"/api/splits/{split_id}").json()["groups"]["count"] == 200
 
 
+def test_a_copy_found_by_the_inner_hash_lands_with_its_original(client_and_engine) -> None:
+    client, engine, _app = client_and_engine
+    # Whole views far apart in each pair; image 2k's inner view hashes as image 2k+1's whole view (a cropped copy).
+    dataset_id = _dataset(engine, count=400, phash=lambda i: (i * 0x9E3779B97F4A7C15) % (1 << 62))
+    with Session(engine) as session:
+        images = session.scalars(select(Image).where(Image.dataset_id == dataset_id).order_by(Image.id)).all()
+        for original, copy in zip(images[::2], images[1::2], strict=True):
+            assert bin(original.phash ^ copy.phash).count("1") > 8
+            original.inner_phash = copy.phash
+        pairs = [(original.id, copy.id) for original, copy in zip(images[::2], images[1::2], strict=True)]
+        session.commit()
+    split_id = client.post(f"/api/datasets/{dataset_id}/splits", json={"seed": 0}).json()["split_id"]
+    drain_jobs(engine)
+    assignment = _assignment(engine, split_id)
+    for original, copy in pairs:
+        assert assignment[original] == assignment[copy]
+    assert client.get(f"/api/splits/{split_id}").json()["groups"]["count"] == 200
+
+
 def test_export_streams_an_imagefolder_zip_with_current_labels(client_and_engine, tmp_path) -> None:
     client, engine, app = client_and_engine
     blobs = app.state.blobs

@@ -180,6 +180,7 @@ def _add_images(
             "height": image.decoded.height,
             "format": image.decoded.format,
             "phash": image.decoded.dhash,
+            "inner_phash": image.decoded.inner_dhash,
             "notes": "; ".join(image.decoded.notes),
             "upload_id": spec.upload_id,
         }

@@ -26,7 +26,16 @@ from PIL import Image, ImageDraw, ImageEnhance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.ml.demo import generate_demo_dataset  # noqa: E402
-from app.ml.images import INNER_VIEW_SHARE, dhash64, encode_thumbnail, inner_dhash64, pixel_signature, shrink  # noqa: E402
+from app.ml.images import (  # noqa: E402
+    INNER_VIEW_SHARE,
+    ImageInfo,
+    dhash64,
+    encode_thumbnail,
+    inner_dhash64,
+    inspect_image,
+    pixel_signature,
+    shrink,
+)
 from app.ml.near_duplicates import (  # noqa: E402
     DEFAULT_HAMMING_THRESHOLD,
     DEFAULT_MIN_SIMILARITY,
@@ -130,8 +139,9 @@ class IngestView:
 def ingest_view(image: Image.Image, inner_share: float) -> IngestView:
     """What ingest keeps: the dHashes of the thumbnail's whole and inner views and (read back from the stored
     JPEG, as a split does) its pixel signature."""
-    uploaded = Image.open(io.BytesIO(jpeg(image)))
-    thumbnail = shrink(uploaded, max_side=256)
+    inspected = inspect_image(jpeg(image), needed_side=256)  # as ingest decodes it (a JPEG at a reduced DCT scale)
+    assert isinstance(inspected, ImageInfo), inspected
+    thumbnail = shrink(inspected.image, max_side=256)
     stored = Image.open(io.BytesIO(encode_thumbnail(thumbnail)))
     return IngestView(dhash64(thumbnail), inner_dhash64(thumbnail, share=inner_share), pixel_signature(stored), stored)
 

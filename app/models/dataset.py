@@ -101,7 +101,7 @@ class Image(TimestampMixin, Base):
     format: Mapped[str] = mapped_column(String(16), default="")
     phash: Mapped[int | None] = mapped_column(BigInteger)
     # dHash of the central 94 % (app.ml.images.inner_dhash64): finds cropped copies. None for images stored before
-    # migration 0011, which are then compared by their whole view only.
+    # migration 0012, which are then compared by their whole view only.
     inner_phash: Mapped[int | None] = mapped_column(BigInteger)
     notes: Mapped[str] = mapped_column(Text, default="")
     excluded_reason: Mapped[str | None] = mapped_column(Text)  # "ambiguous": left out of scoring

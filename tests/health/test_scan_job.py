@@ -61,7 +61,7 @@ def _crop_conflict_scan(ingest: Ingest, *, forget_inner_hashes: bool) -> dict[st
         picture.save(data, format="JPEG", quality=90)
         files.append((name, data.getvalue()))
     assert ingest.upload(dataset_id, files)["accepted"] == 8
-    if forget_inner_hashes:  # as images stored before migration 0011 are
+    if forget_inner_hashes:  # as images stored before migration 0012 are
         with Session(ingest.engine) as session:
             session.execute(update(Image).where(Image.dataset_id == dataset_id).values(inner_phash=None))
             session.commit()

@@ -3,8 +3,8 @@
 Images stored before this revision keep NULL: they are compared by their whole view only (their blobs are not
 decoded again). The split read's covering index gains the column.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06 21:30:00.000000
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

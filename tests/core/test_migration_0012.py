@@ -1,4 +1,4 @@
-"""Migration 0011 adds `images.inner_phash` (and the column to the split read's covering index); existing images
+"""Migration 0012 adds `images.inner_phash` (and the column to the split read's covering index); existing images
 keep their rows with no inner hash, and the downgrade takes the column away again, on SQLite and Postgres."""
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ def _index_columns(engine: Engine) -> list[str]:
 
 def test_inner_phash_comes_and_goes_and_images_survive(empty_engine: tuple[str, Engine]) -> None:  # noqa: F811
     _backend, engine = empty_engine
-    _upgrade(engine, "0010")
+    _upgrade(engine, "0011")
     now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as c:
-        table = lambda name: Table(name, MetaData(), autoload_with=c)  # noqa: E731  (the schema as 0010 left it)
+        table = lambda name: Table(name, MetaData(), autoload_with=c)  # noqa: E731  (the schema as 0011 left it)
         c.execute(table("datasets").insert().values(id=1, name="d", description="", created_at=now))
         c.execute(table("labels").insert().values(id=1, dataset_id=1, name="cat", created_at=now))
         image = {"sha256": "aa", "filename": "a.jpg", "source": "default", "label_id": 1, "label_version": 1}
@@ -44,7 +44,7 @@ def test_inner_phash_comes_and_goes_and_images_survive(empty_engine: tuple[str, 
     with engine.begin() as c:
         c.execute(text("UPDATE images SET inner_phash = :value WHERE id = 1"), {"value": -(2**63)})  # int64 min
 
-    _downgrade(engine, "0010")
+    _downgrade(engine, "0011")
     columns = {column["name"] for column in inspect(engine).get_columns("images")}
     assert "inner_phash" not in columns
     assert _index_columns(engine) == ["dataset_id", "id", "label_id", "source", "phash", "imported_subset"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Image, Upload, UploadEntry
+from app.models import EmbeddingSet, Image, Run, Upload, UploadEntry
 
 # Uploads whose entries still need their blobs: being filled, queued or ingesting (a failed or cancelled ingest
 # keeps its upload queued/ingesting, so it can be retried, until the upload is discarded).
@@ -39,3 +40,20 @@ def image_blobs_after(session: Session, *, after_id: int, limit: int) -> list[tu
         .limit(limit)
     )
     return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+
+
+def runs_with_models(session: Session) -> list[tuple[int, str, dict[str, Any]]]:
+    """(run id, model_path, timings) of every run that records model files."""
+    query = select(Run.id, Run.model_path, Run.timings).where(Run.model_path.is_not(None)).order_by(Run.id)
+    rows = session.execute(query)
+    return [(row[0], row[1], dict(row[2] or {})) for row in rows]
+
+
+def embedding_sets_with_rows(session: Session) -> list[tuple[int, int, str]]:
+    """(set id, dataset id, backbone) of every embedding set that records stored vectors."""
+    rows = session.execute(
+        select(EmbeddingSet.id, EmbeddingSet.dataset_id, EmbeddingSet.backbone)
+        .where(EmbeddingSet.count > 0)
+        .order_by(EmbeddingSet.id)
+    )
+    return [(row[0], row[1], row[2]) for row in rows]

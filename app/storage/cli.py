@@ -32,6 +32,7 @@ def register(cli: typer.Typer) -> None:
     def init() -> None:
         """Prepare the configured store: with ERRORBOOK_STORAGE=s3, create the bucket if it does not exist and
         check it can be used (a deployment runs this once before its web and worker processes)."""
+        from app.core.errors import DomainError
         from app.core.settings import get_settings
         from app.storage.backends import blob_store
         from app.storage.s3 import S3BlobStore
@@ -40,8 +41,12 @@ def register(cli: typer.Typer) -> None:
         if not isinstance(store, S3BlobStore):
             typer.echo("local blob storage: nothing to prepare")
             return
-        created = store.ensure_bucket()
-        store.check_reachable()
+        try:
+            created = store.ensure_bucket()
+            store.check_reachable()
+        except DomainError as error:
+            typer.echo(f"errorbook: {error.message}", err=True)
+            raise typer.Exit(2) from error
         typer.echo(f"{'created' if created else 'found'} {store.location.describe()}")
 
     @storage_cli.command("verify")
@@ -137,10 +142,13 @@ def _migrate_artefacts(settings: Settings, target: BlobStore) -> ArtefactMigrati
     """Run model files, resume checkpoints and embedding sets: copied under their keys, each ETag checked."""
     from app.core.artefacts import LocalArtefacts
     from app.core.db import get_engine, session_factory
+    from app.core.migrate import upgrade_to_head
     from app.storage import repository
     from app.storage.migrate import artefact_sources, migrate_artefacts
 
-    with session_factory(get_engine(settings))() as session:
+    engine = get_engine(settings)
+    upgrade_to_head(engine)
+    with session_factory(engine)() as session:
         legacy = [(run_id, path) for run_id, path, _ in repository.runs_with_models(session)]
     sources = artefact_sources(LocalArtefacts(settings.resolved_data_dir), legacy)
     result = migrate_artefacts(sources=sources, target=target.artefacts)

@@ -57,8 +57,11 @@ class S3Artefacts:
         self._tmp.mkdir(parents=True, exist_ok=True)
 
     def object_key(self, key: str) -> str:
+        """The object's key; ``key`` may also be a bare area (runs, jobs, embeddings), to list it."""
+        from app.core.artefacts import AREAS
+
         prefix = self.location.prefix.strip("/")
-        return f"{prefix + '/' if prefix else ''}{check_key(key)}"
+        return f"{prefix + '/' if prefix else ''}{key if key in AREAS else check_key(key)}"
 
     def _relative(self, object_key: str) -> str:
         prefix = self.location.prefix.strip("/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,9 +58,7 @@ def test_verify_names_missing_and_rotted_objects(session_maker: sessionmaker[Ses
 
 
 def test_verify_command_exits_1_and_prints_names(
-    fresh_database,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    fresh_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ERRORBOOK_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ERRORBOOK_DATABASE_URL", fresh_database.url)

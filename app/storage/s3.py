@@ -159,6 +159,7 @@ class S3BlobStore:
         if cached.exists():
             return cached
         cached.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
         os.close(fd)
         try:

@@ -87,6 +87,7 @@ class S3Artefacts:
 
     def _download(self, key: str, final: Path) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
         os.close(fd)
         try:

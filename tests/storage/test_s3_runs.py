@@ -4,7 +4,6 @@ verify names a missing one, and a store that goes away mid-job fails the job wit
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,11 @@ from app.core.settings import Settings, get_settings
 from app.web.app import create_app
 from tests.factories import colour_jpeg
 from tests.jobs.inline import drain_jobs
-from tests.s3_server import S3Server, s3_server, set_credentials
+from tests.s3_server import S3Server, s3_server
+from tests.storage.conftest import use_bucket
 from tests.training.conftest import colour_split, train
 
 pytestmark = pytest.mark.slow
-
-
-def _use_bucket(server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    set_credentials(server, monkeypatch)
-    bucket = f"runs-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
-    boto3.client("s3", endpoint_url=server.endpoint_url).create_bucket(Bucket=bucket)
-    monkeypatch.setenv("ERRORBOOK_STORAGE", "s3")
-    monkeypatch.setenv("ERRORBOOK_S3_BUCKET", bucket)
-    monkeypatch.setenv("ERRORBOOK_S3_ENDPOINT_URL", server.endpoint_url)
-    return bucket
 
 
 def _keys(server: S3Server, bucket: str) -> set[str]:
@@ -41,9 +31,9 @@ def _keys(server: S3Server, bucket: str) -> set[str]:
 
 @pytest.fixture
 def s3_install(
-    server: S3Server, fresh_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_env: str, fresh_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, TestClient, Any, int, int]]:
-    bucket = _use_bucket(server, tmp_path, monkeypatch)
+    bucket = s3_env
     with colour_split(fresh_database, tmp_path / "host-a", monkeypatch, per_class=6) as (client, engine, ds, split):
         yield bucket, client, engine, ds, split
 
@@ -106,7 +96,7 @@ def test_a_store_gone_mid_job_retries_then_fails_with_the_reason_and_records_not
     serving = s3_server()  # this test's own server: it is stopped mid-way
     server = serving.__enter__()
     try:
-        _use_bucket(server, tmp_path, monkeypatch)
+        use_bucket(server, tmp_path, monkeypatch)
         monkeypatch.setenv("ERRORBOOK_JOB_MAX_ATTEMPTS", "2")
         with colour_split(fresh_database, tmp_path / "data", monkeypatch, per_class=6) as env:
             client, engine, dataset_id, split_id = env

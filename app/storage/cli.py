@@ -136,6 +136,8 @@ def register(cli: typer.Typer) -> None:
             f"{result.blobs:,} blobs looked at; {verb} {result.deleted:,} unreferenced "
             f"({result.deleted_bytes:,} bytes); kept {result.kept_young:,} unreferenced ones younger than {grace:g} h"
         )
+        if result.artefacts_deleted:
+            typer.echo(f"{verb} {result.artefacts_deleted:,} files of unfinished runs and ended jobs' checkpoints")
 
 
 def _migrate_artefacts(settings: Settings, target: BlobStore) -> ArtefactMigration:

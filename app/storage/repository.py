@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import EmbeddingSet, Image, Run, Upload, UploadEntry
+from app.jobs.states import ACTIVE
+from app.models import EmbeddingSet, Image, Job, Run, Upload, UploadEntry
 
 # Uploads whose entries still need their blobs: being filled, queued or ingesting (a failed or cancelled ingest
 # keeps its upload queued/ingesting, so it can be retried, until the upload is discarded).
@@ -57,3 +58,19 @@ def embedding_sets_with_rows(session: Session) -> list[tuple[int, int, str]]:
         .order_by(EmbeddingSet.id)
     )
     return [(row[0], row[1], row[2]) for row in rows]
+
+
+def jobs_still_active(session: Session, job_ids: Collection[int]) -> set[int]:
+    """Those of `job_ids` queued or running: their scratch in the store (a resume checkpoint) is still needed."""
+    if not job_ids:
+        return set()
+    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(ACTIVE))))
+
+
+def runs_keeping_files(session: Session, run_ids: Collection[int]) -> set[int]:
+    """Those of `run_ids` whose files must stay: recorded finished (a model_path), or still being trained."""
+    if not run_ids:
+        return set()
+    recorded = select(Run.id).where(Run.id.in_(run_ids), Run.model_path.is_not(None))
+    training = select(Run.id).join(Job, Job.id == Run.job_id).where(Run.id.in_(run_ids), Job.status.in_(ACTIVE))
+    return set(session.scalars(recorded)) | set(session.scalars(training))

@@ -77,14 +77,28 @@ def test_a_changing_folder_is_mirrored_and_published(blobs: BlobStore, tmp_path:
     assert (reader.mirror(prefix) / "vectors.f16").read_bytes() == b"v" * 16
 
 
-def test_gc_never_takes_artefacts(blobs: BlobStore, tmp_path: Path, session_maker) -> None:  # type: ignore[no-untyped-def]
+def test_gc_keeps_recorded_run_files_and_takes_what_ended_jobs_left(  # type: ignore[no-untyped-def]
+    blobs: BlobStore, session_maker
+) -> None:
     from app.storage.service import collect_garbage
+    from tests.factories import make_run
 
+    with session_maker() as session:
+        fixture = make_run(session, sizes={"train": 2, "dev": 2}, seed=3)
+        run_id = fixture.run.id
+        fixture.run.model_path = f"runs/{run_id}"
+        session.commit()
     sha = "ab" * 32  # an artefact named like a digest is still not a blob
-    blobs.artefacts.put_bytes(f"runs/5/{sha}", b"x")
-    blobs.artefacts.put_bytes("runs/5/model.pt", b"weights")
+    blobs.artefacts.put_bytes(f"runs/{run_id}/{sha}", b"x")
+    blobs.artefacts.put_bytes(f"runs/{run_id}/model.pt", b"weights")
+    blobs.artefacts.put_bytes("runs/999999/model.pt", b"a run that was never recorded")
+    blobs.artefacts.put_bytes("jobs/999998/training_state.pt", b"the checkpoint of a job that is gone")
     unused = blobs.put_bytes(b"a blob nobody names")
+    young = collect_garbage(sessions=session_maker, blobs=blobs, grace_seconds=3600)
+    assert (young.deleted, young.artefacts_deleted) == (0, 0)  # all just written: spared
     result = collect_garbage(sessions=session_maker, blobs=blobs, grace_seconds=-5)
-    assert (result.blobs, result.deleted) == (1, 1) and not blobs.exists(unused)
-    assert blobs.artefacts.get_bytes("runs/5/model.pt") == b"weights"
-    assert blobs.artefacts.exists(f"runs/5/{sha}")
+    assert (result.blobs, result.deleted, result.artefacts_deleted) == (1, 1, 2) and not blobs.exists(unused)
+    assert blobs.artefacts.get_bytes(f"runs/{run_id}/model.pt") == b"weights"
+    assert blobs.artefacts.exists(f"runs/{run_id}/{sha}")
+    assert not blobs.artefacts.exists("runs/999999/model.pt")
+    assert not blobs.artefacts.exists("jobs/999998/training_state.pt")

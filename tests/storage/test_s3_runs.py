@@ -116,3 +116,52 @@ def test_a_store_gone_mid_job_retries_then_fails_with_the_reason_and_records_not
             assert not (tmp_path / "data" / "runs").exists()
     finally:
         serving.__exit__(None, None, None)
+
+
+def test_a_run_whose_worker_host_dies_resumes_on_another_host_from_the_stored_checkpoint(
+    s3_env: str, server: S3Server, fresh_database: Any, tmp_path: Path
+) -> None:
+    import io
+
+    import torch
+
+    from app.storage.backends import blob_store
+    from tests.jobs.conftest import WorkerProcesses, wait_until
+    from tests.jobs.test_faults import EPOCHS, SHORT_LEASE, _colour_dataset, _create_run, _create_split, _finished, _job
+    from tests.jobs.test_faults import _run as _stored_run
+
+    engine = fresh_database.engine
+    hosts = {name: tmp_path / name for name in ("host-a", "host-b")}
+    for folder in hosts.values():
+        folder.mkdir()
+    host_a, host_b = (WorkerProcesses(fresh_database.url, folder) for folder in hosts.values())
+    settings = Settings(data_dir=hosts["host-a"], database_url=fresh_database.url)
+    dataset_id = _colour_dataset(engine, blob_store(settings))  # type: ignore[arg-type]
+    store = boto3.client("s3", endpoint_url=server.endpoint_url)
+    try:
+        (first,) = host_a.start(1, **SHORT_LEASE)
+        split_id, split_job = _create_split(engine, dataset_id, target_source=None)
+        wait_until(lambda: _finished(engine, split_job), timeout=180, interval=0.1)
+        run_id, job_id = _create_run(engine, dataset_id, split_id, settings)
+        key = f"errorbook/jobs/{job_id}/training_state.pt"
+
+        def between_epochs() -> bool:
+            listed = store.list_objects_v2(Bucket=s3_env, Prefix=key).get("Contents", ())
+            return bool(listed) and 0 < _job(engine, job_id).progress < 1
+
+        wait_until(between_epochs, timeout=300, interval=0.02)
+        host_a.kill(first)
+        saved = torch.load(io.BytesIO(store.get_object(Bucket=s3_env, Key=key)["Body"].read()), weights_only=True)
+        assert 1 <= saved["epochs_completed"] <= EPOCHS
+        host_b.start(1)  # another host: its own data dir, nothing of host A's
+        wait_until(lambda: _finished(engine, job_id), timeout=300, interval=0.2)
+        resumed = _stored_run(engine, run_id)
+        assert resumed.status == "succeeded", _job(engine, job_id).error
+        assert [record["epoch"] for record in resumed.history] == list(range(1, EPOCHS + 1))  # no epoch twice
+        finished = [{k: v for k, v in record.items() if k != "kept"} for record in resumed.history]
+        assert finished[: saved["epochs_completed"]] == saved["history"]  # continued from host A's checkpoint
+        assert not store.list_objects_v2(Bucket=s3_env, Prefix=key).get("Contents")  # removed once recorded
+        assert store.head_object(Bucket=s3_env, Key=f"errorbook/runs/{run_id}/model.pt")["ContentLength"] > 0
+    finally:
+        host_a.stop_all()
+        host_b.stop_all()

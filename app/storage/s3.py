@@ -147,6 +147,7 @@ class S3BlobStore:
 
     def put_file(self, src: BinaryIO) -> str:
         """Stream ``src`` to a local temp file, hashing as it goes, then upload it under its digest."""
+        self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
         with spooled(src, self._tmp) as (tmp, digest), store_errors(self.location, digest):
             if not self._refresh(digest):
                 self.client.upload_file(str(tmp), self.location.bucket, self.key(digest))

@@ -108,17 +108,9 @@ def _start_process() -> tuple[Settings, Engine]:
 
 def _refuse_unusable_storage(settings: Settings) -> None:
     """A process that cannot reach its object store stops at once with the reason, not on its first image."""
-    from app.core.errors import DomainError
-    from app.storage.backends import blob_store
+    from app.storage.cli import usable_store_or_exit
 
-    try:
-        store = blob_store(settings)
-        check = getattr(store, "check_reachable", None)
-        if check is not None:
-            check()
-    except DomainError as error:
-        typer.echo(f"errorbook: {error.message}", err=True)
-        raise typer.Exit(2) from error
+    usable_store_or_exit(settings)
 
 
 @cli.command()

@@ -5,11 +5,13 @@ It is a protocol test server, not a store to deploy: the compose file uses a rea
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +33,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def s3_server() -> Iterator[S3Server]:
+def s3_server(*, checks_credentials: bool = False) -> Iterator[S3Server]:
+    """With ``checks_credentials`` the server refuses every key it was not given (moto's IAM checks), so a wrong
+    key meets the refusal a real store gives."""
     port = _free_port()
     command = shutil.which("moto_server") or f"{sys.prefix}/bin/moto_server"
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if checks_credentials else {})}
     process = subprocess.Popen(
-        [command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [command, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -43,6 +48,8 @@ def s3_server() -> Iterator[S3Server]:
         while True:
             try:
                 urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except urllib.error.HTTPError:  # it answers (refusing an unsigned request)
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:

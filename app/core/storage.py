@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from app.core.artefacts import ArtefactStore, LocalArtefacts
+
 CHUNK = 1024 * 1024
 
 
 class BlobStore(Protocol):
-    """What the app needs from a store; an S3-compatible one can implement the same."""
+    """What the app needs from a store; an S3-compatible one can implement the same. Content-addressed blobs
+    (images, thumbnails) by digest, and files by key in `artefacts` (run models, checkpoints, embedding sets)."""
+
+    artefacts: ArtefactStore
 
     def put_bytes(self, data: bytes) -> str: ...
     def put_file(self, src: BinaryIO) -> str: ...
@@ -99,8 +104,10 @@ class StoredBlob:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, artefact_root: Path | None = None) -> None:
         self.root = root
+        # Artefacts stay where they always were: beside the blob folder, in the data dir (runs/, jobs/, ...).
+        self.artefacts: ArtefactStore = LocalArtefacts(artefact_root or root.parent)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
 

@@ -101,7 +101,7 @@ def _neighbourhood(request: Request, db: DB, dataset_id: int, image_id: int | No
     if image_id is None:
         return None
     return embeddings.neighbourhood(
-        db, dataset_id=dataset_id, image_id=image_id, k=NEIGHBOURHOOD, root=_settings(request).embeddings_dir
+        db, dataset_id=dataset_id, image_id=image_id, k=NEIGHBOURHOOD, root=request.app.state.blobs.artefacts
     )
 
 
@@ -156,7 +156,7 @@ def _ranked(
         return None
     if run_id is None:
         raise Invalid("sorting by a run's predictions needs run_id")
-    root = _settings(request).embeddings_dir
+    root = request.app.state.blobs.artefacts
     return ranking.rank_run_images(db, dataset_id=dataset_id, run_id=run_id, by=sort, root=root)
 
 

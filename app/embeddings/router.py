@@ -74,7 +74,7 @@ def api_similar(
     request: Request, image_id: int, db: DB, user: Viewer, k: K = 20, backbone: BackboneQuery = None
 ) -> SimilarOut:
     found = service.similar_to_image(
-        db, image_id=image_id, k=k, backbone=backbone, root=_settings(request).embeddings_dir
+        db, image_id=image_id, k=k, backbone=backbone, root=request.app.state.blobs.artefacts
     )
     return SimilarOut(items=[NeighbourOut(**asdict(item)) for item in found])
 
@@ -86,7 +86,7 @@ def similar_strip(request: Request, image_id: int, db: DB, user: Viewer, k: K = 
     try:
         context["dataset_id"] = service.dataset_of_image(db, image_id=image_id)
         context["items"] = service.similar_to_image(
-            db, image_id=image_id, k=k, backbone=None, root=_settings(request).embeddings_dir
+            db, image_id=image_id, k=k, backbone=None, root=request.app.state.blobs.artefacts
         )
     except service.EmbeddingsMissing as missing:
         context["missing"] = missing.message
@@ -119,7 +119,7 @@ def api_similar_to_upload(
         filename=part.filename or "",
         k=k,
         backbone=backbone,
-        root=settings.embeddings_dir,
+        root=request.app.state.blobs.artefacts,
         scratch_dir=settings.staging_dir,
         home=service.torch_home(),
     )
@@ -131,7 +131,7 @@ def api_map(request: Request, dataset_id: int, db: DB, user: Viewer, backbone: B
     """The 2-D embedding map: {"backbone", "stale", "count", "points": [{"image_id", "x", "y"}]}, x and y in [0, 1].
 
     Labels and other colours come from /map/colours (they change with every relabel; the points do not)."""
-    found = service.map_points(db, dataset_id=dataset_id, backbone=backbone, root=_settings(request).embeddings_dir)
+    found = service.map_points(db, dataset_id=dataset_id, backbone=backbone, root=request.app.state.blobs.artefacts)
     head = json.dumps({"backbone": found.backbone, "stale": found.stale, "count": found.count})
     return Response(head[:-1].encode() + b',"points":' + found.points_json + b"}", media_type="application/json")
 

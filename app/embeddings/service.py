@@ -17,7 +17,7 @@ from app.core.errors import Conflict, Invalid, NotFound
 from app.core.lookup import get_or_404
 from app.embeddings import repository
 from app.embeddings.states import UNFINISHED, EmbeddingSetStatus
-from app.embeddings.store import EmbeddingStore, MapStore
+from app.embeddings.store import EmbeddingsRoot, EmbeddingStore, MapStore, open_store
 from app.health import service as health
 from app.jobs import service as jobs
 from app.jobs import states as job_states
@@ -121,8 +121,8 @@ def list_embeddings(session: Session, *, dataset_id: int) -> list[tuple[Embeddin
     return [(s, _status(session, s)) for s in repository.sets_of(session, dataset_id)]
 
 
-def store_of(root: Path, embedding_set: EmbeddingSet) -> EmbeddingStore:
-    return EmbeddingStore(root, dataset_id=embedding_set.dataset_id, backbone=embedding_set.backbone)
+def store_of(root: EmbeddingsRoot, embedding_set: EmbeddingSet) -> EmbeddingStore:
+    return open_store(root, dataset_id=embedding_set.dataset_id, backbone=embedding_set.backbone)
 
 
 def _usable_set(session: Session, dataset_id: int, backbone: str | None) -> EmbeddingSet:
@@ -153,7 +153,9 @@ def _neighbours(session: Session, image_ids: np.ndarray, similarities: np.ndarra
     ]
 
 
-def similar_to_image(session: Session, *, image_id: int, k: int, backbone: str | None, root: Path) -> list[Neighbour]:
+def similar_to_image(
+    session: Session, *, image_id: int, k: int, backbone: str | None, root: EmbeddingsRoot
+) -> list[Neighbour]:
     image = repository.get_image(session, image_id)
     if image is None:
         raise NotFound(f"image {image_id} not found")
@@ -174,7 +176,7 @@ def dataset_of_image(session: Session, *, image_id: int) -> int:
     return get_or_404(session, Image, image_id).dataset_id
 
 
-def neighbourhood(session: Session, *, dataset_id: int, image_id: int, k: int, root: Path) -> tuple[int, ...]:
+def neighbourhood(session: Session, *, dataset_id: int, image_id: int, k: int, root: EmbeddingsRoot) -> tuple[int, ...]:
     """An image of this dataset followed by its `k` nearest neighbours, most similar first (the grid's
     "find more like this")."""
     get_or_404(session, Image, image_id, dataset_id=dataset_id)
@@ -198,7 +200,7 @@ def similar_to_upload(
     filename: str,
     k: int,
     backbone: str | None,
-    root: Path,
+    root: EmbeddingsRoot,
     scratch_dir: Path,
     home: Path | None,
 ) -> list[Neighbour]:
@@ -241,7 +243,7 @@ class MapPoints:
     stale: bool  # the store has rows the map does not show yet (the job lays them out)
 
 
-def map_points(session: Session, *, dataset_id: int, backbone: str | None, root: Path) -> MapPoints:
+def map_points(session: Session, *, dataset_id: int, backbone: str | None, root: EmbeddingsRoot) -> MapPoints:
     """The stored 2-D map; 409 naming the job when there are no embeddings or no map of them yet."""
     _dataset(session, dataset_id)
     embedding_set = _usable_set(session, dataset_id, backbone)

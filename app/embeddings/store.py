@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.core.artefacts import ArtefactStore
 from app.core.storage import atomic_write_bytes
 from app.ml.similarity import Neighbours, Projection, exact_top_k, fit_projection, ordered
 
@@ -49,9 +50,37 @@ def _safe(name: str) -> str:
     return "".join(char if char.isalnum() or char in "-_" else "_" for char in name)
 
 
+# Where embedding sets are read from: a folder (tests, benches) or the blob store's artefacts, which keep them under
+# embeddings/dataset-<id>/<backbone>/ (the data dir's embeddings/ folder locally, a per-host mirror of the object
+# store's copy otherwise).
+EmbeddingsRoot = Path | ArtefactStore
+# Upload order of a set's files: the rows first (readers take the shorter of ids and vectors), the index after.
+PUBLISH_ORDER = ("meta.json", "vectors.f16", "ids.i64", "projection.npz", "index.usearch", "neighbours.npz", "map.npz")
+
+
+def set_prefix(dataset_id: int, backbone: str) -> str:
+    return f"embeddings/dataset-{dataset_id}/{_safe(backbone)}"
+
+
+def open_store(root: EmbeddingsRoot, *, dataset_id: int, backbone: str) -> EmbeddingStore:
+    """The set's store to read: in the folder, or in the artefacts' current copy."""
+    if isinstance(root, Path):
+        return EmbeddingStore(root, dataset_id=dataset_id, backbone=backbone)
+    return EmbeddingStore.in_folder(root.mirror(set_prefix(dataset_id, backbone)))
+
+
 class EmbeddingStore:
     def __init__(self, root: Path, *, dataset_id: int, backbone: str, exact_limit: int = DEFAULT_EXACT_LIMIT) -> None:
-        self.root = root / f"dataset-{dataset_id}" / _safe(backbone)
+        self._at(root / f"dataset-{dataset_id}" / _safe(backbone), exact_limit)
+
+    @classmethod
+    def in_folder(cls, folder: Path, *, exact_limit: int = DEFAULT_EXACT_LIMIT) -> EmbeddingStore:
+        store = cls.__new__(cls)
+        store._at(folder, exact_limit)
+        return store
+
+    def _at(self, folder: Path, exact_limit: int) -> None:
+        self.root = folder
         self.exact_limit = exact_limit
         self._ids_path = self.root / "ids.i64"
         self._vectors_path = self.root / "vectors.f16"

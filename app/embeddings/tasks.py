@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.embeddings import service
-from app.embeddings.store import EmbeddingStore, MapStore, NeighbourStore
+from app.embeddings.store import PUBLISH_ORDER, EmbeddingStore, MapStore, NeighbourStore, set_prefix
 from app.jobs.context import JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.similarity import unit_rows
@@ -21,7 +21,12 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
     with ctx.transaction() as session:
         embedding_set = service.begin_build(session, set_id=set_id)
         dataset_id, backbone_name = embedding_set.dataset_id, embedding_set.backbone
-    store = EmbeddingStore(ctx.settings.embeddings_dir, dataset_id=dataset_id, backbone=backbone_name)
+    # Built in a working copy (locally: the set's own folder; on an object store: this job's scratch, brought up to
+    # date with the stored set), then published, then recorded: readers on every host see the set after that.
+    artefacts = blob_store(ctx.settings).artefacts
+    prefix = set_prefix(dataset_id, backbone_name)
+    folder = artefacts.mirror(prefix, ctx.work_dir / "embeddings")
+    store = EmbeddingStore.in_folder(folder)
     with ctx.reading() as session:
         todo = service.images_to_embed(session, dataset_id=dataset_id, stored_ids=store.ids())
     from app.ml.backbones import BackboneUnavailable  # torch: in job runners only
@@ -36,6 +41,7 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
         mapped = _refresh_map(ctx, store)
         ctx.progress(0.99, "finding each image's nearest neighbours")
         NeighbourStore(store).refresh()
+        artefacts.publish(prefix, folder, order=PUBLISH_ORDER)
     except (BackboneUnavailable, TrainingCancelled, OSError) as error:
         with ctx.transaction() as session:
             service.fail_build(session, set_id=set_id)

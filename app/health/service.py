@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, Invalid
 from app.core.lookup import get_or_404
 from app.core.storage import BlobStore
-from app.embeddings.store import EmbeddingStore
+from app.embeddings.store import EmbeddingsRoot, open_store
 from app.health import logic, repository
 from app.jobs import service as jobs
 from app.jobs import states as job_states
@@ -161,13 +160,13 @@ class Findings:
     backbone: str | None
 
 
-def scan_dataset(session: Session, *, dataset_id: int, blobs: BlobStore, embeddings_root: Path) -> HealthScan:
+def scan_dataset(session: Session, *, dataset_id: int, blobs: BlobStore, embeddings_root: EmbeddingsRoot) -> HealthScan:
     """Find every issue of the dataset's images and store the findings and the summary (flushes only)."""
     findings = find_issues(session, dataset_id=dataset_id, blobs=blobs, embeddings_root=embeddings_root)
     return store_findings(session, findings=findings)
 
 
-def find_issues(session: Session, *, dataset_id: int, blobs: BlobStore, embeddings_root: Path) -> Findings:
+def find_issues(session: Session, *, dataset_id: int, blobs: BlobStore, embeddings_root: EmbeddingsRoot) -> Findings:
     """Every issue of the dataset's images (reads only, so a job can run it outside its write transaction)."""
     get_or_404(session, Dataset, dataset_id)
     columns = repository.scan_columns(session, dataset_id)
@@ -254,14 +253,14 @@ def _signature_loader(
 
 
 def _outliers(
-    session: Session, dataset_id: int, image_ids: np.ndarray, root: Path
+    session: Session, dataset_id: int, image_ids: np.ndarray, root: EmbeddingsRoot
 ) -> tuple[str | None, logic.Flagged, int]:
     """(backbone read, outliers as positions into `image_ids`, images judged); nothing judged without embeddings."""
     sets = repository.embedding_sets(session, dataset_id)
     chosen = next((s for s in sets if s.backbone == DEFAULT_BACKBONE), sets[0] if sets else None)
     if chosen is None:
         return None, logic.Flagged.none(), 0
-    store = EmbeddingStore(root, dataset_id=dataset_id, backbone=chosen.backbone)
+    store = open_store(root, dataset_id=dataset_id, backbone=chosen.backbone)
     stored_ids = store.ids()
     rows = np.flatnonzero(np.isin(stored_ids, image_ids))  # vectors of deleted images are skipped
     positions = np.searchsorted(image_ids, stored_ids[rows])

@@ -16,13 +16,9 @@ def scan_health(ctx: JobContext) -> dict[str, Any]:
     try:
         ctx.progress(0.05, "reading image statistics, grouping duplicates, measuring embedding-space density")
         # Progress is reported between the units of work: on SQLite a report inside a write would wait on it.
+        blobs = blob_store(ctx.settings)
         with ctx.reading() as session:
-            findings = service.find_issues(
-                session,
-                dataset_id=dataset_id,
-                blobs=blob_store(ctx.settings),
-                embeddings_root=ctx.settings.embeddings_dir,
-            )
+            findings = service.find_issues(session, dataset_id=dataset_id, blobs=blobs, embeddings_root=blobs.artefacts)
         ctx.progress(0.85, "storing the findings")
         with ctx.transaction() as session:
             scan = service.store_findings(session, findings=findings)

@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from app.core.artefacts import ObjectStoreUnavailable
 from app.core.db import get_engine, session_factory
 from app.core.settings import Settings, get_settings
 from app.jobs import repository
@@ -111,6 +112,13 @@ def run_job(
         # it while attempts remain; tasks are written to be retried (they skip or redo what they had done).
         log.warning("job %s (%s): database error (%s); requeueing it", job_id, kind, exc.orig)
         _requeue(engine, job_id=job_id, token=token, reason=f"database error: {exc.orig}")  # type: ignore[arg-type]
+        return
+    except ObjectStoreUnavailable as exc:
+        # The SDK already retried each call with backoff; the job is tried again (from its last checkpoint)
+        # while attempts remain, then fails with the store's reason. Its results are committed only after
+        # their files are stored, so nothing is half-recorded.
+        log.warning("job %s (%s): %s; requeueing it", job_id, kind, exc.message)
+        _requeue(engine, job_id=job_id, token=token, reason=exc.message)  # type: ignore[arg-type]
         return
     except Exception as exc:  # a task bug must fail its job, not the runner
         log.exception("job %s (%s) failed", job_id, kind)

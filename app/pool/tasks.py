@@ -4,19 +4,19 @@ torch is imported inside the handler, once per runner process."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.core.storage import LocalBlobStore
 from app.jobs.context import JobCancelled, JobContext, TaskError
 from app.jobs.registry import task
 from app.ml.active_learning import margins, normalised_entropy, project_features
 from app.models import utcnow
 from app.pool import repository
 from app.pool.service import POOL_JOB
+from app.storage.backends import blob_store
 from app.training import inference
+from app.training.service import run_file
 
 
 @task(POOL_JOB)
@@ -31,13 +31,16 @@ def score_pool(ctx: JobContext) -> dict[str, Any]:
         if run is None or run.status != "succeeded" or not run.model_path:
             raise TaskError(f"run {run_id} has no trained model to score the pool with")
         images = repository.pool_images(session, run.dataset_id)
-        model_dir, mode, dataset_id = Path(run.model_path), str(run.config.get("mode", "linear")), run.dataset_id
+        blobs = blob_store(ctx.settings)
+        checkpoint = run_file(blobs.artefacts, run, "model.pt")
+        mode, dataset_id = str(run.config.get("mode", "linear")), run.dataset_id
+    if checkpoint is None:
+        raise TaskError(f"the model files of run {run_id} are missing from the store")
     ctx.progress(0.02, f"loading the model of run {run_id}")
     try:
-        loaded = bb.model_from_checkpoint(model_dir / "model.pt")
+        loaded = bb.model_from_checkpoint(checkpoint)
     except bb.IncompatibleCheckpoint as error:
         raise TaskError(str(error)) from error
-    blobs = LocalBlobStore(ctx.settings.blob_dir)
     paths = [blobs.path(sha) for _, sha in images]
     features = np.zeros((0, loaded.backbone.feature_size), dtype=np.float32)
     if images:

@@ -9,7 +9,6 @@ trained on them, so its confidence there says little about their labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -19,7 +18,7 @@ from app.core.errors import Invalid
 from app.core.lookup import get_or_404
 from app.embeddings import repository as embeddings_repository
 from app.embeddings import service as embeddings
-from app.embeddings.store import NeighbourStore
+from app.embeddings.store import EmbeddingsRoot, NeighbourStore
 from app.ml.suspicion import fused_suspicion, knn_label_vote
 from app.models import Run
 from app.training.states import RunStatus
@@ -53,7 +52,7 @@ class Ranked:
     scores: dict[int, float]
 
 
-def rank_run_images(session: Session, *, dataset_id: int, run_id: int, by: str, root: Path) -> Ranked:
+def rank_run_images(session: Session, *, dataset_id: int, run_id: int, by: str, root: EmbeddingsRoot) -> Ranked:
     if by not in RANKINGS:
         raise Invalid(f"sort by one of {', '.join(RANKINGS)}; got {by!r}")
     run = get_or_404(session, Run, run_id, dataset_id=dataset_id)
@@ -87,7 +86,7 @@ def rank_run_images(session: Session, *, dataset_id: int, run_id: int, by: str, 
 
 
 def _fused(
-    session: Session, *, run: Run, image_ids: np.ndarray, probs: np.ndarray, given: np.ndarray, root: Path
+    session: Session, *, run: Run, image_ids: np.ndarray, probs: np.ndarray, given: np.ndarray, root: EmbeddingsRoot
 ) -> np.ndarray:
     backbone = str(run.config.get("backbone") or "") or None
     sets = {s.backbone: s for s in embeddings_repository.sets_of(session, run.dataset_id) if s.count > 0}

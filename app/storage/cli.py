@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from app.core.settings import Settings
+    from app.core.storage import BlobStore
+    from app.storage.migrate import ArtefactMigration
+
+
+def usable_store_or_exit(settings: Settings) -> BlobStore:
+    """The configured store, or exit 2 with the reason it cannot be used (never the secret)."""
+    from app.core.errors import DomainError
+    from app.storage.backends import usable_blob_store
+
+    try:
+        return usable_blob_store(settings)
+    except DomainError as error:
+        typer.echo(f"errorbook: {error.message}", err=True)
+        raise typer.Exit(2) from error
 
 
 def register(cli: typer.Typer) -> None:
@@ -15,6 +32,7 @@ def register(cli: typer.Typer) -> None:
     def init() -> None:
         """Prepare the configured store: with ERRORBOOK_STORAGE=s3, create the bucket if it does not exist and
         check it can be used (a deployment runs this once before its web and worker processes)."""
+        from app.core.errors import DomainError
         from app.core.settings import get_settings
         from app.storage.backends import blob_store
         from app.storage.s3 import S3BlobStore
@@ -23,8 +41,12 @@ def register(cli: typer.Typer) -> None:
         if not isinstance(store, S3BlobStore):
             typer.echo("local blob storage: nothing to prepare")
             return
-        created = store.ensure_bucket()
-        store.check_reachable()
+        try:
+            created = store.ensure_bucket()
+            store.check_reachable()
+        except DomainError as error:
+            typer.echo(f"errorbook: {error.message}", err=True)
+            raise typer.Exit(2) from error
         typer.echo(f"{'created' if created else 'found'} {store.location.describe()}")
 
     @storage_cli.command("verify")
@@ -32,18 +54,18 @@ def register(cli: typer.Typer) -> None:
         digests: Annotated[bool, typer.Option("--digests", help="Also re-hash every object (reads them all).")] = False,
     ) -> None:
         """List every image whose blob or thumbnail is missing from the store (or, with --digests, holds other
-        bytes); exits 1 when any is."""
+        bytes), and every finished run or embedding set whose files are missing; exits 1 when any is."""
         from app.core.db import get_engine, session_factory
         from app.core.settings import get_settings
-        from app.storage.backends import blob_store
         from app.storage.verify import VerifyResult, verify_blobs
 
         settings = get_settings()
-        for item in verify_blobs(
-            sessions=session_factory(get_engine(settings)), blobs=blob_store(settings), check_digests=digests
-        ):
+        blobs = usable_store_or_exit(settings)
+        for item in verify_blobs(sessions=session_factory(get_engine(settings)), blobs=blobs, check_digests=digests):
             if isinstance(item, VerifyResult):
-                typer.echo(f"{item.images:,} images, {item.objects:,} objects checked; {len(item.problems):,} problems")
+                files = f"{item.artefacts:,} run and embedding files"
+                checked = f"{item.images:,} images, {item.objects:,} objects, {files}"
+                typer.echo(f"{checked} checked; {len(item.problems):,} problems")
                 if item.problems:
                     raise typer.Exit(1)
             else:
@@ -57,16 +79,12 @@ def register(cli: typer.Typer) -> None:
         Then set ERRORBOOK_STORAGE=s3 on every host."""
         from app.core.settings import get_settings
         from app.core.storage import LocalBlobStore
-        from app.storage.backends import blob_store
         from app.storage.migrate import MigrateResult, migrate_blobs
 
         if to != "s3":
             raise typer.BadParameter("only --to s3 is supported", param_hint="--to")
         settings = get_settings()
-        target = blob_store(settings.model_copy(update={"storage": "s3"}))
-        check = getattr(target, "check_reachable", None)
-        if check is not None:
-            check()
+        target = usable_store_or_exit(settings.model_copy(update={"storage": "s3"}))
         result = MigrateResult()
         for seen, result in migrate_blobs(source=LocalBlobStore(settings.blob_dir), target=target):
             if seen % 1000 == 0:
@@ -77,7 +95,8 @@ def register(cli: typer.Typer) -> None:
             f"copied {result.copied:,} blobs ({result.copied_bytes:,} bytes); {result.already_there:,} were there"
             + (f"; {len(result.corrupt):,} corrupt" if result.corrupt else "")
         )
-        if result.corrupt:
+        artefacts = _migrate_artefacts(settings, target)
+        if result.corrupt or artefacts.mismatched:
             raise typer.Exit(1)
 
     @storage_cli.command("gc")
@@ -117,3 +136,28 @@ def register(cli: typer.Typer) -> None:
             f"{result.blobs:,} blobs looked at; {verb} {result.deleted:,} unreferenced "
             f"({result.deleted_bytes:,} bytes); kept {result.kept_young:,} unreferenced ones younger than {grace:g} h"
         )
+        if result.artefacts_deleted:
+            typer.echo(f"{verb} {result.artefacts_deleted:,} files of unfinished runs and ended jobs' checkpoints")
+
+
+def _migrate_artefacts(settings: Settings, target: BlobStore) -> ArtefactMigration:
+    """Run model files, resume checkpoints and embedding sets: copied under their keys, each ETag checked."""
+    from app.core.artefacts import LocalArtefacts
+    from app.core.db import get_engine, session_factory
+    from app.core.migrate import upgrade_to_head
+    from app.storage import repository
+    from app.storage.migrate import artefact_sources, migrate_artefacts
+
+    engine = get_engine(settings)
+    upgrade_to_head(engine)
+    with session_factory(engine)() as session:
+        legacy = [(run_id, path) for run_id, path, _ in repository.runs_with_models(session)]
+    sources = artefact_sources(LocalArtefacts(settings.resolved_data_dir), legacy)
+    result = migrate_artefacts(sources=sources, target=target.artefacts)
+    for key in result.mismatched:
+        typer.echo(f"not copied: the stored copy of {key} does not match the local file")
+    typer.echo(
+        f"copied {result.copied:,} run and embedding files ({result.copied_bytes:,} bytes); "
+        f"{result.already_there:,} were there"
+    )
+    return result

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from app.core.errors import DomainError
-from app.core.storage import StoredBlob, _check_digest, spooled, sweep_old_files
+from app.core.artefacts import ArtefactStore, ObjectStoreUnavailable
+from app.core.storage import StoredBlob, _check_digest, is_sha256, spooled, sweep_old_files
+from app.storage.s3_artefacts import S3Artefacts, store_errors
 
-
-class ObjectStoreUnavailable(DomainError, status_code=503, code="object_store_unavailable"):
-    """The object store did not answer (down, unreachable, or refusing our credentials)."""
+__all__ = ["ObjectStoreUnavailable", "S3BlobStore", "S3Location"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,7 @@ class S3BlobStore:
         self.cache_dir = cache_dir
         self._tmp = cache_dir / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self.artefacts: ArtefactStore = S3Artefacts(self.client, location, cache_dir=cache_dir.parent / "s3-artefacts")
 
     # -- reachability ---------------------------------------------------------------------------------------------
 
@@ -109,27 +109,20 @@ class S3BlobStore:
         prefix = self.location.prefix.strip("/")
         return f"{prefix + '/' if prefix else ''}{digest[:2]}/{digest[2:4]}/{digest}"
 
-    def exists(self, sha256: str) -> bool:
-        from botocore.exceptions import ClientError
-
+    def _head(self, sha256: str) -> dict[str, Any] | None:
         try:
-            self.client.head_object(Bucket=self.location.bucket, Key=self.key(sha256))
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return False
-            raise
-        return True
+            with store_errors(self.location, sha256):
+                head: dict[str, Any] = self.client.head_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        except FileNotFoundError:
+            return None
+        return head
+
+    def exists(self, sha256: str) -> bool:
+        return self._head(sha256) is not None
 
     def modified_at(self, sha256: str) -> float | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            head = self.client.head_object(Bucket=self.location.bucket, Key=self.key(sha256))
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise
-        return float(head["LastModified"].timestamp())
+        head = self._head(sha256)
+        return None if head is None else float(head["LastModified"].timestamp())
 
     def _refresh(self, digest: str) -> bool:
         """Mark an existing object as just stored, as the local store touches its file: the garbage collector
@@ -147,13 +140,15 @@ class S3BlobStore:
 
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if not self._refresh(digest):
-            self.client.put_object(Bucket=self.location.bucket, Key=self.key(digest), Body=data)
+        with store_errors(self.location, digest):
+            if not self._refresh(digest):
+                self.client.put_object(Bucket=self.location.bucket, Key=self.key(digest), Body=data)
         return digest
 
     def put_file(self, src: BinaryIO) -> str:
         """Stream ``src`` to a local temp file, hashing as it goes, then upload it under its digest."""
-        with spooled(src, self._tmp) as (tmp, digest):
+        self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
+        with spooled(src, self._tmp) as (tmp, digest), store_errors(self.location, digest):
             if not self._refresh(digest):
                 self.client.upload_file(str(tmp), self.location.bucket, self.key(digest))
             return digest
@@ -165,10 +160,12 @@ class S3BlobStore:
         if cached.exists():
             return cached
         cached.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
         os.close(fd)
         try:
-            self.client.download_file(self.location.bucket, self.key(digest), tmp_name)
+            with store_errors(self.location, digest):
+                self.client.download_file(self.location.bucket, self.key(digest), tmp_name)
             os.replace(tmp_name, cached)
         finally:
             Path(tmp_name).unlink(missing_ok=True)
@@ -203,6 +200,8 @@ class S3BlobStore:
         prefix = self.location.prefix.strip("/")
         for page in paginator.paginate(Bucket=self.location.bucket, Prefix=f"{prefix}/" if prefix else ""):
             for item in page.get("Contents", ()):
-                name = item["Key"].rsplit("/", 1)[-1]
-                if len(name) == 64:
+                # Only <prefix>/ab/cd/<sha256>: artefacts (runs/..., embeddings/...) are never blobs to collect.
+                parts = str(item["Key"]).split("/")
+                name = parts[-1]
+                if is_sha256(name) and parts[-3:-1] == [name[:2], name[2:4]]:
                     yield StoredBlob(name, int(item["Size"]), item["LastModified"].timestamp())

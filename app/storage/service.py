@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from app.core.artefacts import ArtefactStore
 from app.core.settings import Settings
 from app.core.storage import BlobStore, StoredBlob
 from app.models import utcnow
@@ -30,6 +31,7 @@ class GcResult:
     deleted: int = 0
     deleted_bytes: int = 0
     kept_young: int = 0  # unreferenced, but within the grace period
+    artefacts_deleted: int = 0  # files of runs never recorded, checkpoints of ended jobs
 
 
 def collect_garbage(
@@ -52,7 +54,32 @@ def collect_garbage(
                 blobs.delete(blob.sha256)
             result.deleted += 1
             result.deleted_bytes += blob.size
+    result.artefacts_deleted = _collect_artefacts(sessions, blobs.artefacts, cutoff, dry_run)
     return result
+
+
+def _collect_artefacts(sessions: Callable[[], Session], artefacts: ArtefactStore, cutoff: float, dry_run: bool) -> int:
+    """Files a job left and nothing will read: a run's uploads when the run was never recorded finished and its
+    job ended (or the run is gone), a resume checkpoint of a job that ended. A run's recorded files are never
+    touched; embedding sets are rebuilt in place, so they stay too. Older than the grace period only."""
+    owned: dict[tuple[str, int], list[str]] = {}
+    for item in [*artefacts.iter("runs"), *artefacts.iter("jobs")]:
+        area, owner, *_ = item.key.split("/")
+        if owner.isdigit() and item.mtime < cutoff:
+            owned.setdefault((area, int(owner)), []).append(item.key)
+    with sessions() as session:
+        keep_runs = repository.runs_keeping_files(session, [i for area, i in owned if area == "runs"])
+        keep_jobs = repository.jobs_still_active(session, [i for area, i in owned if area == "jobs"])
+    gone = [
+        key
+        for (area, owner), keys in owned.items()
+        if owner not in (keep_runs if area == "runs" else keep_jobs)
+        for key in keys
+    ]
+    if not dry_run:
+        for key in gone:
+            artefacts.delete(key)
+    return len(gone)
 
 
 def release_abandoned_uploads(*, sessions: Callable[[], Session], blobs: BlobStore, settings: Settings) -> int:

@@ -1,4 +1,5 @@
-"""`errorbook storage verify`: every image row whose blob (or thumbnail) is missing or holds other bytes.
+"""`errorbook storage verify`: every image row whose blob (or thumbnail) is missing or holds other bytes, and every
+finished run or embedding set whose stored files are missing.
 
 Read-only and batched by image id, so it runs beside a live install; on an object store the existence check is
 one HEAD request per object and the digest check (opt-in) one download.
@@ -9,12 +10,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy.orm import Session
 
+from app.core.artefacts import ArtefactStore
 from app.core.storage import CHUNK, BlobStore
 from app.storage import repository
+
+# The files a finished run always has (model.onnx too when its export was written); an embedding set's rows.
+RUN_FILES = ("model.pt", "labels.json", "model.torchscript.pt")
+SET_FILES = ("meta.json", "ids.i64", "vectors.f16")
 
 BATCH = 1_000
 
@@ -35,16 +42,27 @@ class BlobProblem:
         )
 
 
+@dataclass(frozen=True)
+class ArtefactProblem:
+    owner: str  # "run 7", "embedding set 3 (dataset 2, efficientnet_lite0)"
+    key: str
+    problem: Literal["missing"] = "missing"
+
+    def describe(self) -> str:
+        return f"{self.owner}: {self.key} {self.problem}"
+
+
 @dataclass
 class VerifyResult:
     images: int = 0
     objects: int = 0
-    problems: list[BlobProblem] = field(default_factory=list)
+    artefacts: int = 0
+    problems: list[BlobProblem | ArtefactProblem] = field(default_factory=list)
 
 
 def verify_blobs(
     *, sessions: Callable[[], Session], blobs: BlobStore, check_digests: bool = False
-) -> Iterator[BlobProblem | VerifyResult]:
+) -> Iterator[BlobProblem | ArtefactProblem | VerifyResult]:
     """Yields each problem as found, then the totals (so a long check reports as it goes)."""
     result = VerifyResult()
     after = 0
@@ -65,7 +83,38 @@ def verify_blobs(
                     result.problems.append(found)
                     yield found
         after = rows[-1][0]
+    for missing in _artefact_problems(sessions, blobs.artefacts, result):
+        result.problems.append(missing)
+        yield missing
     yield result
+
+
+def _artefact_problems(
+    sessions: Callable[[], Session], artefacts: ArtefactStore, result: VerifyResult
+) -> Iterator[ArtefactProblem]:
+    from app.embeddings.store import set_prefix
+
+    with sessions() as session:
+        runs = repository.runs_with_models(session)
+        sets = repository.embedding_sets_with_rows(session)
+    for run_id, model_path, timings in runs:
+        written = (timings.get("model_onnx") or {}).get("written")
+        for name in (*RUN_FILES, *(("model.onnx",) if written else ())):
+            result.artefacts += 1
+            if not _run_file_exists(artefacts, run_id, model_path, name):
+                yield ArtefactProblem(f"run {run_id}", f"runs/{run_id}/{name}")
+    for set_id, dataset_id, backbone in sets:
+        prefix = set_prefix(dataset_id, backbone)
+        for name in SET_FILES:
+            result.artefacts += 1
+            if not artefacts.exists(f"{prefix}/{name}"):
+                yield ArtefactProblem(f"embedding set {set_id} (dataset {dataset_id}, {backbone})", f"{prefix}/{name}")
+
+
+def _run_file_exists(artefacts: ArtefactStore, run_id: int, model_path: str, name: str) -> bool:
+    """In the store under runs/<id>/, or (a run recorded before that) in the folder it names on this host."""
+    legacy = Path(model_path)
+    return (legacy.is_absolute() and (legacy / name).is_file()) or artefacts.exists(f"runs/{run_id}/{name}")
 
 
 def _problem(blobs: BlobStore, sha256: str, check_digest: bool) -> Literal["missing", "digest mismatch"] | None:

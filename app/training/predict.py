@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
+from app.core.artefacts import ArtefactStore
 from app.core.errors import Conflict, Invalid, TooLarge
 from app.core.settings import Settings
 from app.ml.images import ImageLimits, Rejection, inspect_image
@@ -53,7 +54,14 @@ def too_many_files(limit: int) -> TooLarge:
     return TooLarge(f"a prediction takes at most {limit} files (ERRORBOOK_PREDICT_MAX_FILES); send fewer per request")
 
 
-def predict(session: Session, *, run_id: int, files: Sequence[tuple[str, Opener]], settings: Settings) -> PredictOut:
+def predict(
+    session: Session,
+    *,
+    run_id: int,
+    files: Sequence[tuple[str, Opener]],
+    settings: Settings,
+    artefacts: ArtefactStore,
+) -> PredictOut:
     run = service.get_run(session, run_id=run_id)
     status = service.run_status(session, run)
     if status != RunStatus.SUCCEEDED or not run.model_path:
@@ -62,7 +70,7 @@ def predict(session: Session, *, run_id: int, files: Sequence[tuple[str, Opener]
         raise Invalid("send one or more image files in the form field 'files'")
     if len(files) > settings.predict_max_files:
         raise too_many_files(settings.predict_max_files)
-    scorer = _scorer(run, settings)
+    scorer = _scorer(run, settings, artefacts)
     limits = ImageLimits(max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
     items: list[PredictItem] = []
     with tempfile.TemporaryDirectory(prefix="predict-") as directory:
@@ -87,15 +95,16 @@ def predict(session: Session, *, run_id: int, files: Sequence[tuple[str, Opener]
     return PredictOut(items=items, runtime=scorer.runtime)
 
 
-def _scorer(run: Run, settings: Settings) -> _Scorer:
-    model_dir = Path(run.model_path or "")
-    onnx_path = model_dir / MODEL_ONNX
-    use_onnx = settings.inference_runtime != "torch" and onnx_path.exists()
-    source = onnx_path if use_onnx else model_dir / "model.pt"
+def _scorer(run: Run, settings: Settings, artefacts: ArtefactStore) -> _Scorer:
+    onnx_path = service.run_file(artefacts, run, MODEL_ONNX) if settings.inference_runtime != "torch" else None
+    use_onnx = onnx_path is not None
+    source = onnx_path or service.run_file(artefacts, run, "model.pt")
     try:
+        if source is None:
+            raise FileNotFoundError
         key = (str(source), source.stat().st_mtime, settings.inference_runtime)
     except FileNotFoundError:
-        raise Conflict(f"the model files of run {run.id} are missing on disk") from None
+        raise Conflict(f"the model files of run {run.id} are missing from the store") from None
     with _SCORERS_LOCK:
         if key not in _SCORERS:
             while len(_SCORERS) >= KEPT_MODELS:  # the oldest loaded goes first: memory stays bounded

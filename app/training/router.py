@@ -142,12 +142,13 @@ def api_predict(
     """Top-5 labels for each image in the multipart field `files`; nothing is stored."""
     parts = [part for part in form.getlist("files") if isinstance(part, UploadFile)]
     files = [((part.filename or "").replace("%22", '"'), _opener(part)) for part in parts]
-    return predict.predict(db, run_id=run_id, files=files, settings=request.app.state.settings)
+    state = request.app.state
+    return predict.predict(db, run_id=run_id, files=files, settings=state.settings, artefacts=state.blobs.artefacts)
 
 
 @router.get("/api/runs/{run_id}/files/{name}")
-def api_run_file(run_id: int, name: str, db: DB, user: Viewer) -> Response:
-    path = service.model_file(db, run_id=run_id, name=name)
+def api_run_file(run_id: int, name: str, request: Request, db: DB, user: Viewer) -> Response:
+    path = service.model_file(db, run_id=run_id, name=name, artefacts=request.app.state.blobs.artefacts)
     return FileResponse(path, filename=f"run-{run_id}-{name}", media_type="application/octet-stream")
 
 

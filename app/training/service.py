@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.core.artefacts import ArtefactStore
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.settings import Settings
 from app.jobs import service as jobs
@@ -31,8 +32,27 @@ RUN_FILES = {
 }
 
 
-def run_dir(settings: Settings, run_id: int) -> Path:
-    return settings.resolved_data_dir / "runs" / str(run_id)
+def run_prefix(run_id: int) -> str:
+    """Where a run's model files live in the blob store's artefacts (locally: the data dir's runs/<id>/)."""
+    return f"runs/{run_id}"
+
+
+def run_key(run_id: int, name: str) -> str:
+    return f"{run_prefix(run_id)}/{name}"
+
+
+def run_file(artefacts: ArtefactStore, run: Run, name: str) -> Path | None:
+    """A local copy of one of a finished run's files, or None when it has none. Runs recorded before their files
+    went to the store name a folder of this host (an absolute model_path): that folder is read while it exists,
+    else the store's copy (`errorbook storage migrate` uploads those folders under runs/<id>/)."""
+    if not run.model_path or name not in RUN_FILES:
+        return None
+    if Path(run.model_path).is_absolute() and (Path(run.model_path) / name).is_file():
+        return Path(run.model_path) / name
+    try:
+        return artefacts.local_path(run_key(run.id, name))
+    except FileNotFoundError:
+        return None
 
 
 def get_run(session: Session, *, run_id: int) -> Run:
@@ -170,16 +190,16 @@ def predictions(
     return total, items
 
 
-def model_file(session: Session, *, run_id: int, name: str) -> Path:
+def model_file(session: Session, *, run_id: int, name: str, artefacts: ArtefactStore) -> Path:
     run = get_run(session, run_id=run_id)
     if name not in RUN_FILES or not run.model_path:
         raise NotFound(f"run {run_id} has no file {name!r}")
-    path = Path(run.model_path) / RUN_FILES[name]
-    if not path.exists():
+    path = run_file(artefacts, run, RUN_FILES[name])
+    if path is None:
         why = (run.timings or {}).get("model_onnx", {}).get("reason") if name == "model.onnx" else None
         if why:
             raise NotFound(f"run {run_id} has no {name}: {why}")
-        raise NotFound(f"the file {name} of run {run_id} is missing on disk")
+        raise NotFound(f"the file {name} of run {run_id} is missing from the store")
     return path
 
 

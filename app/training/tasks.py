@@ -6,6 +6,7 @@ export, store. Progress is reported between transactions, never inside one (SQLi
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,11 @@ from app.training import shards as sharding
 from app.training.states import RunStatus
 
 SUBSET_ORDER = ("train", "train_dev", "dev", "test")
-CHECKPOINT = "training_state.pt"  # in the job's work dir, so a retry resumes from the last finished epoch
+CHECKPOINT = "training_state.pt"  # stored under jobs/<job id>/, so a retry on any host resumes from the last epoch
+
+
+def checkpoint_key(job_id: int) -> str:
+    return f"jobs/{job_id}/{CHECKPOINT}"
 
 
 @dataclass
@@ -128,7 +133,9 @@ def load_backbone(ctx: JobContext, inputs: RunInputs) -> tuple[Any, Any]:
             return bb.load_backbone(name, torch_home=torch_home, seed=seed), None
         with ctx.transaction() as session:
             source = service.get_run(session, run_id=int(name[4:]))
-            source_path = Path(source.model_path or "") / "model.pt"
+            source_path = service.run_file(blob_store(ctx.settings).artefacts, source, "model.pt")
+        if source_path is None:
+            raise TaskError(f"the model files of run {source.id} are missing from the store")
         loaded = bb.model_from_checkpoint(source_path, label_names=inputs.label_names, seed=seed)
     except (bb.BackboneUnavailable, bb.IncompatibleCheckpoint) as error:
         raise TaskError(str(error)) from error
@@ -151,12 +158,13 @@ def _training_config(config: dict[str, Any]) -> Any:
 
 
 class _EpochLog:
-    """Per-epoch history written to the run as it trains, and a checkpoint after each epoch so a retry after a
-    worker crash resumes from the last finished one."""
+    """Per-epoch history written to the run as it trains, and a checkpoint after each epoch (in the store, so a
+    retry after a worker crash resumes from the last finished one on whichever host takes it)."""
 
     def __init__(self, ctx: JobContext, run_id: int, epochs: int) -> None:
         self.ctx, self.run_id, self.epochs = ctx, run_id, epochs
-        self.checkpoint = ctx.work_dir / CHECKPOINT
+        self.artefacts = blob_store(ctx.settings).artefacts
+        self.key = checkpoint_key(ctx.job_id)
         self.history: list[dict[str, float]] = []
 
     def resume(self) -> Any:
@@ -164,9 +172,12 @@ class _EpochLog:
 
         from app.ml import training
 
-        if not self.checkpoint.exists():
+        try:
+            stored = self.artefacts.get_bytes(self.key)
+        except FileNotFoundError:
             return None
-        state = training.TrainingState.from_dict(torch.load(self.checkpoint, map_location="cpu", weights_only=True))
+        loaded = torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True)
+        state = training.TrainingState.from_dict(loaded)
         self.history = [dict(vars(r)) for r in state.history]
         return state
 
@@ -182,9 +193,10 @@ class _EpochLog:
     def on_epoch_end(self, state: Any) -> None:
         import torch
 
-        tmp = self.checkpoint.with_suffix(".tmp")
+        # Written whole in this host's scratch, then stored under its key (replacing the last one at once).
+        tmp = self.ctx.work_dir / f"{CHECKPOINT}.partial"
         torch.save(state.to_dict(), tmp)
-        os.replace(tmp, self.checkpoint)
+        self.artefacts.put_file(self.key, tmp)
 
 
 def _extract_features(
@@ -303,10 +315,12 @@ def fit(ctx: JobContext, inputs: RunInputs, backbone: Any, head: Any, probe: Any
         raise JobCancelled(str(cancelled)) from cancelled
 
 
-def export(ctx: JobContext, inputs: RunInputs, fitted: Fitted, probe: Any, timings: Timings) -> Path:
+def export(ctx: JobContext, inputs: RunInputs, fitted: Fitted, probe: Any, timings: Timings) -> str:
+    """Write the model files in this host's scratch, then store each under runs/<run id>/; returns that prefix
+    (the run records it only after every file is stored)."""
     from app.ml import training
 
-    out_dir = service.run_dir(ctx.settings, inputs.run_id)
+    out_dir = ctx.work_dir / "export"
     head_state, names = fitted.result.head_state, inputs.label_names
     training.export_model(backbone=fitted.backbone, head_state=head_state, label_names=names, directory=out_dir)
     timings.values["model_onnx"] = inference.export_run_onnx(
@@ -317,11 +331,15 @@ def export(ctx: JobContext, inputs: RunInputs, fitted: Fitted, probe: Any, timin
         directory=out_dir,
         probe=probe,
     )
-    return out_dir
+    artefacts = blob_store(ctx.settings).artefacts
+    for path in sorted(out_dir.iterdir()):
+        if path.is_file() and path.name in service.RUN_FILES:
+            artefacts.put_file(service.run_key(inputs.run_id, path.name), path)
+    return service.run_prefix(inputs.run_id)
 
 
 def store(
-    ctx: JobContext, inputs: RunInputs, fitted: Fitted, scores: RunScores, out_dir: Path, timings: Timings
+    ctx: JobContext, inputs: RunInputs, fitted: Fitted, scores: RunScores, model_path: str, timings: Timings
 ) -> None:
     rows = prediction_rows(
         run_id=inputs.run_id,
@@ -342,7 +360,7 @@ def store(
         # "kept" marks the epoch whose weights the subset table, the diagnosis and the downloads describe.
         run.history = [{**vars(r), "kept": r.epoch == best_epoch} for r in fitted.result.history]
         run.timings = timings.rounded()
-        run.model_path = str(out_dir)
+        run.model_path = model_path  # a key prefix in the store, recorded after its files were stored
         run.status = RunStatus.SUCCEEDED
 
 
@@ -371,10 +389,10 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
         inputs.label_names,
         human_error=float(inputs.config.get("human_error", 0.0)),
     )
-    out_dir = export(ctx, inputs, fitted, probe, timings)
+    model_path = export(ctx, inputs, fitted, probe, timings)
     timings.values["total_s"] = time.perf_counter() - timings.started
-    store(ctx, inputs, fitted, scores, out_dir, timings)
-    (ctx.work_dir / CHECKPOINT).unlink(missing_ok=True)
+    store(ctx, inputs, fitted, scores, model_path, timings)
+    blob_store(ctx.settings).artefacts.delete(checkpoint_key(ctx.job_id))
     dev_accuracy = scores.metrics["dev"]["accuracy"]
     ctx.progress(1.0, f"done: dev accuracy {dev_accuracy:.1%}")
     return {

@@ -49,3 +49,19 @@ def test_every_compose_command_is_a_real_cli_command() -> None:
     assert "seaweedfs" in compose["services"]
     assert compose["services"]["gpu-worker"]["command"][-2:] == ["--queue", "gpu"]
     assert "no-worker" in " ".join(compose["services"]["web"]["command"])
+
+
+def test_web_and_workers_share_only_postgres_and_the_object_store() -> None:
+    """No named volume is mounted by both the web and a worker: every file they both need is in the store."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+
+    def named_volumes(name: str) -> set[str]:
+        mounts = services[name].get("volumes", compose["x-errorbook"].get("volumes", []))
+        return {mount.split(":", 1)[0] for mount in mounts if ":" in mount}  # "/data" alone: anonymous, its own
+
+    web = named_volumes("web")
+    for worker in ("worker", "gpu-worker"):
+        assert not web & named_volumes(worker), worker
+        assert services[worker]["volumes"] == ["/data"]  # per-container scratch
+    assert set(compose["volumes"]) == {"web-data", "postgres-data", "seaweedfs-data"}

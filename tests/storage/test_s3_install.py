@@ -4,30 +4,15 @@ test server on loopback), pages serve its thumbnails, and nothing is written to 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.datasets.conftest import Ingest, noisy_jpeg, stored_blobs
-from tests.s3_server import S3Server, set_credentials
+from tests.s3_server import S3Server
 
 
-@pytest.fixture
-def s3_env(server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Settings for the S3 backend, in the environment the app and the inline job runner read."""
-    set_credentials(server, monkeypatch)
-    bucket = f"install-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
-    boto3.client("s3", endpoint_url=server.endpoint_url).create_bucket(Bucket=bucket)
-    monkeypatch.setenv("ERRORBOOK_STORAGE", "s3")
-    monkeypatch.setenv("ERRORBOOK_S3_BUCKET", bucket)
-    monkeypatch.setenv("ERRORBOOK_S3_ENDPOINT_URL", server.endpoint_url)
-    return bucket
-
-
-def test_upload_ingest_and_thumbnails_live_in_the_object_store(
-    s3_env: str, server: S3Server, ingest: Ingest
-) -> None:
+def test_upload_ingest_and_thumbnails_live_in_the_object_store(s3_env: str, server: S3Server, ingest: Ingest) -> None:
     dataset = ingest.create_dataset()
     files = [(f"cat/{i}.jpg", noisy_jpeg(i)) for i in range(3)]
     report = ingest.upload(dataset, files, label="cat")

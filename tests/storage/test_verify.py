@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,7 +58,7 @@ def test_verify_names_missing_and_rotted_objects(session_maker: sessionmaker[Ses
 
 
 def test_verify_command_exits_1_and_prints_names(
-    fresh_database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    fresh_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ERRORBOOK_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ERRORBOOK_DATABASE_URL", fresh_database.url)
@@ -68,7 +69,7 @@ def test_verify_command_exits_1_and_prints_names(
     runner = CliRunner()
     healthy = runner.invoke(cli, ["storage", "verify", "--digests"])
     assert healthy.exit_code == 0, healthy.output
-    assert "3 images, 6 objects checked; 0 problems" in healthy.output
+    assert "3 images, 6 objects, 0 run and embedding files checked; 0 problems" in healthy.output
     _damage(blobs, images)
     broken = runner.invoke(cli, ["storage", "verify", "--digests"])
     assert broken.exit_code == 1

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 HOOKS = ROOT / "bench" / "scale_hooks"
 CACHE = Path(tempfile.gettempdir()) / "errorbook-bench-scale"
 ADMIN_URL = os.environ.get("ERRORBOOK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PROCESSES = ("import", "worker-1", "worker-2", "web", "web-presigned")
 PG_FIELDS = ("xact_commit", "tup_returned", "tup_fetched", "tup_inserted", "tup_updated", "tup_deleted")
 
 
@@ -374,12 +375,14 @@ def main() -> None:  # noqa: C901 - one straight sequence of stages
             "ERRORBOOK_DATA_DIR": str(scratch / "local-install"),
             "ERRORBOOK_DATABASE_URL": database_url(local_db),
         }
+        # Each process its own data dir, as on separate hosts: nothing reaches another through a shared disk cache.
+        own = {label: {**env, "ERRORBOOK_DATA_DIR": str(scratch / "s3-install" / label)} for label in PROCESSES}
         procs.run("storage-init", errorbook("storage", "init"), env)
         procs.run("db-upgrade", errorbook("db", "upgrade"), env)
         procs.run("db-upgrade-local", errorbook("db", "upgrade"), local_env)
         rec = Recorder(counts_dir, [s3_db, local_db])
         rates: dict[str, float] = {}
-        for backend, stage_env in (("s3", env), ("local", local_env)):
+        for backend, stage_env in (("s3", own["import"]), ("local", local_env)):
             with rec.stage(f"import ({backend})") as stage:
                 procs.run(f"import-{backend}", errorbook("import", str(archive), "--dataset", "scale"), stage_env)
             job_s = ingest_seconds(stage_env["ERRORBOOK_DATABASE_URL"])
@@ -392,9 +395,9 @@ def main() -> None:  # noqa: C901 - one straight sequence of stages
         with psycopg.connect(env["ERRORBOOK_DATABASE_URL"]) as conn:
             dataset = conn.execute("select id from datasets where name = 'scale'").fetchone()[0]  # type: ignore[index]
             ids = [row[0] for row in conn.execute("select id from images where dataset_id = %s", [dataset])]
-        workers = [procs.start(f"worker-{i + 1}", errorbook("worker"), env) for i in range(2)]
+        workers = [procs.start(label, errorbook("worker"), own[label]) for label in ("worker-1", "worker-2")]
         pages: dict[str, tuple[float, float]] = {}
-        with web_server(procs, env, "web (stream)") as (url, _):
+        with web_server(procs, own["web"], "web (stream)") as (url, _):
             api = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=600)
             with rec.stage("split"):
                 created = api.post(f"/api/datasets/{dataset}/splits", json={"seed": 0}).raise_for_status().json()
@@ -413,7 +416,7 @@ def main() -> None:  # noqa: C901 - one straight sequence of stages
                     stage.note = f"(first {pages[name][0] * 1000:.0f} ms, then median {pages[name][1] * 1000:.0f} ms)"
             with rec.stage(f"thumbnails, stream, {args.clients} clients") as stage:
                 stage.note, _ = thumbnails(url, token, ids, args.clients, args.thumbs_per_client)
-        presigned = {**env, "ERRORBOOK_S3_SERVE": "presigned"}
+        presigned = {**own["web-presigned"], "ERRORBOOK_S3_SERVE": "presigned"}
         with (
             web_server(procs, presigned, "web (presigned)") as (url, _),
             rec.stage(f"thumbnails, presigned, {args.clients} clients") as stage,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,14 @@ def unavailable_reason() -> str | None:
         return "needs root to create network namespaces (ip netns)"
     if shutil.which("ip") is None:
         return "needs the `ip` command (iproute2)"
+    if not (PG_BIN / "initdb").exists():
+        return f"needs the Postgres server binaries in {PG_BIN}"
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "needs a `postgres` OS user to run the Postgres host (initdb refuses root)"
+    if not (shutil.which("moto_server") or Path(f"{sys.prefix}/bin/moto_server").exists()):
+        return "needs moto's standalone server (pip install 'moto[server]') for the S3 host"
     probe = f"{PREFIX}-probe-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
@@ -99,6 +108,10 @@ def _sweep_stale() -> None:
             continue  # its test process is alive (maybe another xdist worker): not ours to remove
         kill_namespace(ns)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}-*-pg-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -289,8 +302,6 @@ def wait_for(check: Callable[[], bool], *, timeout: float, what: str, logs: Call
 def start_postgres(net: Network, host: Host) -> str:
     """A Postgres cluster of this host's own (initdb in a temp dir, run as the `postgres` user, which initdb
     requires), listening on the host's address only; its URL (database `errorbook`, trust auth on the subnet)."""
-    import pwd
-
     account = pwd.getpwnam("postgres")
     # Outside the test's tmp dir: pytest's is private to root and the server runs as `postgres`.
     pg_root = Path(tempfile.mkdtemp(prefix=f"{net.tag}-pg-"))

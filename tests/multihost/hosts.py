@@ -403,7 +403,7 @@ def deployment(root: Path, *, workers: int = 2, settings: Mapping[str, str] | No
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_DEFAULT_REGION": "us-east-1",
             # A lost host is noticed within seconds, not the production half-minute.
-            "ERRORBOOK_JOB_LEASE_SECONDS": "6",
+            "ERRORBOOK_JOB_LEASE_SECONDS": "10",
             "ERRORBOOK_JOB_HEARTBEAT_SECONDS": "1",
             "ERRORBOOK_JOB_REAPER_SECONDS": "1",
             "ERRORBOOK_JOB_POLL_SECONDS": "0.2",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.core.artefacts import ArtefactStore, ObjectStoreUnavailable
-from app.core.storage import StoredBlob, _check_digest, is_sha256, spooled, sweep_old_files
+from app.core.storage import CHUNK, StoredBlob, _check_digest, is_sha256, spooled, sweep_old_files
 from app.storage.s3_artefacts import S3Artefacts, store_errors
 
 __all__ = ["ObjectStoreUnavailable", "S3BlobStore", "S3Location"]
@@ -146,28 +146,41 @@ class S3BlobStore:
         return digest
 
     def put_file(self, src: BinaryIO) -> str:
-        """Stream ``src`` to a local temp file, hashing as it goes, then upload it under its digest."""
+        """Stream ``src`` to a local temp file, hashing as it goes, then upload it under its digest; the file then
+        becomes this host's cached copy (what is stored is usually read next, e.g. decoded by ingest)."""
         self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
         with spooled(src, self._tmp) as (tmp, digest), store_errors(self.location, digest):
             if not self._refresh(digest):
                 self.client.upload_file(str(tmp), self.location.bucket, self.key(digest))
+            cached = self._cached(digest)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, cached)
             return digest
+
+    def _cached(self, digest: str) -> Path:
+        return self.cache_dir / digest[:2] / digest[2:4] / digest
 
     def path(self, sha256: str) -> Path:
         """A local copy (the read-through cache), fetched on first use and renamed into place whole."""
         digest = _check_digest(sha256)
-        cached = self.cache_dir / digest[:2] / digest[2:4] / digest
+        cached = self._cached(digest)
         if cached.exists():
             return cached
         cached.parent.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)  # the cache may have been wiped since (it is scratch)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        os.close(fd)
         try:
             with store_errors(self.location, digest):
-                self.client.download_file(self.location.bucket, self.key(digest), tmp_name)
+                # One GET streamed to disk (the transfer manager's download_file asks HEAD first).
+                body = self.client.get_object(Bucket=self.location.bucket, Key=self.key(digest))["Body"]
+                with os.fdopen(fd, "wb") as out:
+                    fd = -1
+                    for chunk in body.iter_chunks(CHUNK):
+                        out.write(chunk)
             os.replace(tmp_name, cached)
         finally:
+            if fd != -1:
+                os.close(fd)
             Path(tmp_name).unlink(missing_ok=True)
         return cached
 
@@ -177,7 +190,7 @@ class S3BlobStore:
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.location.bucket, Key=self.key(sha256))
         digest = _check_digest(sha256)
-        (self.cache_dir / digest[:2] / digest[2:4] / digest).unlink(missing_ok=True)
+        self._cached(digest).unlink(missing_ok=True)
 
     def presigned_url(
         self, sha256: str, *, seconds: int = 300, content_type: str | None = None, disposition: str | None = None

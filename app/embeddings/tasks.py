@@ -31,6 +31,7 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
         todo = service.images_to_embed(session, dataset_id=dataset_id, stored_ids=store.ids())
     from app.ml.backbones import BackboneUnavailable  # torch: in job runners only
     from app.ml.features import TrainingCancelled
+    from app.training.shards import release_results
 
     cache_hits = 0
     try:
@@ -50,6 +51,7 @@ def build_embeddings(ctx: JobContext) -> dict[str, Any]:
         service.finish_build(
             session, set_id=set_id, count=store.count(), dims=store.dims(), index_kind=store.index_kind
         )
+    release_results(ctx)  # shard features, when it sharded: the set now holds them
     ctx.progress(1.0, f"{store.count():,} images embedded")
     return {
         "set_id": set_id,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from app.core.storage import BlobStore, read_blob
+from app.core.storage import BlobStore, delete_blobs, read_blob
 from app.jobs import shards
 from app.jobs.context import JobCancelled, JobContext, RetryLater, TaskError
 from app.jobs.registry import task
@@ -180,16 +180,28 @@ def gather(ctx: JobContext, subsets: Mapping[str, Sequence[str]]) -> Gathered:
 
 def _read(blobs: BlobStore, sha256: str, position: int) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(read_blob(blobs, sha256)), allow_pickle=False)
-    except (OSError, ValueError) as error:
+        with np.load(io.BytesIO(read_blob(blobs, sha256)), allow_pickle=False) as stored:
+            return np.asarray(stored["features"])
+    except (OSError, ValueError, KeyError) as error:
         message = f"the features of shard {position + 1} could not be read from the blob store: {error}"
         raise TaskError(message) from error
 
 
-def encode(views: Sequence[np.ndarray]) -> bytes:
+def encode(views: Sequence[np.ndarray], *, parent_job_id: int) -> bytes:
+    """The shard's views as one float32 array, stored with its parent's id: two runs over the same images would
+    otherwise store the same bytes under one digest, and one run releasing its shards would take the other's."""
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(np.stack(views), dtype=np.float32), allow_pickle=False)
+    features = np.ascontiguousarray(np.stack(views), dtype=np.float32)
+    np.savez(buffer, features=features, parent_job_id=np.array([parent_job_id], dtype=np.int64))
     return buffer.getvalue()
+
+
+def release_results(ctx: JobContext) -> None:
+    """Delete this parent's shard objects once what was made from them is recorded: only it reads them (their
+    bytes carry its id), and left behind they would be orphans until the garbage collector's grace ran out."""
+    with ctx.reading() as session:
+        results = {row.result_sha256 for row in shards.shards_of(session, ctx.job_id) if row.result_sha256}
+    delete_blobs(blob_store(ctx.settings), results)
 
 
 # -- the shard job ------------------------------------------------------------------------------------------------
@@ -250,7 +262,7 @@ def _extract(ctx: JobContext, payload: dict[str, Any]) -> tuple[bytes, int]:
         runtime=runtime,
     )
     views = [result.features] + ([result.flipped_features] if result.flipped_features is not None else [])
-    return encode(views), result.extracted
+    return encode(views, parent_job_id=int(payload["parent_job_id"])), result.extracted
 
 
 @task(FEATURE_SHARD_JOB)

@@ -393,6 +393,8 @@ def train_run(ctx: JobContext) -> dict[str, Any]:
     timings.values["total_s"] = time.perf_counter() - timings.started
     store(ctx, inputs, fitted, scores, model_path, timings)
     blob_store(ctx.settings).artefacts.delete(checkpoint_key(ctx.job_id))
+    if inputs.sharded is not None:
+        sharding.release_results(ctx)
     dev_accuracy = scores.metrics["dev"]["accuracy"]
     ctx.progress(1.0, f"done: dev accuracy {dev_accuracy:.1%}")
     return {

@@ -79,8 +79,8 @@ def _shard_features(engine: Any, parent_id: int) -> dict[str, np.ndarray]:
         assert shard.result_sha256 is not None
         import io
 
-        views = np.load(io.BytesIO(read_blob(blobs, shard.result_sha256)))
-        parts.setdefault(job.payload["subset"], []).append(views[0])
+        with np.load(io.BytesIO(read_blob(blobs, shard.result_sha256))) as stored:
+            parts.setdefault(job.payload["subset"], []).append(stored["features"][0])
     return {subset: np.concatenate(chunks) for subset, chunks in parts.items()}
 
 
@@ -133,18 +133,25 @@ def test_a_sharded_run_fans_out_and_ends_with_the_features_and_metrics_of_one_pi
     bar = client.get(f"/jobs/{run['job_id']}/bar")
     assert f"1 of {len(shard_jobs)} shards done" in bar.text and 'hx-trigger="every 1s"' in bar.text
 
+    for _ in range(len(shard_jobs) - 1):  # the other shards, one by one: the parent waits until the last
+        done = run_next_job(engine)
+        assert done is not None and done.kind == FEATURE_SHARD_JOB and done.status == JobStatus.SUCCEEDED
+    assert all(shard.status == ShardStatus.DONE for shard, _ in _shards(engine, run["job_id"]))
+    features = _shard_features(engine, run["job_id"])  # read before the parent releases them
+    assert set(features) == set(reference)
+    for subset, vectors in reference.items():
+        np.testing.assert_allclose(features[subset], vectors, rtol=0, atol=1e-5)
+
     ended = drain_jobs(engine)
-    assert [job.kind for job in ended][-1] == "training.run"  # the last shard queued the parent again
+    assert [job.kind for job in ended] == ["training.run"]  # the last shard queued the parent again
     assert {job.status for job in ended} == {JobStatus.SUCCEEDED}
     sharded = client.get(f"/api/runs/{run['run_id']}").json()
     _same_results(sharded, whole)
     assert sharded["timings"]["shards"] == len(shard_jobs)
     assert sharded["timings"]["extracted_train"] == whole["timings"]["extracted_train"]
-    features = _shard_features(engine, run["job_id"])
-    assert set(features) == set(reference)
-    for subset, vectors in reference.items():
-        np.testing.assert_allclose(features[subset], vectors, rtol=0, atol=1e-5)
-    assert all(shard.status == ShardStatus.DONE for shard, _ in _shards(engine, run["job_id"]))
+    # What the run was made from is recorded: its shard objects are deleted, not left for the GC as orphans.
+    blobs = LocalBlobStore(Settings().blob_dir)
+    assert not any(blobs.exists(shard.result_sha256 or "") for shard, _ in _shards(engine, run["job_id"]))
 
 
 def test_a_failing_shard_is_retried_alone_and_the_run_ends_the_same(colours, monkeypatch) -> None:

@@ -93,9 +93,7 @@ def require_scan(session: Session, *, dataset_id: int) -> HealthScan:
     return scan
 
 
-def start_scan(
-    session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int
-) -> tuple[HealthScan, Job]:
+def start_scan(session: Session, *, dataset_id: int, user_id: int | None, max_attempts: int) -> tuple[HealthScan, Job]:
     """Queue a scan (or return the one already queued or running for this dataset)."""
     get_or_404(session, Dataset, dataset_id)
     scan = repository.scan_of(session, dataset_id) or repository.add_scan(session, dataset_id)

@@ -84,6 +84,7 @@ class JobContext:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A task's own unit of work; commits only while this worker still holds the lease."""
+
         def still_ours(session: Session) -> None:
             repository.assert_lease(session, job_id=self.job_id, token=self.lease_token, now=utcnow())
 

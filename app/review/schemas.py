@@ -157,9 +157,7 @@ class LabelOut(BaseModel):
 
     @classmethod
     def of(cls, state: LabelState, proposal: ProposalView | None = None) -> LabelOut:
-        return copied_from(
-            cls, state, proposal=ProposalOut.model_validate(proposal) if proposal is not None else None
-        )
+        return copied_from(cls, state, proposal=ProposalOut.model_validate(proposal) if proposal is not None else None)
 
 
 class HistoryOut(BaseModel):

@@ -25,9 +25,7 @@ def s3_env(server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return bucket
 
 
-def test_upload_ingest_and_thumbnails_live_in_the_object_store(
-    s3_env: str, server: S3Server, ingest: Ingest
-) -> None:
+def test_upload_ingest_and_thumbnails_live_in_the_object_store(s3_env: str, server: S3Server, ingest: Ingest) -> None:
     dataset = ingest.create_dataset()
     files = [(f"cat/{i}.jpg", noisy_jpeg(i)) for i in range(3)]
     report = ingest.upload(dataset, files, label="cat")

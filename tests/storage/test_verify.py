@@ -57,7 +57,9 @@ def test_verify_names_missing_and_rotted_objects(session_maker: sessionmaker[Ses
 
 
 def test_verify_command_exits_1_and_prints_names(
-    fresh_database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    fresh_database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     monkeypatch.setenv("ERRORBOOK_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ERRORBOOK_DATABASE_URL", fresh_database.url)

@@ -24,26 +24,28 @@ import numpy as np
 import numpy.typing as npt
 
 from app.core.storage import atomic_write_bytes
-from app.ml.similarity import Neighbours, Projection, exact_top_k, fit_projection, ordered
+from app.ml.similarity import Neighbours, Projection, dot_scores, exact_top_k, fit_projection, ordered
 
 DEFAULT_EXACT_LIMIT = 50_000
 INDEX_DIMS = 128
 _PCA_SAMPLE = 10_000
 # Candidates the index hands to the exact re-ranking: (k + 1) x the factor, at least the floor. On the bench's
 # 1M generated vectors (2,000 clusters of ~500) PCA-128 ranks neighbours inside a cluster loosely: the exact
-# top 10 were among the 210 nearest in PCA space 70% of the time, among the 500 nearest 99.7%. Re-scoring 512
-# float16 rows costs well under a millisecond.
+# top 10 were among the 210 nearest in PCA space 70% of the time, among the 500 nearest 99.7% (30 queries, brute
+# force in PCA space). Re-scoring 512 float16 rows (dot_scores) took ~4 ms on the loaded 2-core machine.
 _RERANK_FACTOR = 10
 _MIN_CANDIDATES = 512
 # The index's own copy of the reduced vectors, its links per node and its breadth while adding and searching (a
 # search is at least as broad as the candidates it returns). Adding 40k PCA-128 rows on one core: float16 with
-# breadth 64 4,200 rows/s, int8 with breadth 32 15,400 rows/s; the exact re-ranking makes up for the coarser
-# candidates. Recall@10 at these settings is what bench/embeddings.py reports.
+# breadth 64 4,200 rows/s, int8 with breadth 32 15,400 rows/s. But breadth 32 made a poor graph inside big
+# clusters: recall@10 0.83 on the bench's 1M vectors (0.968 on 100k in clusters of the same ~500 rows), where int8
+# with breadth 64 reached 0.997 on those 100k (float16 64: 1.000 for 1.4x its build time). Recall@10 at these
+# settings is what bench/embeddings.py reports.
 _INDEX_DTYPE = "i8"
 _CONNECTIVITY = 16
-_EXPANSION_ADD = 32
+_EXPANSION_ADD = 64
 _EXPANSION_SEARCH = 128
-_BUILD_CHUNK = 32_768
+_BUILD_CHUNK = 16_384
 _LOADED_SIZE = 4
 
 
@@ -108,6 +110,19 @@ class EmbeddingStore:
         with self._vectors_path.open("rb") as file:
             file.seek(low * dims * 2)
             return np.fromfile(file, dtype=np.float16, count=(high - low) * dims).reshape(high - low, dims)
+
+    def take(self, positions: npt.ArrayLike) -> npt.NDArray[np.float16]:
+        """The rows at `positions`, each read from the file on its own: gathering 10,000 scattered rows through
+        the memory map pulled the whole file into the process's resident memory (fault-around and readahead)."""
+        dims = self.dims()
+        wanted = np.asarray(positions, dtype=np.int64).reshape(-1)
+        out = np.empty((wanted.size, dims), dtype=np.float16)
+        width = dims * 2
+        with self._vectors_path.open("rb", buffering=0) as file:
+            descriptor = file.fileno()
+            for place, position in enumerate(wanted.tolist()):
+                out[place] = np.frombuffer(os.pread(descriptor, width, position * width), dtype=np.float16)
+        return out
 
     def append(self, image_ids: npt.ArrayLike, unit_vectors: npt.ArrayLike) -> None:
         ids = np.asarray(image_ids, dtype=np.int64)
@@ -198,8 +213,8 @@ class EmbeddingStore:
         found = index.search(projection.project(query[None])[0], wanted, threads=1)
         candidates = np.asarray(found.keys, dtype=np.int64)
         candidates = candidates[(candidates != exclude) & (candidates < vectors.shape[0])]
-        exact = np.asarray(vectors[np.sort(candidates)], dtype=np.float32) @ query
-        best = ordered(np.sort(candidates), exact)
+        candidates = np.sort(candidates)
+        best = ordered(candidates, dot_scores(vectors[candidates], query))
         return Neighbours(best.positions[:k], best.similarities[:k])
 
     def _projection(self) -> Projection | None:
@@ -219,7 +234,7 @@ class EmbeddingStore:
         projection = self._projection()
         if projection is None:
             sample = np.random.default_rng(0).choice(count, size=min(count, _PCA_SAMPLE), replace=False)
-            projection = fit_projection(np.asarray(self.vectors()[np.sort(sample)], dtype=np.float32), INDEX_DIMS)
+            projection = fit_projection(np.asarray(self.take(np.sort(sample)), dtype=np.float32), INDEX_DIMS)
             buffer_path = self.root / "projection.npz"
             with buffer_path.open("wb") as file:
                 np.savez(file, mean=projection.mean, components=projection.components)

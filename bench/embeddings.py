@@ -185,6 +185,9 @@ def extraction_rate(count: int) -> float:
 
 
 def index_part(args: argparse.Namespace, folder: Path) -> tuple[list[str], EmbeddingStore]:
+    if args.reuse is not None:  # a store (vectors and index) an earlier run left: measure its queries only
+        store = store_at(args.reuse, args.vectors)
+        return [f"reusing {store.count():,} vectors and their {store.index_kind} index from {args.reuse}"], store
     store = store_at(folder / "vectors", args.vectors)
     started = time.perf_counter()
     generate(store, args.vectors, args.dims)
@@ -205,13 +208,16 @@ def index_part(args: argparse.Namespace, folder: Path) -> tuple[list[str], Embed
         f"{built['cpu_seconds']:.0f} s CPU, "
         f"peak RSS of the building process {built['peak_rss_mb']:,.0f} MB, {index_mib:,.0f} MiB on disk"
     )
+    return lines, store
+
+
+def recall_line(args: argparse.Namespace, store: EmbeddingStore) -> str:
     queries = np.random.default_rng(1).choice(args.vectors, size=min(args.queries, args.vectors), replace=False)
     found, exact_ms = recall(store, queries)
-    lines.append(
+    return (
         f"recall@10 against brute force over {args.dims} dims, {queries.size} queries: {found:.3f} "
         f"(brute force {exact_ms:.0f} ms a query on one core)"
     )
-    return lines, store
 
 
 def main() -> None:
@@ -226,6 +232,9 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--extract", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temp dir)")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="an existing store's root: skip generating and building"
+    )
     parser.add_argument("--build-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_only is not None:
@@ -235,6 +244,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
         lines, store = index_part(args, folder)
+        lines.append(recall_line(args, store))
         print("\n".join(report + lines), flush=True)
         report += lines
         if "sqlite" in args.backends:

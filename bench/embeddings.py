@@ -4,6 +4,7 @@ over HTTP from 20 clients on SQLite and Postgres, with a bare endpoint's latency
     python bench/embeddings.py                                    # 1,000,000 vectors, both backends
     python bench/embeddings.py --vectors 100000 --backends sqlite --seconds 10
     python bench/embeddings.py --extract 64                       # also real extraction on 64 demo pictures
+    python bench/embeddings.py --reuse DIR                        # queries only, on a store an earlier run kept
 
 Generated vectors (2,000 clusters with isotropic noise, unit length, the backbone's 1280 dimensions) go through the
 app's own store (app/embeddings/store.py): float16 rows on disk, PCA to 128 dimensions fitted on a sample, a usearch

@@ -39,8 +39,8 @@ _MIN_CANDIDATES = 512
 # search is at least as broad as the candidates it returns). Adding 40k PCA-128 rows on one core: float16 with
 # breadth 64 4,200 rows/s, int8 with breadth 32 15,400 rows/s. But breadth 32 made a poor graph inside big
 # clusters: recall@10 0.83 on the bench's 1M vectors (0.968 on 100k in clusters of the same ~500 rows), where int8
-# with breadth 64 reached 0.997 on those 100k (float16 64: 1.000 for 1.4x its build time). Recall@10 at these
-# settings is what bench/embeddings.py reports.
+# with breadth 64 reached 0.997 on those 100k (float16 64: 1.000 for 1.4x its build time) and 0.968 at 1M
+# (bench/embeddings.py, which reports recall@10 at these settings).
 _INDEX_DTYPE = "i8"
 _CONNECTIVITY = 16
 _EXPANSION_ADD = 64

@@ -51,8 +51,9 @@ ODD_SHARE = 0.01  # of each statistics issue
 NEAR_PAIRS = 0.005  # of the images get a near-duplicate partner (same dHash)
 
 
-def build(engine: Engine, *, images: int, seed: int = 0) -> tuple[int, str]:
-    """Bulk-insert the dataset and its statistics (core executemany); returns (dataset id, API token)."""
+def build(engine: Engine, *, images: int, seed: int = 0, statistics: bool = True) -> tuple[int, str]:
+    """Bulk-insert the dataset (image ids 1..images) and its statistics (core executemany); returns (dataset id,
+    API token)."""
     rng = np.random.default_rng(seed)
     now = utcnow()
     with Session(engine) as session:
@@ -96,7 +97,7 @@ def build(engine: Engine, *, images: int, seed: int = 0) -> tuple[int, str]:
                 ],
             )
         stats = _statistics(rng, images)
-        measured = np.flatnonzero(rng.random(images) < MEASURED)
+        measured = np.flatnonzero(rng.random(images) < MEASURED) if statistics else np.zeros(0, dtype=np.int64)
         for start in range(0, measured.size, BATCH):
             session.execute(
                 insert(ImageStat),

@@ -90,15 +90,19 @@ def main() -> int:
         # numba compiles UMAP's kernels on first use, once per process (a job runner pays it once): apart.
         started = time.perf_counter()
         layout(generated_vectors(400, seed=1), sample_size=200, seed=None)
-        print(f"first layout in this process (numba compiling UMAP's kernels), 400 points: "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"first layout in this process (numba compiling UMAP's kernels), 400 points: "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         started, cpu_started = time.perf_counter(), time.process_time()
         xy = layout(store.vectors(), seed=None)
         layout_s, layout_cpu = time.perf_counter() - started, time.process_time() - cpu_started
         MapStore(store).write(store.ids(), xy)
-        print(f"layout of {args.points:,} points (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}): "
-              f"{layout_s:.1f} s wall (goal < 180 s: {layout_s / 180:.2f} of it), {layout_cpu:.1f} s CPU; load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine stretches the wall time)")
+        print(
+            f"layout of {args.points:,} points (NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}): "
+            f"{layout_s:.1f} s wall (goal < 180 s: {layout_s / 180:.2f} of it), {layout_cpu:.1f} s CPU; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine stretches the wall time)"
+        )
 
         with pages.serving(url, data_dir) as base:
             headers = {"authorization": f"Bearer {data.token}"}
@@ -111,9 +115,11 @@ def main() -> int:
                     response.raise_for_status()
                     size = len(response.content)
                     assert len(response.json()["points"]) == args.points
-        print(f"GET /api/datasets/{{id}}/map, {args.points:,} points, {size / 2**20:.1f} MiB: "
-              f"median {statistics.median(samples) * 1000:.0f} ms, max {max(samples) * 1000:.0f} ms over "
-              f"{len(samples)} requests (goal < 1000 ms: {statistics.median(samples):.2f} of it)")
+        print(
+            f"GET /api/datasets/{{id}}/map, {args.points:,} points, {size / 2**20:.1f} MiB: "
+            f"median {statistics.median(samples) * 1000:.0f} ms, max {max(samples) * 1000:.0f} ms over "
+            f"{len(samples)} requests (goal < 1000 ms: {statistics.median(samples):.2f} of it)"
+        )
     return 0
 
 

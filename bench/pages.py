@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +210,7 @@ def serving(url: str, data_dir: Path) -> Iterator[str]:
 async def _client(
     base: str,
     token: str,
-    endpoints: dict[str, str],
+    endpoints: Mapping[str, str | Sequence[str]],
     *,
     first: int,
     until: float,
@@ -228,8 +228,11 @@ async def _client(
         while time.monotonic() < until:
             name = names[turn % len(names)]
             turn += 1
+            # A list: one of its paths at random each time (e.g. a different query image per request).
+            paths = endpoints[name]
+            path = paths if isinstance(paths, str) else jitter.choice(paths)
             start = time.perf_counter()
-            response = await client.get(endpoints[name])
+            response = await client.get(path)
             elapsed = time.perf_counter() - start
             if response.status_code != 200:
                 raise RuntimeError(f"{name}: HTTP {response.status_code}: {response.text[:300]}")
@@ -239,7 +242,13 @@ async def _client(
 
 
 async def load(
-    base: str, token: str, endpoints: dict[str, str], *, clients: int, seconds: float, think: float
+    base: str,
+    token: str,
+    endpoints: Mapping[str, str | Sequence[str]],
+    *,
+    clients: int,
+    seconds: float,
+    think: float,
 ) -> dict[str, list[float]]:
     seen: dict[str, list[float]] = {name: [] for name in endpoints}
     until = time.monotonic() + seconds

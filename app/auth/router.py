@@ -193,9 +193,7 @@ def account_password(
 
 
 @router.post("/account/tokens", include_in_schema=False)
-def account_token_create(
-    request: Request, db: DB, user: Viewer, name: Annotated[str, Form()] = "api"
-) -> Response:
+def account_token_create(request: Request, db: DB, user: Viewer, name: Annotated[str, Form()] = "api") -> Response:
     _, secret = service.create_token(db, user=user, name=name)
     return _account(request, db, user, new_token=secret)
 
@@ -231,9 +229,7 @@ def api_users_update(user_id: int, body: UserPatch, db: DB, user: Admin) -> User
 @router.post("/api/me/password", status_code=204)
 def api_me_password(body: PasswordChange, db: DB, user: Viewer) -> Response:
     """Change your own password (the current one is needed); every session of yours ends, tokens keep working."""
-    service.change_own_password(
-        db, user=user, current_password=body.current_password, new_password=body.new_password
-    )
+    service.change_own_password(db, user=user, current_password=body.current_password, new_password=body.new_password)
     return Response(status_code=204)
 
 

@@ -246,8 +246,6 @@ def export_rows(session: Session, dataset_id: int) -> Iterator[tuple[Any, ...]]:
         yield tuple(row)
 
 
-
-
 def subsets_of_image(session: Session, image_id: int) -> list[tuple[int, int, str]]:
     """(split id, split version, subset) for every split that placed the image."""
     rows = session.execute(

@@ -47,25 +47,27 @@ def image_blobs(session: Session, dataset_id: int) -> list[tuple[int, str]]:
     return [(image_id, sha) for image_id, sha in rows]
 
 
-def labels_of(session: Session, image_ids: list[int]) -> dict[int, str]:
+def facts_of(session: Session, image_ids: list[int]) -> dict[int, tuple[str, list[str]]]:
+    """Each image's label name ("" without one) and its subset in every ready split of its dataset, newest split
+    first: one query for a similar-images answer's k rows."""
     rows = session.execute(
-        select(Image.id, Label.name).join(Label, Label.id == Image.label_id).where(Image.id.in_(image_ids))
+        select(Image.id, Label.name, SplitAssignment.subset, Split.version)
+        .outerjoin(Label, Label.id == Image.label_id)
+        # Through the dataset's ready splits, so each assignment is found by its primary key (split, image).
+        .outerjoin(Split, (Split.dataset_id == Image.dataset_id) & (Split.status == SplitStatus.READY))
+        .outerjoin(SplitAssignment, (SplitAssignment.split_id == Split.id) & (SplitAssignment.image_id == Image.id))
+        .where(Image.id.in_(image_ids))
     )
-    return {image_id: name for image_id, name in rows}
-
-
-def subsets_of(session: Session, image_ids: list[int]) -> dict[int, list[str]]:
-    """Each image's subset in every ready split of its dataset, newest split first."""
-    rows = session.execute(
-        select(SplitAssignment.image_id, SplitAssignment.subset)
-        .join(Split, Split.id == SplitAssignment.split_id)
-        .where(SplitAssignment.image_id.in_(image_ids), Split.status == SplitStatus.READY)
-        .order_by(Split.version.desc())
-    )
-    subsets: dict[int, list[str]] = {image_id: [] for image_id in image_ids}
-    for image_id, subset in rows:
-        subsets[image_id].append(subset)
-    return subsets
+    labels: dict[int, str] = {}
+    subsets: dict[int, list[tuple[int, str]]] = {image_id: [] for image_id in image_ids}
+    for image_id, label, subset, version in rows:
+        labels[image_id] = label or ""
+        if subset is not None:  # None: no ready split, or one made before the image came
+            subsets[image_id].append((version, subset))
+    return {
+        image_id: (labels.get(image_id, ""), [subset for _, subset in sorted(subsets[image_id], reverse=True)])
+        for image_id in image_ids
+    }
 
 
 def dataset_labels(session: Session, dataset_id: int) -> dict[int, str]:

@@ -145,10 +145,9 @@ def usable_set(session: Session, *, dataset_id: int, backbone: str | None) -> Em
 
 def _neighbours(session: Session, image_ids: np.ndarray, similarities: np.ndarray) -> list[Neighbour]:
     ids = [int(image_id) for image_id in image_ids.tolist()]
-    labels = repository.labels_of(session, ids)
-    subsets = repository.subsets_of(session, ids)
+    facts = repository.facts_of(session, ids)
     return [
-        Neighbour(image_id, round(float(similarity), 6), labels.get(image_id, ""), subsets.get(image_id, []))
+        Neighbour(image_id, round(float(similarity), 6), *facts[image_id])
         for image_id, similarity in zip(ids, similarities.tolist(), strict=True)
     ]
 

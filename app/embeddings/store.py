@@ -2,10 +2,14 @@
 
 `ids.i64` and `vectors.f16` grow together (vectors first, so a crash leaves at most a tail of vectors without
 ids, which the next open ignores and the next append overwrites): a job killed mid-way resumes from what is
-stored. Rows are unit length (cosine similarity is a dot product). Up to `exact_limit` rows, search is exact;
-beyond, a usearch HNSW index over PCA-reduced float16 vectors finds candidates that are re-ranked exactly.
-usearch: maintained, stores float16 natively (half of hnswlib's float32 memory), adds vectors incrementally and
-saves to one file; faiss-cpu would need IVF training and a bigger wheel for the same job.
+stored. Rows are unit length (cosine similarity is a dot product). Up to `exact_limit` rows, search is exact (a
+brute-force pass over the float16 rows); beyond, a usearch HNSW index over PCA-reduced (128-d, int8) vectors
+finds candidates that are re-ranked exactly with the stored rows. The index is built by the embeddings job and
+saved as one file beside the rows; a web process opens it once, as a memory-mapped view, with the rows mapped
+too, so a query costs the graph search and reading its few hundred candidate rows.
+usearch: maintained, quantises to float16 or int8 natively (hnswlib keeps float32), adds vectors incrementally,
+serves a saved index memory-mapped and saves to one file; faiss-cpu would need IVF training and a bigger wheel
+for the same job.
 """
 
 from __future__ import annotations
@@ -21,24 +25,40 @@ import numpy.typing as npt
 
 from app.core.artefacts import ArtefactStore
 from app.core.storage import atomic_write_bytes
-from app.ml.similarity import Neighbours, Projection, exact_top_k, fit_projection, ordered
+from app.ml.similarity import Neighbours, Projection, dot_scores, exact_top_k, fit_projection, ordered
 
 DEFAULT_EXACT_LIMIT = 50_000
 INDEX_DIMS = 128
 _PCA_SAMPLE = 10_000
+# Candidates the index hands to the exact re-ranking: (k + 1) x the factor, at least the floor. On the bench's
+# 1M generated vectors (2,000 clusters of ~500) PCA-128 ranks neighbours inside a cluster loosely: the exact
+# top 10 were among the 210 nearest in PCA space 70% of the time, among the 500 nearest 99.7% (30 queries, brute
+# force in PCA space). Re-scoring 512 float16 rows (dot_scores) took ~4 ms on the loaded 2-core machine.
 _RERANK_FACTOR = 10
-# HNSW breadth while adding and searching: usearch's default 128 for adding took 3x the time of 40 on a small
-# test; recall@10 at these settings is what bench/embeddings.py reports.
+_MIN_CANDIDATES = 512
+# The index's own copy of the reduced vectors, its links per node and its breadth while adding and searching (a
+# search is at least as broad as the candidates it returns). Adding 40k PCA-128 rows on one core: float16 with
+# breadth 64 4,200 rows/s, int8 with breadth 32 15,400 rows/s. But breadth 32 made a poor graph inside big
+# clusters: recall@10 0.83 on the bench's 1M vectors (0.968 on 100k in clusters of the same ~500 rows), where int8
+# with breadth 64 reached 0.997 on those 100k (float16 64: 1.000 for 1.4x its build time) and 0.968 at 1M
+# (bench/embeddings.py, which reports recall@10 at these settings).
+_INDEX_DTYPE = "i8"
+_CONNECTIVITY = 16
 _EXPANSION_ADD = 64
 _EXPANSION_SEARCH = 128
+_BUILD_CHUNK = 16_384
 _LOADED_SIZE = 4
 
 
 @dataclass(frozen=True, eq=False)
 class _Loaded:
-    stamp: tuple[int, int]
+    """What a query needs, opened once per process: the ids (and their sort order), the float16 rows mapped from
+    disk (pages are read on demand and shared through the page cache), the index as a view of its file, the PCA."""
+
+    stamp: tuple[int, int, int]
     ids: npt.NDArray[np.int64]
     order: npt.NDArray[np.int64]
+    vectors: npt.NDArray[np.float16]
     index: Any
     projection: Projection | None
 
@@ -109,6 +129,30 @@ class EmbeddingStore:
             return np.zeros((0, dims), dtype=np.float16)
         return np.memmap(self._vectors_path, dtype=np.float16, mode="r", shape=(count, dims))
 
+    def rows(self, low: int, high: int) -> npt.NDArray[np.float16]:
+        """Rows low..high read from the file (not mapped): a pass over every row, such as the index build, then
+        leaves them in the page cache rather than in the process's resident memory (1M rows are 2.4 GiB)."""
+        dims = self.dims()
+        high = min(high, self.count())
+        if high <= low:
+            return np.zeros((0, dims), dtype=np.float16)
+        with self._vectors_path.open("rb") as file:
+            file.seek(low * dims * 2)
+            return np.fromfile(file, dtype=np.float16, count=(high - low) * dims).reshape(high - low, dims)
+
+    def take(self, positions: npt.ArrayLike) -> npt.NDArray[np.float16]:
+        """The rows at `positions`, each read from the file on its own: gathering 10,000 scattered rows through
+        the memory map pulled the whole file into the process's resident memory (fault-around and readahead)."""
+        dims = self.dims()
+        wanted = np.asarray(positions, dtype=np.int64).reshape(-1)
+        out = np.empty((wanted.size, dims), dtype=np.float16)
+        width = dims * 2
+        with self._vectors_path.open("rb", buffering=0) as file:
+            descriptor = file.fileno()
+            for place, position in enumerate(wanted.tolist()):
+                out[place] = np.frombuffer(os.pread(descriptor, width, position * width), dtype=np.float16)
+        return out
+
     def append(self, image_ids: npt.ArrayLike, unit_vectors: npt.ArrayLike) -> None:
         ids = np.asarray(image_ids, dtype=np.int64)
         rows = np.asarray(unit_vectors, dtype=np.float16)
@@ -128,32 +172,45 @@ class EmbeddingStore:
                 os.fsync(file.fileno())
 
     def vector_of(self, image_id: int) -> npt.NDArray[np.float32] | None:
-        position = self._position(image_id)
-        return None if position is None else np.asarray(self.vectors()[position], dtype=np.float32)
-
-    def _position(self, image_id: int) -> int | None:
         loaded = self._loaded()
+        position = self._position(loaded, image_id)
+        return None if position is None else np.asarray(loaded.vectors[position], dtype=np.float32)
+
+    @staticmethod
+    def _position(loaded: _Loaded, image_id: int) -> int | None:
         place = int(np.searchsorted(loaded.ids, image_id, sorter=loaded.order))
         if place < loaded.order.size and loaded.ids[loaded.order[place]] == image_id:
             return int(loaded.order[place])
         return None
 
-    def _loaded(self) -> _Loaded:
-        """Ids, their sort order and the index, read once per process while the files stay the same."""
+    def _stamp(self) -> tuple[int, int, int]:
+        """Changes whenever the rows or the index file do (two stat calls; a query pays only these)."""
         index_path = self.root / "index.usearch"
-        stamp = (self.count(), index_path.stat().st_mtime_ns if index_path.exists() else 0)
+        try:
+            ids_size = self._ids_path.stat().st_size
+        except OSError:
+            ids_size = 0
+        try:
+            index_stat = index_path.stat()
+        except OSError:
+            return ids_size, 0, 0
+        return ids_size, index_stat.st_mtime_ns, index_stat.st_size
+
+    def _loaded(self) -> _Loaded:
+        """Ids, their sort order, the rows and the index, opened once per process while the files stay the same."""
+        stamp = self._stamp()
         cached = _LOADED.get(self.root)
         if cached is not None and cached.stamp == stamp:
             return cached
-        ids = self.ids()
+        ids, vectors = self.ids(), self.vectors()
         index = None
         if stamp[1] and self.index_kind == "usearch":
             from usearch.index import Index
 
-            index = Index.restore(str(index_path), view=True)
+            index = Index.restore(str(self.root / "index.usearch"), view=True)
             if index is not None:
                 index.expansion_search = _EXPANSION_SEARCH  # type: ignore[misc]  # settable at run time
-        loaded = _Loaded(stamp, ids, np.argsort(ids, kind="stable"), index, self._projection())
+        loaded = _Loaded(stamp, ids, np.argsort(ids, kind="stable"), vectors, index, self._projection())
         if len(_LOADED) >= _LOADED_SIZE:
             _LOADED.pop(next(iter(_LOADED)))
         _LOADED[self.root] = loaded
@@ -166,9 +223,10 @@ class EmbeddingStore:
 
     def search(self, query: npt.ArrayLike, k: int, *, exclude_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(image ids, similarities) of the `k` rows most similar to the unit vector `query`."""
-        loaded, vectors = self._loaded(), self.vectors()
+        loaded = self._loaded()
+        vectors = loaded.vectors
         ids = loaded.ids[: vectors.shape[0]]
-        exclude = self._position(exclude_id) if exclude_id is not None else None
+        exclude = self._position(loaded, exclude_id) if exclude_id is not None else None
         if loaded.index is None or loaded.projection is None:
             found = exact_top_k(vectors, query, k, exclude=exclude)
         else:
@@ -180,12 +238,12 @@ class EmbeddingStore:
     ) -> Neighbours:
         index, projection = loaded.index, loaded.projection
         assert index is not None and projection is not None
-        wanted = min(len(index), (k + 1) * _RERANK_FACTOR)
+        wanted = min(len(index), max(_MIN_CANDIDATES, (k + 1) * _RERANK_FACTOR))
         found = index.search(projection.project(query[None])[0], wanted, threads=1)
         candidates = np.asarray(found.keys, dtype=np.int64)
         candidates = candidates[(candidates != exclude) & (candidates < vectors.shape[0])]
-        exact = np.asarray(vectors[np.sort(candidates)], dtype=np.float32) @ query
-        best = ordered(np.sort(candidates), exact)
+        candidates = np.sort(candidates)
+        best = ordered(candidates, dot_scores(vectors[candidates], query))
         return Neighbours(best.positions[:k], best.similarities[:k])
 
     def _projection(self) -> Projection | None:
@@ -202,22 +260,27 @@ class EmbeddingStore:
             return 0
         from usearch.index import Index
 
-        vectors = self.vectors()
         projection = self._projection()
         if projection is None:
             sample = np.random.default_rng(0).choice(count, size=min(count, _PCA_SAMPLE), replace=False)
-            projection = fit_projection(np.asarray(vectors[np.sort(sample)], dtype=np.float32), INDEX_DIMS)
+            projection = fit_projection(np.asarray(self.take(np.sort(sample)), dtype=np.float32), INDEX_DIMS)
             buffer_path = self.root / "projection.npz"
             with buffer_path.open("wb") as file:
                 np.savez(file, mean=projection.mean, components=projection.components)
         index_path = self.root / "index.usearch"
         index = Index.restore(str(index_path)) if index_path.exists() else None
         if index is None:
-            index = Index(ndim=projection.components.shape[0], metric="cos", dtype="f16", expansion_add=_EXPANSION_ADD)
+            index = Index(
+                ndim=projection.components.shape[0],
+                metric="cos",
+                dtype=_INDEX_DTYPE,
+                connectivity=_CONNECTIVITY,
+                expansion_add=_EXPANSION_ADD,
+            )
         start = len(index)
-        for low in range(start, count, 65_536):
-            high = min(count, low + 65_536)
-            index.add(np.arange(low, high, dtype=np.uint64), projection.project(vectors[low:high]))
+        for low in range(start, count, _BUILD_CHUNK):
+            high = min(count, low + _BUILD_CHUNK)
+            index.add(np.arange(low, high, dtype=np.uint64), projection.project(self.rows(low, high)))
         temporary = index_path.with_suffix(".tmp")
         index.save(str(temporary))
         os.replace(temporary, index_path)
@@ -328,9 +391,16 @@ class NeighbourStore:
         vectors = store.vectors()
         loaded = store._loaded()
         if loaded.index is not None and loaded.projection is not None and len(loaded.index) >= count:
-            found = loaded.index.search(loaded.projection.project(vectors), NEIGHBOURS + 1, threads=0)
-            positions = np.asarray(found.keys, dtype=np.int64).reshape(count, -1)
-            similarities = 1.0 - np.asarray(found.distances, dtype=np.float32).reshape(count, -1)  # cos distance
+            # In chunks read from the file: 1M rows projected at once would be 5 GB of float32.
+            keys, distances = [], []
+            for low in range(0, count, _BUILD_CHUNK):
+                found = loaded.index.search(
+                    loaded.projection.project(store.rows(low, low + _BUILD_CHUNK)), NEIGHBOURS + 1, threads=0
+                )
+                keys.append(np.asarray(found.keys, dtype=np.int64).reshape(-1, NEIGHBOURS + 1))
+                distances.append(np.asarray(found.distances, dtype=np.float32).reshape(-1, NEIGHBOURS + 1))
+            positions = np.concatenate(keys)
+            similarities = 1.0 - np.concatenate(distances)  # cos distance
             keep = positions != np.arange(count)[:, None]
             positions = np.array([row[mask][:NEIGHBOURS] for row, mask in zip(positions, keep, strict=True)])
             similarities = np.array([row[mask][:NEIGHBOURS] for row, mask in zip(similarities, keep, strict=True)])

@@ -52,4 +52,3 @@ def clean_color(color: str) -> str:
 def default_color(existing: int) -> str:
     """The colour a new category gets when none is chosen, after ``existing`` categories."""
     return CATEGORY_PALETTE[existing % len(CATEGORY_PALETTE)]
-

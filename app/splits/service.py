@@ -286,9 +286,7 @@ def create_split(
     return split, job
 
 
-def extend_split(
-    session: Session, *, split_id: int, user_id: int | None, max_attempts: int
-) -> tuple[Split, Job]:
+def extend_split(session: Session, *, split_id: int, user_id: int | None, max_attempts: int) -> tuple[Split, Job]:
     """A new version that keeps every assignment of ``split_id`` and places only the images added since."""
     parent = get_split(session, split_id=split_id)
     if parent.status != SplitStatus.READY:

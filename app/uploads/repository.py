@@ -30,9 +30,7 @@ def entry_rows(session: Session, upload_id: int) -> Iterator[tuple[Any, ...]]:
         yield tuple(row)
 
 
-def existing_by_sha(
-    session: Session, dataset_id: int, shas: Iterable[str]
-) -> dict[str, tuple[int, int | None, str]]:
+def existing_by_sha(session: Session, dataset_id: int, shas: Iterable[str]) -> dict[str, tuple[int, int | None, str]]:
     """sha256 -> (image id, label id, filename) for the given contents already in the dataset."""
     wanted = sorted(set(shas))
     if not wanted:

@@ -110,9 +110,7 @@ def _decoders(ctx: JobContext) -> Decoders:
     )
 
 
-def _ingest_files(
-    ctx: JobContext, spec: ingest.IngestSpec, blobs: BlobStore, decoders: Decoders
-) -> UploadLabels:
+def _ingest_files(ctx: JobContext, spec: ingest.IngestSpec, blobs: BlobStore, decoders: Decoders) -> UploadLabels:
     """Plan every file's label (all of them, done or not, so labels read the same on a retry), then decode and
     add the files not done yet, batch by batch."""
     with ctx.transaction() as session:
@@ -252,8 +250,7 @@ def _member_batches(
 
 def _written(pending: list[tuple[str, int, Future[str] | None, str | None]]) -> list[StagedBlob]:
     return [
-        StagedBlob(name, future.result() if future else None, size, refusal)
-        for name, size, future, refusal in pending
+        StagedBlob(name, future.result() if future else None, size, refusal) for name, size, future, refusal in pending
     ]
 
 

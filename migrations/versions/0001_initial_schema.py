@@ -189,9 +189,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["dataset_id"], ["datasets.id"], name=op.f("fk_splits_dataset_id_datasets"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_splits_job_id_jobs"), ondelete="SET NULL"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_splits_job_id_jobs"), ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["parent_id"], ["splits.id"], name=op.f("fk_splits_parent_id_splits")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_splits")),
         sa.UniqueConstraint("dataset_id", "version", name=op.f("uq_splits_dataset_id_version")),
@@ -237,9 +235,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["dataset_id"], ["datasets.id"], name=op.f("fk_uploads_dataset_id_datasets"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_uploads_job_id_jobs"), ondelete="SET NULL"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_uploads_job_id_jobs"), ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_uploads")),
     )
     with op.batch_alter_table("uploads", schema=None) as batch_op:
@@ -307,9 +303,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["dataset_id"], ["datasets.id"], name=op.f("fk_runs_dataset_id_datasets"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_runs_job_id_jobs"), ondelete="SET NULL"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_runs_job_id_jobs"), ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["split_id"], ["splits.id"], name=op.f("fk_runs_split_id_splits")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),
     )
@@ -360,9 +354,7 @@ def upgrade() -> None:
             name=op.f("fk_error_samples_created_by_id_users"),
             ondelete="SET NULL",
         ),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name=op.f("fk_error_samples_run_id_runs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_error_samples_run_id_runs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_error_samples")),
     )
     with op.batch_alter_table("error_samples", schema=None) as batch_op:
@@ -385,9 +377,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["predicted_label_id"], ["labels.id"], name=op.f("fk_predictions_predicted_label_id_labels")
         ),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name=op.f("fk_predictions_run_id_runs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_predictions_run_id_runs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id", "image_id", name=op.f("pk_predictions")),
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
@@ -411,9 +401,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["dataset_id"], ["datasets.id"], name=op.f("fk_reviews_dataset_id_datasets"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name=op.f("fk_reviews_run_id_runs"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_reviews_run_id_runs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reviews")),
     )
     with op.batch_alter_table("reviews", schema=None) as batch_op:
@@ -514,12 +502,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["image_id"], ["images.id"], name=op.f("fk_label_changes_image_id_images"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["new_label_id"], ["labels.id"], name=op.f("fk_label_changes_new_label_id_labels")
-        ),
-        sa.ForeignKeyConstraint(
-            ["old_label_id"], ["labels.id"], name=op.f("fk_label_changes_old_label_id_labels")
-        ),
+        sa.ForeignKeyConstraint(["new_label_id"], ["labels.id"], name=op.f("fk_label_changes_new_label_id_labels")),
+        sa.ForeignKeyConstraint(["old_label_id"], ["labels.id"], name=op.f("fk_label_changes_old_label_id_labels")),
         sa.ForeignKeyConstraint(
             ["reverts_change_id"],
             ["label_changes.id"],

@@ -46,9 +46,7 @@ def test_changing_ones_password_needs_the_current_one_and_ends_other_sessions(ap
         with api_client(app, viewer.token) as client:
             wrong = client.post("/api/me/password", json={"current_password": "nope", "new_password": "n3w-pass-word"})
             assert wrong.status_code == 403 and "current password" in wrong.json()["detail"]
-            short = client.post(
-                "/api/me/password", json={"current_password": viewer.password, "new_password": "short"}
-            )
+            short = client.post("/api/me/password", json={"current_password": viewer.password, "new_password": "short"})
             assert short.status_code == 422
         changed = browser.post(
             "/account/password",

@@ -85,9 +85,7 @@ def test_login_sets_a_hardened_cookie_and_rotates_the_session(app, people, db) -
 def test_wrong_password_is_refused_without_saying_which_part_was_wrong(anon, people) -> None:
     page = anon.get("/login")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
-    response = anon.post(
-        "/login", data={"name": people["admin"].name, "password": "nope", "csrf_token": csrf}
-    )
+    response = anon.post("/login", data={"name": people["admin"].name, "password": "nope", "csrf_token": csrf})
     assert response.status_code == 401
     assert "Wrong user name or password" in response.text
     assert "eb_session" not in response.headers.get("set-cookie", "")

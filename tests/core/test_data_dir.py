@@ -40,7 +40,11 @@ def test_demo_from_another_folder_goes_to_the_running_servers_database(tmp_path:
         demo_env["PYTHONPATH"] = str(ROOT)
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", "demo", "--images", "40", "--name", "Followed"],
-            cwd=elsewhere, env=demo_env, capture_output=True, text=True, timeout=300,
+            cwd=elsewhere,
+            env=demo_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"a server is running at {base_url}" in result.stdout

@@ -97,3 +97,44 @@ def test_neighbour_store_finds_each_rows_nearest_others_exact_and_through_the_in
         overlap = np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(neighbour_ids, truth, strict=True)])
         # Centred by the PCA before the cosine, so not quite the raw vectors' neighbours (0.97 here).
         assert overlap > 0.9, name
+
+
+def test_the_reduced_index_with_exact_re_ranking_gives_the_exact_answer_when_it_sees_every_row(
+    tmp_path: Path,
+) -> None:
+    # Fewer rows than the candidates a search asks the index for: the exact re-ranking then scores every row, so
+    # the PCA-reduced, int8 index changes nothing — ids, order and similarities are brute force's.
+    store = EmbeddingStore(tmp_path, dataset_id=4, backbone="b", exact_limit=100)
+    vectors = clustered(400, 48, seed=4)
+    vectors[11] = vectors[3]  # an exact copy comes first, with similarity 1.0
+    store.append(np.arange(5_000, 5_400), vectors)
+    assert store.refresh_index() == 400 and store.index_kind == "usearch"
+    assert (store.root / "projection.npz").exists()
+    stored = store.vectors()
+    for query in (3, 17, 250):
+        ids, similarities = store.search(np.asarray(stored[query], np.float32), 10, exclude_id=5_000 + query)
+        expected = exact_top_k(stored, stored[query], 10, exclude=query)
+        assert ids.tolist() == (expected.positions + 5_000).tolist()
+        np.testing.assert_allclose(similarities, expected.similarities, atol=1e-6)
+    assert store.search(vectors[3], 1, exclude_id=5_003)[0].tolist() == [5_011]
+
+
+def test_the_index_and_rows_are_opened_once_per_process_until_the_files_change(tmp_path: Path) -> None:
+    from app.embeddings.store import _LOADED
+
+    store = EmbeddingStore(tmp_path, dataset_id=5, backbone="b", exact_limit=100)
+    vectors = clustered(300, 16, seed=5)
+    store.append(np.arange(200), vectors[:200])
+    store.refresh_index()
+    store.search(vectors[0], 5)
+    opened = _LOADED[store.root]
+    assert isinstance(opened.vectors, np.memmap) and opened.index is not None
+    # Another store object on the same folder (a new request) finds what this process opened.
+    again = EmbeddingStore(tmp_path, dataset_id=5, backbone="b", exact_limit=100)
+    again.search(vectors[1], 5)
+    assert _LOADED[store.root] is opened
+    # New rows, then the job's index refresh: the next query opens the new files and finds the new rows.
+    store.append(np.arange(200, 300), vectors[200:])
+    store.refresh_index()
+    ids, _ = again.search(vectors[250], 1, exclude_id=None)
+    assert _LOADED[store.root] is not opened and ids.tolist() == [250]

@@ -23,9 +23,7 @@ def test_a_late_completion_from_an_expired_lease_is_refused(db) -> None:
     with pytest.raises(LeaseLost):
         repository.finish(db, job_id=job.id, token=first.lease_token, status="succeeded", now=later)
     with pytest.raises(LeaseLost):
-        repository.report_progress(
-            db, job_id=job.id, token=first.lease_token, progress=0.9, message="x", now=later
-        )
+        repository.report_progress(db, job_id=job.id, token=first.lease_token, progress=0.9, message="x", now=later)
     with pytest.raises(LeaseLost):
         repository.heartbeat(db, job_id=job.id, token=first.lease_token, lease_seconds=30, now=later)
 
@@ -52,9 +50,7 @@ def test_queued_jobs_cancel_at_once_and_running_ones_are_flagged(db) -> None:
     assert claimed is not None and claimed.id == running.id
     after = service.cancel_job(db, job_id=running.id)
     assert after.status == "running" and after.cancel_requested
-    assert repository.heartbeat(
-        db, job_id=running.id, token=claimed.lease_token, lease_seconds=30, now=utcnow()
-    )
+    assert repository.heartbeat(db, job_id=running.id, token=claimed.lease_token, lease_seconds=30, now=utcnow())
 
 
 def test_job_api_shape_and_demo_progress_page(as_reviewer) -> None:

@@ -50,9 +50,7 @@ def test_each_job_runs_to_success_exactly_once(fresh_database, workers) -> None:
     with Session(engine) as session:
         statuses = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         assert statuses == {"succeeded": count}, workers.logs()[-3000:]
-        executions = session.execute(
-            select(JobExecution.job_id, JobExecution.outcome, JobExecution.worker_id)
-        ).all()
+        executions = session.execute(select(JobExecution.job_id, JobExecution.outcome, JobExecution.worker_id)).all()
     assert len(executions) == count
     assert sorted(e.job_id for e in executions) == sorted(ids)
     assert {e.outcome for e in executions} == {"succeeded"}
@@ -73,9 +71,7 @@ def test_sigkilled_worker_job_is_finished_by_another_after_its_lease_expires(fre
     time.sleep(0.5)
     assert _job(engine, job_id).progress == progress_at_kill  # the runner died with its worker
     with Session(engine) as session:  # move time forward: the lease is now expired
-        session.execute(
-            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
-        )
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         session.commit()
     workers.start(1)
     wait_until(lambda: _status(engine, job_id) == "succeeded", timeout=60)
@@ -93,13 +89,9 @@ def test_a_job_out_of_attempts_fails_with_the_reason(fresh_database, workers) ->
     with Session(engine, expire_on_commit=False) as session:
         job = service.enqueue(session, kind="demo.sleep", payload={"seconds": 60}, max_attempts=1)
         session.commit()
-        claimed = repository.claim_next(
-            session, worker_id="dead-worker", queues=None, lease_seconds=30, now=utcnow()
-        )
+        claimed = repository.claim_next(session, worker_id="dead-worker", queues=None, lease_seconds=30, now=utcnow())
         assert claimed is not None and claimed.id == job.id
-        session.execute(
-            update(Job).where(Job.id == job.id).values(lease_expires_at=utcnow() - timedelta(seconds=5))
-        )
+        session.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=utcnow() - timedelta(seconds=5)))
         session.commit()
     workers.start(1)
     wait_until(lambda: _status(engine, job.id) == "failed", timeout=60)
@@ -136,9 +128,7 @@ def test_cancelling_a_running_job_takes_under_two_seconds(fresh_database, worker
     assert time.monotonic() - asked < 2.0
 
 
-def test_a_stubborn_job_is_killed_after_the_grace_period_and_the_worker_carries_on(
-    fresh_database, workers
-) -> None:
+def test_a_stubborn_job_is_killed_after_the_grace_period_and_the_worker_carries_on(fresh_database, workers) -> None:
     engine = fresh_database.engine
     (stubborn,) = _enqueue(engine, seconds=60, steps=1, stubborn=True)
     (worker,) = workers.start(1)
@@ -175,9 +165,7 @@ def test_gpu_workers_take_only_their_queue(fresh_database, workers) -> None:
     engine = fresh_database.engine
     with Session(engine) as session:
         cpu_id = service.enqueue(session, kind="demo.sleep", payload={"seconds": 0, "steps": 1}).id
-        gpu_id = service.enqueue(
-            session, kind="demo.sleep", payload={"seconds": 0, "steps": 1}, queue="gpu"
-        ).id
+        gpu_id = service.enqueue(session, kind="demo.sleep", payload={"seconds": 0, "steps": 1}, queue="gpu").id
         session.commit()
     workers.start(1, args=("--queue", "gpu"))
     wait_until(lambda: _status(engine, gpu_id) == "succeeded", timeout=60)

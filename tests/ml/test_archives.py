@@ -81,23 +81,17 @@ class RawEntry:
             size,
             len(self.name),
         )
-        return (
-            struct.pack("<4s6H3L5H2L", *fixed, 0, 0, 0, 0, (stat.S_IFREG | 0o644) << 16, offset) + self.name
-        )
+        return struct.pack("<4s6H3L5H2L", *fixed, 0, 0, 0, 0, (stat.S_IFREG | 0o644) << 16, offset) + self.name
 
 
-def write_raw_zip(
-    path: Path, entries: list[RawEntry], *, extra_records: Sequence[tuple[RawEntry, int]] = ()
-) -> Path:
+def write_raw_zip(path: Path, entries: list[RawEntry], *, extra_records: Sequence[tuple[RawEntry, int]] = ()) -> Path:
     body, records = b"", []
     for entry in entries:
         records.append(entry.central_record(len(body)))
         body += entry.local_header() + entry.data
     records += [entry.central_record(offset) for entry, offset in extra_records]
     directory = b"".join(records)
-    end = struct.pack(
-        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(records), len(records), len(directory), len(body), 0
-    )
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(records), len(records), len(directory), len(body), 0)
     path.write_bytes(body + directory + end)
     return path
 
@@ -207,9 +201,7 @@ def tar_bytes() -> bytes:
     ],
     ids=["zip-name", "tar.gz-name", "7z-name", "zip-magic", "gzip-magic", "tar-magic"],
 )
-def test_nested_archives_are_rejected_by_name_and_by_content(
-    tmp_path: Path, name: str, content: bytes
-) -> None:
+def test_nested_archives_are_rejected_by_name_and_by_content(tmp_path: Path, name: str, content: bytes) -> None:
     rejection = single_rejection(write_zip(tmp_path / "a.zip", [(name, content)]))
     assert (rejection.code, rejection.reason) == (
         "nested_archive",
@@ -313,9 +305,7 @@ def test_entries_sharing_the_same_data_are_an_overlap_bomb(tmp_path: Path) -> No
 
 
 def test_compressed_size_reaching_into_the_central_directory_is_refused(tmp_path: Path) -> None:
-    archive = write_raw_zip(
-        tmp_path / "a.zip", [RawEntry(b"a.jpg", JPEG_LIKE, declared_compress_size=10_000)]
-    )
+    archive = write_raw_zip(tmp_path / "a.zip", [RawEntry(b"a.jpg", JPEG_LIKE, declared_compress_size=10_000)])
     with pytest.raises(ArchiveError) as raised:
         results(archive)
     assert raised.value.code == "overlapping_entries"

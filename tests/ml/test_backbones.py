@@ -205,9 +205,7 @@ def test_inference_network_folds_batch_norm_without_changing_outputs(name: str) 
     assert state_dict_sha256(backbone.features.state_dict()) == hash_before  # the backbone is untouched
 
 
-def _saved_checkpoint(
-    tmp_path: Path, backbone: Any, labels: list[str], changes: dict[str, Any] | None = None
-) -> Path:
+def _saved_checkpoint(tmp_path: Path, backbone: Any, labels: list[str], changes: dict[str, Any] | None = None) -> Path:
     torch.manual_seed(5)
     head = nn.Linear(backbone.feature_size, len(labels))
     checkpoint = make_checkpoint(backbone=backbone, head_state=head.state_dict(), label_names=labels)

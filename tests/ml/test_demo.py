@@ -55,9 +55,7 @@ def test_zip_round_trips_through_ingest_path_rules(tmp_path: Path) -> None:
     paths = [entry.path for entry in iter_zip(archive) if isinstance(entry, ArchiveEntry)]
     assert len(paths) == len(images)
     inferred = infer_path_labels(paths, source_folders=True)
-    assert sorted((i.label, i.source) for i in inferred.values()) == sorted(
-        (i.given_label, i.source) for i in images
-    )
+    assert sorted((i.label, i.source) for i in inferred.values()) == sorted((i.given_label, i.source) for i in images)
 
 
 def test_folder_layout_is_source_label_file(tmp_path: Path) -> None:
@@ -69,9 +67,7 @@ def test_folder_layout_is_source_label_file(tmp_path: Path) -> None:
 
 def test_classes_are_separable_on_phone_shots_by_a_simple_colour_and_layout_classifier() -> None:
     images = generate_demo_dataset(n_images=240, size=160, seed=7)
-    features = np.stack(
-        [np.asarray(Image.open(io.BytesIO(i.jpeg)).resize((8, 8)), np.float32).ravel() for i in images]
-    )
+    features = np.stack([np.asarray(Image.open(io.BytesIO(i.jpeg)).resize((8, 8)), np.float32).ravel() for i in images])
     labels = np.array([DEMO_CLASSES.index(image.true_label) for image in images])
     phone = np.array([image.source == TARGET_SOURCE for image in images])
     train, test = ~phone | (np.arange(len(images)) % 5 != 0), phone & (np.arange(len(images)) % 5 == 0)

@@ -43,9 +43,7 @@ def test_sample_is_uniform_over_errors_and_never_holds_correct_examples() -> Non
     inclusions = dict.fromkeys(error_ids, 0)
     first_position = dict.fromkeys(error_ids, 0)
     for seed in range(draws):
-        sample = sample_errors(
-            image_ids=image_ids, labels=labels, predictions=predictions, seed=seed, size=size
-        )
+        sample = sample_errors(image_ids=image_ids, labels=labels, predictions=predictions, seed=seed, size=size)
         assert set(sample.image_ids) <= error_ids
         assert all(sample.is_error)
         for image_id in sample.image_ids:
@@ -130,9 +128,7 @@ def test_correct_examples_only_on_request_tagged_and_without_changing_the_errors
 
 
 def test_correct_examples_are_capped_by_the_pool() -> None:
-    sample = sample_errors(
-        image_ids=[1, 2, 3], labels=[0, 1, 1], predictions=[0, 0, 1], seed=0, include_correct=10
-    )
+    sample = sample_errors(image_ids=[1, 2, 3], labels=[0, 1, 1], predictions=[0, 0, 1], seed=0, include_correct=10)
     assert sample.sampled_correct == 2
     assert sorted(sample.image_ids) == [1, 2, 3]
     assert dict(zip(sample.image_ids, sample.is_error, strict=True)) == {1: False, 2: True, 3: False}

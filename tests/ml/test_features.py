@@ -107,9 +107,7 @@ def test_extracted_features_match_the_backbone_run_directly(backbone: Any, image
     assert result.extracted == 3
 
 
-def test_worker_processes_and_this_process_compute_the_same_features(
-    backbone: Any, image_paths: list[Path]
-) -> None:
+def test_worker_processes_and_this_process_compute_the_same_features(backbone: Any, image_paths: list[Path]) -> None:
     here = extract_features(
         backbone=backbone, image_paths=image_paths, cache_dir=None, include_flipped=True, num_workers=0
     )
@@ -168,9 +166,7 @@ def test_flipped_views_are_cached_alongside(backbone: Any, image_paths: list[Pat
     assert not np.allclose(with_flips.flipped_features, with_flips.features)
 
 
-def test_changed_weights_do_not_reuse_cached_features(
-    backbone: Any, image_paths: list[Path], tmp_path: Path
-) -> None:
+def test_changed_weights_do_not_reuse_cached_features(backbone: Any, image_paths: list[Path], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     extract_features(backbone=backbone, image_paths=image_paths, cache_dir=cache_dir)
     state = {key: value.clone() for key, value in backbone.features.state_dict().items()}

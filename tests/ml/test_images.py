@@ -49,9 +49,7 @@ def assert_close(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: 
     assert max(abs(a - e) for a, e in zip(actual, expected, strict=True)) <= tolerance, (actual, expected)
 
 
-def two_colour_image(
-    size: tuple[int, int], left: tuple[int, int, int], right: tuple[int, int, int]
-) -> Image.Image:
+def two_colour_image(size: tuple[int, int], left: tuple[int, int, int], right: tuple[int, int, int]) -> Image.Image:
     image = Image.new("RGB", size, left)
     image.paste(right, (size[0] // 2, 0, size[0], size[1]))
     return image

@@ -95,9 +95,7 @@ def test_rescore_rejects_mismatched_lengths() -> None:
 
 
 def test_diagnosis_worked_example_with_train_dev_and_test() -> None:
-    diagnosis = diagnose(
-        human_error=0.01, train_error=0.08, train_dev_error=0.10, dev_error=0.12, test_error=0.125
-    )
+    diagnosis = diagnose(human_error=0.01, train_error=0.08, train_dev_error=0.10, dev_error=0.12, test_error=0.125)
 
     assert diagnosis.avoidable_bias == pytest.approx(0.07)
     assert diagnosis.variance == pytest.approx(0.02)

@@ -28,3 +28,14 @@ def test_projection_keeps_the_main_directions_and_recall_counts_overlap() -> Non
     assert np.allclose((projection.components[:, :2] ** 2).sum(axis=1), 1.0, atol=1e-3)
     assert np.allclose(np.linalg.norm(projection.project(sample), axis=1), 1.0, atol=1e-5)
     assert recall_at_k([[1, 2, 3], [4, 5, 6]], [[1, 2, 9], [4, 5, 6]]) == (2 / 3 + 1) / 2
+
+
+def test_exact_top_k_on_float16_rows_finds_brute_forces_rows_and_copies_first() -> None:
+    rows = unit_rows(np.random.default_rng(2).standard_normal((2_000, 64))).astype(np.float16)
+    rows[40] = rows[7]
+    found = exact_top_k(rows, rows[7], 12, exclude=7)
+    scores = rows.astype(np.float32) @ rows[7].astype(np.float32)
+    scores[7] = -np.inf
+    assert found.positions[0] == 40 and found.similarities[0] == 1.0
+    assert set(found.positions.tolist()) == set(np.argsort(-scores)[:12].tolist())
+    assert np.all(np.diff(found.similarities) <= 0)

@@ -19,19 +19,13 @@ def gaussian_blobs(
     return centres[labels] + rng.standard_normal((count, features)), labels
 
 
-def flip_some(
-    labels: np.ndarray, num_classes: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def flip_some(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     flipped = np.zeros(labels.size, dtype=bool)
     flipped[rng.choice(labels.size, size=round(FLIP_RATE * labels.size), replace=False)] = True
-    return np.where(
-        flipped, (labels + rng.integers(1, num_classes, size=labels.size)) % num_classes, labels
-    ), flipped
+    return np.where(flipped, (labels + rng.integers(1, num_classes, size=labels.size)) % num_classes, labels), flipped
 
 
-def cross_validated_probs(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int
-) -> np.ndarray:
+def cross_validated_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int) -> np.ndarray:
     """Out-of-fold probabilities of linear discriminant analysis (Gaussian classes with a shared
     covariance, whose posterior is a multinomial logistic model), fitted on the noisy labels as a real model
     would be."""

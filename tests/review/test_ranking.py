@@ -116,9 +116,12 @@ def test_the_dataset_grid_and_api_sort_by_a_run(db, settings, as_viewer) -> None
     assert shown == loss.image_ids[: len(shown)] and shown
     bad = as_viewer.get(f"/api/datasets/{fixture.dataset.id}/images", params={"sort": "loss"})
     assert bad.status_code == 422 and "run_id" in bad.json()["detail"]
-    assert as_viewer.get(
-        f"/api/datasets/{fixture.dataset.id}/images", params={"sort": "nope", "run_id": fixture.run.id}
-    ).status_code == 422
+    assert (
+        as_viewer.get(
+            f"/api/datasets/{fixture.dataset.id}/images", params={"sort": "nope", "run_id": fixture.run.id}
+        ).status_code
+        == 422
+    )
 
 
 def test_the_run_review_page_links_to_the_grid_sorted_each_way(db, settings, as_viewer) -> None:  # type: ignore[no-untyped-def]

@@ -127,9 +127,9 @@ def test_same_seed_gives_the_same_split(client_and_engine) -> None:
 def test_with_a_target_source_dev_and_test_hold_target_images_only(client_and_engine) -> None:
     client, engine, _app = client_and_engine
     dataset_id = _dataset(engine, count=900, sources=("web", "web", "phone"))
-    split_id = client.post(
-        f"/api/datasets/{dataset_id}/splits", json={"seed": 0, "target_source": "phone"}
-    ).json()["split_id"]
+    split_id = client.post(f"/api/datasets/{dataset_id}/splits", json={"seed": 0, "target_source": "phone"}).json()[
+        "split_id"
+    ]
     drain_jobs(engine)
     body = client.get(f"/api/splits/{split_id}").json()
     for subset in ("dev", "test"):

@@ -20,8 +20,16 @@ def test_the_last_curve_point_is_the_subset_table_of_the_kept_model(fresh_databa
     with colour_split(fresh_database, tmp_path / "data", monkeypatch, per_class=42) as env:
         client, engine, dataset_id, split_id = env
         run = train(
-            client, engine, dataset_id, split_id,
-            mode="finetune", finetune_blocks=1, epochs=4, lr=1e-4, batch_size=16, patience=3,
+            client,
+            engine,
+            dataset_id,
+            split_id,
+            mode="finetune",
+            finetune_blocks=1,
+            epochs=4,
+            lr=1e-4,
+            batch_size=16,
+            patience=3,
         )
     assert run["metrics"]["train"]["count"] == 76 and run["config"]["backbone"] == "efficientnet_lite0"
     history = run["history"]

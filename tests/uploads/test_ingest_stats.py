@@ -20,9 +20,7 @@ def test_every_new_image_gets_one_statistics_row_with_plausible_values(ingest: I
     report = ingest.upload(dataset_id, files)
     assert (report["accepted"], report["conflicts"]) == (3, 1)
     with Session(ingest.engine) as session:
-        rows = session.execute(
-            select(Image.filename, ImageStat).join(ImageStat, ImageStat.image_id == Image.id)
-        ).all()
+        rows = session.execute(select(Image.filename, ImageStat).join(ImageStat, ImageStat.image_id == Image.id)).all()
         stats = {filename: stat for filename, stat in rows}
         images = session.scalars(select(Image.id).where(Image.dataset_id == dataset_id)).all()
     assert len(stats) == len(images) == 3

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from app.core.artefacts import ArtefactStore
 from app.core.storage import atomic_write_bytes
+from app.ml.ann import usearch_index
 from app.ml.similarity import Neighbours, Projection, dot_scores, exact_top_k, fit_projection, ordered
 
 DEFAULT_EXACT_LIMIT = 50_000
@@ -205,11 +206,9 @@ class EmbeddingStore:
         ids, vectors = self.ids(), self.vectors()
         index = None
         if stamp[1] and self.index_kind == "usearch":
-            from usearch.index import Index
-
-            index = Index.restore(str(self.root / "index.usearch"), view=True)
+            index = usearch_index().Index.restore(str(self.root / "index.usearch"), view=True)
             if index is not None:
-                index.expansion_search = _EXPANSION_SEARCH  # type: ignore[misc]  # settable at run time
+                index.expansion_search = _EXPANSION_SEARCH  # settable at run time
         loaded = _Loaded(stamp, ids, np.argsort(ids, kind="stable"), vectors, index, self._projection())
         if len(_LOADED) >= _LOADED_SIZE:
             _LOADED.pop(next(iter(_LOADED)))
@@ -258,7 +257,7 @@ class EmbeddingStore:
         count = self.count()
         if count <= self.exact_limit:
             return 0
-        from usearch.index import Index
+        Index = usearch_index().Index  # noqa: N806  (the library's name)
 
         projection = self._projection()
         if projection is None:

@@ -284,7 +284,9 @@ def _knn_distances(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     )
     if count <= _APPROXIMATE_OUTLIER_LIMIT:
         return logic.knn_mean_distance(projected)
-    from usearch.index import Index  # an ANN index for a million images' kNN, as the similar-images search uses
+    from app.ml.ann import usearch_index
+
+    Index = usearch_index().Index  # an ANN index for a million images' kNN, as the similar-images search uses
 
     index = Index(ndim=projected.shape[1], metric="cos", dtype="f16")
     index.add(np.arange(count, dtype=np.uint64), projected)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from app.ml.ann import usearch_index
+
 FloatArray = npt.NDArray[np.floating]
 # Two images whose vectors agree this closely are exact copies as far as the backbone can tell.
 COPY_SIMILARITY = 0.9995
@@ -40,8 +42,8 @@ def exact_top_k(vectors: FloatArray, query: npt.ArrayLike, k: int, *, exclude: i
     whole matrix to float32 per query was 90% of a query's time at 30,000 rows. Its top candidates, with a margin
     for rounding, are then scored again in float32 so ties and copies sort as `ordered` says.
     """
-    from usearch.index import MetricKind
-    from usearch.index import search as brute_force
+    usearch = usearch_index()
+    MetricKind, brute_force = usearch.MetricKind, usearch.search  # noqa: N806  (the library's names)
 
     rows = vectors if vectors.dtype in (np.float16, np.float32) else np.asarray(vectors, dtype=np.float32)
     wanted = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -63,8 +65,8 @@ def dot_scores(rows: FloatArray, query: npt.ArrayLike) -> npt.NDArray[np.float32
     """`rows @ query` for a few hundred float16 (or float32) rows, accumulated in float32 by usearch's SIMD
     kernels: on the loaded 2-core machine 512 rows took 16 ms to convert to float32 and 40 ms in OpenBLAS's
     matrix-vector product (its threads wait on busy cores), 4 ms this way."""
-    from usearch.index import MetricKind
-    from usearch.index import search as brute_force
+    usearch = usearch_index()
+    MetricKind, brute_force = usearch.MetricKind, usearch.search  # noqa: N806  (the library's names)
 
     block = rows if rows.dtype in (np.float16, np.float32) else np.asarray(rows, dtype=np.float32)
     block = np.ascontiguousarray(block)

@@ -263,7 +263,7 @@ def wait_job(api: httpx.Client, job_id: int, timeout: float = 7200) -> dict[str,
     deadline = time.monotonic() + timeout
     while True:
         job: dict[str, Any] = api.get(f"/api/jobs/{job_id}").raise_for_status().json()
-        if job["status"] not in ("queued", "running"):
+        if job["status"] not in ("queued", "running", "waiting"):  # waiting: for its shards
             if job["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
             return job

@@ -5,7 +5,16 @@
     var meta = document.querySelector('meta[name="csrf-token"]');
     return meta ? meta.getAttribute("content") : "";
   }
-  window.errorbook = { csrfToken: csrfToken };
+  // A JSON POST as every page's scripts send it: the session cookie and the CSRF token.
+  function postJson(url, body) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
+      body: JSON.stringify(body),
+    });
+  }
+  window.errorbook = { csrfToken: csrfToken, postJson: postJson };
 
   document.addEventListener("htmx:configRequest", function (event) {
     event.detail.headers["X-CSRF-Token"] = csrfToken();

@@ -117,12 +117,7 @@
   }
 
   function post(url, body) {
-    return fetch(url, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": window.errorbook.csrfToken() },
-      body: JSON.stringify(body),
-    }).then(function (response) {
+    return window.errorbook.postJson(url, body).then(function (response) {
       return response.json().catch(function () {
         return {};
       }).then(function (data) {

@@ -7,12 +7,7 @@
   window.errorbook = window.errorbook || {};
 
   function post(url, body) {
-    return fetch(url, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": window.errorbook.csrfToken() },
-      body: JSON.stringify(body),
-    }).then(function (response) {
+    return window.errorbook.postJson(url, body).then(function (response) {
       return response.json().then(function (answer) {
         if (!response.ok) {
           throw new Error(answer.detail || answer.message || "HTTP " + response.status);
